@@ -1,0 +1,328 @@
+//! The HTTP client every IDunno process uses to talk to the coordinators.
+//!
+//! It holds the list of all coordinators, sticks to the last one that answered, and moves on
+//! to the next on a connection error or while the cluster has no leader (503). Every write
+//! carries one request id for all of its attempts, so a retry after a lost answer is applied
+//! once. It is not a load balancer and holds no cluster state beyond "who answered last".
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{ErrorBody, REQUEST_ID_HEADER};
+
+/// What a call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The cluster answered with an error (4xx, or a 5xx that retrying did not cure).
+    #[error("{} ({status})", body.error)]
+    Api { status: u16, body: ErrorBody },
+    /// No coordinator could be reached, or none had a leader, before the deadline.
+    #[error("no coordinator answered ({tried}): {last}")]
+    Unavailable { tried: String, last: String },
+    /// A request could not be built or a response could not be read.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client for the coordinators' REST API; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// Base URLs (`http://host:port`), in the order given.
+    coordinators: Vec<String>,
+    /// Index of the coordinator that answered last; tried first.
+    current: AtomicUsize,
+    token: Option<String>,
+    /// How long one logical call may keep retrying through elections and dead nodes.
+    deadline: Duration,
+    /// Per-attempt timeout (a long-poll adds its own wait to it).
+    attempt_timeout: Duration,
+}
+
+impl Client {
+    /// A client for these coordinator addresses (`host:port` or `http://host:port`).
+    pub fn new(coordinators: &[String], token: Option<String>) -> Result<Client, ClientError> {
+        let coordinators: Vec<String> = coordinators
+            .iter()
+            .map(|c| c.trim())
+            .filter(|c| !c.is_empty())
+            .map(base_url)
+            .collect();
+        if coordinators.is_empty() {
+            return Err(ClientError::Protocol(
+                "no coordinator address given (use --coordinators or IDUNNO_COORDINATORS)".into(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                coordinators,
+                current: AtomicUsize::new(0),
+                token,
+                deadline: Duration::from_secs(15),
+                attempt_timeout: Duration::from_secs(10),
+            }),
+        })
+    }
+
+    /// The same client with another retry deadline for a whole call.
+    pub fn with_deadline(&self, deadline: Duration) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                coordinators: self.inner.coordinators.clone(),
+                current: AtomicUsize::new(self.inner.current.load(Ordering::Relaxed)),
+                token: self.inner.token.clone(),
+                deadline,
+                attempt_timeout: self.inner.attempt_timeout,
+            }),
+        }
+    }
+
+    /// The underlying reqwest client (shared connection pool), for streaming calls.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// The bearer token, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.inner.token.as_deref()
+    }
+
+    /// Coordinator base URLs, the one that answered last first.
+    pub fn coordinators(&self) -> Vec<String> {
+        let n = self.inner.coordinators.len();
+        let start = self.inner.current.load(Ordering::Relaxed) % n;
+        (0..n)
+            .map(|i| self.inner.coordinators[(start + i) % n].clone())
+            .collect()
+    }
+
+    /// `GET path`, decoded.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let body = self.call(Method::GET, path, None::<&()>, None).await?;
+        decode(&body.1)
+    }
+
+    /// `POST path` with a JSON body, decoded.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = self.call(Method::POST, path, Some(body), None).await?;
+        decode(&body.1)
+    }
+
+    /// `PATCH path` with a JSON body, decoded.
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = self.call(Method::PATCH, path, Some(body), None).await?;
+        decode(&body.1)
+    }
+
+    /// `DELETE path`; the body is ignored.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.call(Method::DELETE, path, None::<&()>, None).await?;
+        Ok(())
+    }
+
+    /// One logical call: retried on other coordinators until it gets a definite answer.
+    /// Returns the status and the raw body of a 2xx answer. `long_poll` extends the
+    /// per-attempt timeout for calls that wait on the server.
+    pub async fn call<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        long_poll: Option<Duration>,
+    ) -> Result<(StatusCode, bytes::Bytes), ClientError> {
+        let payload = match body {
+            Some(b) => {
+                Some(serde_json::to_vec(b).map_err(|e| ClientError::Protocol(e.to_string()))?)
+            }
+            None => None,
+        };
+        let request_id = (method != Method::GET).then(new_request_id);
+        let started = Instant::now();
+        let n = self.inner.coordinators.len();
+        let mut last_error: String;
+        let mut attempt: u32 = 0;
+        loop {
+            let index = self.inner.current.load(Ordering::Relaxed) % n;
+            let url = format!("{}{}", self.inner.coordinators[index], path);
+            let mut req = self
+                .inner
+                .http
+                .request(method.clone(), &url)
+                .timeout(self.inner.attempt_timeout + long_poll.unwrap_or_default());
+            if let Some(id) = &request_id {
+                req = req.header(REQUEST_ID_HEADER, id);
+            }
+            if let Some(token) = &self.inner.token {
+                req = req.bearer_auth(token);
+            }
+            if let Some(p) = &payload {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(p.clone());
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let bytes = resp.bytes().await;
+                    match bytes {
+                        Ok(bytes) if status.is_success() => return Ok((status, bytes)),
+                        Ok(bytes) if retryable(status) => {
+                            last_error = format!("{url}: {}", describe(status, &bytes));
+                        }
+                        Ok(bytes) => {
+                            return Err(ClientError::Api {
+                                status: status.as_u16(),
+                                body: error_body(status, &bytes),
+                            })
+                        }
+                        Err(e) => last_error = format!("{url}: {e}"),
+                    }
+                }
+                Err(e) => last_error = format!("{url}: {}", without_url(&e)),
+            }
+            // Move on to the next coordinator; back off a little once all were tried.
+            self.inner
+                .current
+                .store((index + 1) % n, Ordering::Relaxed);
+            attempt += 1;
+            if started.elapsed() >= self.inner.deadline {
+                return Err(ClientError::Unavailable {
+                    tried: self.inner.coordinators.join(","),
+                    last: last_error,
+                });
+            }
+            if attempt as usize % n == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Statuses that mean "ask again, maybe elsewhere": no leader yet, leader changing, overloaded.
+fn retryable(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+fn error_body(status: StatusCode, bytes: &[u8]) -> ErrorBody {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
+        error: if bytes.is_empty() {
+            status
+                .canonical_reason()
+                .unwrap_or("request failed")
+                .to_string()
+        } else {
+            String::from_utf8_lossy(bytes).into_owned()
+        },
+        code: "http".into(),
+        leader: None,
+    })
+}
+
+fn describe(status: StatusCode, bytes: &[u8]) -> String {
+    format!("{} ({status})", error_body(status, bytes).error)
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(&format!(" ({url})"), "");
+    }
+    if e.is_connect() {
+        "connection refused or unreachable".into()
+    } else if e.is_timeout() {
+        "timed out".into()
+    } else {
+        s
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol(format!("bad answer: {e}")))
+}
+
+/// `host:port` → `http://host:port`; an explicit scheme is kept; a trailing `/` is dropped.
+pub fn base_url(addr: &str) -> String {
+    let addr = addr.trim_end_matches('/');
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// A fresh request id: unique per process and call, unpredictable enough to not collide
+/// across processes (time, pid, a counter and the std library's random hasher keys).
+pub fn new_request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(nanos);
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}{:08x}", h.finish(), nanos as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_get_a_scheme() {
+        assert_eq!(base_url("127.0.0.1:7001"), "http://127.0.0.1:7001");
+        assert_eq!(base_url("http://a:1/"), "http://a:1");
+    }
+
+    #[test]
+    fn request_ids_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 24);
+    }
+
+    #[test]
+    fn an_empty_coordinator_list_is_refused() {
+        assert!(Client::new(&[" ".to_string()], None).is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! Worker protocol bodies: register, heartbeat, lease a batch, complete it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Millis;
+
+/// `POST /v1/workers/register`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRegistration {
+    /// A human label (host name); ids are assigned by the coordinator.
+    #[serde(default)]
+    pub name: String,
+    /// Batches the worker computes at once.
+    #[serde(default = "one")]
+    pub capacity: u32,
+    /// Registry names of the models this worker will run; `None` = any model (loaded on demand).
+    #[serde(default)]
+    pub accepts: Option<Vec<String>>,
+    /// Models it has loaded now.
+    #[serde(default)]
+    pub loaded: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRegistered {
+    pub worker_id: String,
+    /// How often the coordinator expects a heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// A worker silent for this long is dead and its leases go back to the queue.
+    pub lease_timeout_ms: u64,
+}
+
+/// `POST /v1/workers/{id}/heartbeat`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Models loaded now (the previous list is replaced).
+    #[serde(default)]
+    pub loaded: Vec<String>,
+    #[serde(default = "one")]
+    pub capacity: u32,
+}
+
+/// What a heartbeat answer tells the worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Models the cluster asked every worker to load (`POST /v1/models/{name}/load`).
+    #[serde(default)]
+    pub load: Vec<String>,
+}
+
+/// `POST /v1/workers/{id}/lease`: ask for a batch, waiting up to `wait_ms` for one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// One input of a leased batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasedInput {
+    /// Position in the job's input list.
+    pub index: u64,
+    /// SDFS name.
+    pub name: String,
+}
+
+/// A batch handed to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub lease_id: u64,
+    /// `"<job>-<seq>"`.
+    pub batch_id: String,
+    pub job_id: u64,
+    /// Registry name of the model, its architecture and weights location.
+    pub model: String,
+    pub arch: String,
+    pub weights: String,
+    pub input_size: u32,
+    pub inputs: Vec<LeasedInput>,
+    /// 1 for the first hand-out of this batch.
+    pub attempt: u32,
+    pub deadline_ms: Millis,
+}
+
+/// `POST /v1/batches/{id}/complete`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Completion {
+    pub lease_id: u64,
+    /// Where the batch's results are (an SDFS name).
+    pub result: String,
+    /// Queries of the batch whose result is an error.
+    #[serde(default)]
+    pub failed: u32,
+    /// Worker time spent on the batch.
+    #[serde(default)]
+    pub compute_ms: u64,
+}
+
+/// The answer to a completion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionAck {
+    /// True if this completion is the one that counts; false if the batch was already done
+    /// (the report is acknowledged and dropped).
+    pub accepted: bool,
+}
+
+/// `POST /v1/workers/{id}/release`: give back a lease that was not started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub lease_id: u64,
+    pub batch_id: String,
+}
+
+/// A worker as the coordinator (leader) sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub name: String,
+    pub capacity: u32,
+    /// Models it will run (`None` = any).
+    pub accepts: Option<Vec<String>>,
+    /// Models it has loaded.
+    pub loaded: Vec<String>,
+    /// Milliseconds since its last heartbeat.
+    pub last_seen_ms_ago: u64,
+}

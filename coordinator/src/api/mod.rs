@@ -1,0 +1,79 @@
+//! The coordinator's REST API (`/v1/…`), health and metrics endpoints, assembled into one
+//! axum router with its middleware: request counting, auth, forwarding to the leader.
+
+mod cluster;
+mod health;
+mod jobs;
+mod models;
+mod workers;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::Response;
+use axum::Router;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::node::Coordinator;
+
+/// Every route of a coordinator.
+pub fn router(c: Arc<Coordinator>) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(models::router())
+        .merge(jobs::router())
+        .merge(workers::router())
+        .merge(cluster::router())
+        .merge(crate::raft::routes::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(c.clone(), crate::forward::to_leader))
+        .layer(from_fn_with_state(c.clone(), crate::auth::check))
+        .layer(from_fn_with_state(c.clone(), count))
+        .layer(DefaultBodyLimit::max(c.config.body_limit))
+        .with_state(c)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!("no route {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn count(State(c): State<Arc<Coordinator>>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    c.metrics.http_requests.add(1);
+    if resp.status().is_client_error() {
+        c.metrics.http_client_errors.add(1);
+    } else if resp.status().is_server_error() {
+        c.metrics.http_server_errors.add(1);
+    }
+    resp
+}
+
+/// `?stale=true` reads this node's copy without a linearizability check.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadOptions {
+    #[serde(default)]
+    pub stale: bool,
+}
+
+/// The client's request id for a write (`Idempotency-Key`), or a fresh one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(idunno_api::REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(idunno_api::client::new_request_id)
+}

@@ -1,0 +1,95 @@
+//! `/v1/models`: register, list, show and delete models.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use idunno_api::model::{default_input_size, Model, NewModel};
+
+use super::{request_id, ReadOptions};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::node::Coordinator;
+use crate::state::command::{Command, Response};
+use crate::state::models::validate;
+
+pub fn router() -> Router<Arc<Coordinator>> {
+    Router::new()
+        .route("/v1/models", get(list).post(create))
+        .route("/v1/models/{name}", get(show).delete(remove))
+}
+
+/// Workers that reported `model` loaded (known to the leader only).
+fn loaded_on(c: &Coordinator, model: &str) -> Vec<String> {
+    if !c.is_leader() {
+        return Vec::new();
+    }
+    c.leader_state()
+        .workers
+        .with_model(model, c.config.lease_timeout())
+}
+
+async fn create(
+    State(c): State<Arc<Coordinator>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<NewModel>,
+) -> Result<(StatusCode, Json<Model>), ApiError> {
+    let input_size = body
+        .input_size
+        .or_else(|| default_input_size(&body.arch))
+        .unwrap_or(0);
+    validate(&body.name, &body.arch, &body.weights, input_size)?;
+    let cmd = Command::PutModel {
+        name: body.name,
+        arch: body.arch,
+        weights: body.weights,
+        input_size,
+    };
+    match c.write(request_id(&headers), cmd).await? {
+        Response::Model(m) => {
+            let loaded = loaded_on(&c, &m.name);
+            Ok((StatusCode::CREATED, Json(m.to_api(loaded))))
+        }
+        other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    }
+}
+
+async fn list(
+    State(c): State<Arc<Coordinator>>,
+    ApiQuery(opts): ApiQuery<ReadOptions>,
+) -> Result<Json<Vec<Model>>, ApiError> {
+    c.read_barrier(opts.stale).await?;
+    let models: Vec<_> = c.shared.read().state.models.values().cloned().collect();
+    Ok(Json(
+        models
+            .into_iter()
+            .map(|m| {
+                let loaded = loaded_on(&c, &m.name);
+                m.to_api(loaded)
+            })
+            .collect(),
+    ))
+}
+
+async fn show(
+    State(c): State<Arc<Coordinator>>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(opts): ApiQuery<ReadOptions>,
+) -> Result<Json<Model>, ApiError> {
+    c.read_barrier(opts.stale).await?;
+    let model = c.shared.read().state.models.get(&name).cloned();
+    let model = model.ok_or_else(|| ApiError::NotFound(format!("no model named {name:?}")))?;
+    let loaded = loaded_on(&c, &name);
+    Ok(Json(model.to_api(loaded)))
+}
+
+async fn remove(
+    State(c): State<Arc<Coordinator>>,
+    headers: HeaderMap,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    c.write(request_id(&headers), Command::DeleteModel { name })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

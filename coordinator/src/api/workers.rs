@@ -1,0 +1,230 @@
+//! The worker protocol: register, heartbeat, long-poll for a lease, give a lease back,
+//! complete a batch. Served by the leader (followers forward), which keeps worker liveness as
+//! soft state and commits leases and completions through Raft.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use idunno_api::worker::{
+    Completion, CompletionAck, Heartbeat, HeartbeatAck, Lease, LeaseRequest, LeasedInput, Release,
+    WorkerInfo, WorkerRegistered, WorkerRegistration,
+};
+
+use super::request_id;
+use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::node::Coordinator;
+use crate::state::command::{Command, LeaseGrant, Response};
+use crate::state::jobs::BatchId;
+use crate::workers::new_worker_id;
+
+/// Longest a lease call waits for work.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+pub fn router() -> Router<Arc<Coordinator>> {
+    Router::new()
+        .route("/v1/workers", get(list))
+        .route("/v1/workers/register", post(register))
+        .route("/v1/workers/{id}", delete(deregister))
+        .route("/v1/workers/{id}/heartbeat", post(heartbeat))
+        .route("/v1/workers/{id}/lease", post(lease))
+        .route("/v1/workers/{id}/release", post(release))
+        .route("/v1/batches/{id}/complete", post(complete))
+}
+
+fn check_worker_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(ApiError::BadRequest(format!("{id:?} is not a worker id")));
+    }
+    Ok(())
+}
+
+async fn list(State(c): State<Arc<Coordinator>>) -> Json<Vec<WorkerInfo>> {
+    Json(c.leader_state().workers.list())
+}
+
+async fn register(
+    State(c): State<Arc<Coordinator>>,
+    ApiJson(body): ApiJson<WorkerRegistration>,
+) -> (StatusCode, Json<WorkerRegistered>) {
+    let id = new_worker_id();
+    {
+        let mut leader = c.leader_state();
+        let w = leader.workers.seen(&id);
+        w.name = body.name;
+        w.capacity = body.capacity.max(1);
+        w.accepts = body.accepts;
+        w.loaded = body.loaded;
+    }
+    tracing::info!(worker = %id, "worker registered");
+    (
+        StatusCode::CREATED,
+        Json(WorkerRegistered {
+            worker_id: id,
+            heartbeat_interval_ms: c.config.worker_heartbeat_ms,
+            lease_timeout_ms: c.config.lease_timeout_ms,
+        }),
+    )
+}
+
+async fn deregister(
+    State(c): State<Arc<Coordinator>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    check_worker_id(&id)?;
+    c.leader_state().workers.remove(&id);
+    tracing::info!(worker = %id, "worker deregistered");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn heartbeat(
+    State(c): State<Arc<Coordinator>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<Heartbeat>,
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    check_worker_id(&id)?;
+    let mut leader = c.leader_state();
+    let w = leader.workers.seen(&id);
+    w.loaded = body.loaded;
+    w.capacity = body.capacity.max(1);
+    Ok(Json(HeartbeatAck::default()))
+}
+
+/// Long-polls for a batch: the scheduler picks the job, the lease commits through Raft, and
+/// the answer carries everything the worker needs. 204 if nothing came up in time.
+async fn lease(
+    State(c): State<Arc<Coordinator>>,
+    headers: HeaderMap,
+    ApiPath(worker): ApiPath<String>,
+    ApiJson(body): ApiJson<LeaseRequest>,
+) -> Result<HttpResponse, ApiError> {
+    check_worker_id(&worker)?;
+    let request = request_id(&headers);
+    let deadline = Instant::now() + Duration::from_millis(body.wait_ms).min(MAX_WAIT);
+    let mut shutdown = c.shutdown.clone();
+    loop {
+        let notified = c.shared.work.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(job) = pick(&c, &worker) {
+            let cmd = Command::Lease {
+                worker: worker.clone(),
+                job,
+                lease_timeout_ms: c.config.max_batch_ms,
+            };
+            match c.write(request.clone(), cmd).await? {
+                Response::Leased(grant) => {
+                    c.metrics.leases_granted.add(1);
+                    return Ok(Json(to_lease(&c, grant)?).into_response());
+                }
+                Response::NoWork => continue,
+                other => return Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait_for(|s| *s) => return Err(ApiError::Unavailable("shutting down".into())),
+        }
+    }
+}
+
+/// The job the scheduler serves next with this worker, marking the worker alive.
+fn pick(c: &Coordinator, worker: &str) -> Option<u64> {
+    let applied = c.shared.read();
+    let mut leader = c.leader_state();
+    leader.workers.seen(worker);
+    let runnable: Vec<_> = applied
+        .state
+        .runnable_jobs()
+        .filter(|j| leader.workers.accepts(worker, &j.model))
+        .collect();
+    leader.fair.pick(runnable.into_iter(), Instant::now())
+}
+
+fn to_lease(c: &Coordinator, grant: LeaseGrant) -> Result<Lease, ApiError> {
+    let applied = c.shared.read();
+    let job = applied.state.job(grant.batch.job)?;
+    let model = applied
+        .state
+        .models
+        .get(&job.model)
+        .ok_or_else(|| ApiError::Conflict(format!("model {:?} was deleted", job.model)))?;
+    Ok(Lease {
+        lease_id: grant.lease_id,
+        batch_id: grant.batch.to_string(),
+        job_id: grant.batch.job,
+        model: model.name.clone(),
+        arch: model.arch.clone(),
+        weights: model.weights.clone(),
+        input_size: model.input_size,
+        inputs: grant
+            .inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| LeasedInput {
+                index: grant.start + i as u64,
+                name,
+            })
+            .collect(),
+        attempt: grant.attempt,
+        deadline_ms: grant.deadline_ms,
+    })
+}
+
+async fn release(
+    State(c): State<Arc<Coordinator>>,
+    ApiPath(worker): ApiPath<String>,
+    ApiJson(body): ApiJson<Release>,
+) -> Result<StatusCode, ApiError> {
+    check_worker_id(&worker)?;
+    let batch: BatchId = body.batch_id.parse()?;
+    c.write(
+        String::new(),
+        Command::Release {
+            batch,
+            lease_id: body.lease_id,
+        },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn complete(
+    State(c): State<Arc<Coordinator>>,
+    ApiPath(batch): ApiPath<String>,
+    ApiJson(body): ApiJson<Completion>,
+) -> Result<Json<CompletionAck>, ApiError> {
+    let batch: BatchId = batch.parse()?;
+    if body.result.is_empty() || body.result.len() > 1024 {
+        return Err(ApiError::BadRequest("result must name an object (1-1024 characters)".into()));
+    }
+    let cmd = Command::Complete {
+        batch,
+        lease_id: body.lease_id,
+        result: body.result,
+        failed: body.failed,
+        compute_ms: body.compute_ms,
+    };
+    match c.write(String::new(), cmd).await? {
+        Response::Completed { accepted } => {
+            if accepted {
+                c.metrics.batches_completed.add(1);
+                let applied = c.shared.read();
+                let len = applied.state.batches.get(&batch).map_or(0, |b| u64::from(b.len));
+                let mut leader = c.leader_state();
+                leader.fair.record(batch.job, len, Instant::now());
+            }
+            Ok(Json(CompletionAck { accepted }))
+        }
+        other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    }
+}

@@ -1,0 +1,56 @@
+//! Access control: a bearer token on the client API (`/v1/…`) and a shared cluster secret on
+//! the internal routes (`/raft/…`). Either is off when not configured (a local cluster).
+//! Health and metrics endpoints are always open.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::node::Coordinator;
+
+/// Header carrying the cluster secret between IDunno processes.
+pub const SECRET_HEADER: &str = "x-idunno-secret";
+
+/// Checks the credentials a path requires.
+pub async fn check(State(c): State<Arc<Coordinator>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path.starts_with("/raft/") {
+        if let Some(secret) = &c.config.cluster_secret {
+            let given = req.headers().get(SECRET_HEADER).and_then(|v| v.to_str().ok());
+            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), secret.as_bytes())) {
+                return ApiError::Forbidden.into_response();
+            }
+        }
+    } else if path.starts_with("/v1/") {
+        if let Some(token) = &c.config.token {
+            let given = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+                return ApiError::Unauthorized.into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"ab"));
+    }
+}

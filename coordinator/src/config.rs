@@ -1,0 +1,178 @@
+//! The coordinator's configuration: one struct, from command-line flags or the environment,
+//! with defaults that work for a local three-node cluster.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// `idunno coordinator …`
+#[derive(Debug, Clone, Args)]
+pub struct CoordinatorConfig {
+    /// This coordinator's Raft node id (unique in the cluster, ≥ 1).
+    #[arg(long)]
+    pub id: u64,
+
+    /// Address to listen on (API and Raft RPCs share it). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub listen: String,
+
+    /// Address other processes reach this node at; defaults to the bound listen address.
+    #[arg(long)]
+    pub advertise: Option<String>,
+
+    /// Folder for the Raft log, state and snapshots (sled).
+    #[arg(long, default_value = "./data/coordinator")]
+    pub data: PathBuf,
+
+    /// The initial voters, `ID=HOST:PORT,…` including this node. With every node started with
+    /// the same list the cluster initialises itself once; a restarted node just rejoins.
+    /// Empty: a one-node cluster of this node alone.
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<(u64, String)>,
+
+    /// Start without initialising anything: wait to be added with `POST /v1/cluster/members`.
+    #[arg(long)]
+    pub join: bool,
+
+    /// Leader heartbeat interval (ms).
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+
+    /// Election timeout range (ms): a follower that hears no leader for a random time in this
+    /// range starts an election.
+    #[arg(long, default_value_t = 300)]
+    pub election_min_ms: u64,
+    #[arg(long, default_value_t = 600)]
+    pub election_max_ms: u64,
+
+    /// Build a snapshot after this many log entries since the last one.
+    #[arg(long, default_value_t = 5000)]
+    pub snapshot_every: u64,
+
+    /// Log entries kept after a snapshot (for followers slightly behind).
+    #[arg(long, default_value_t = 1000)]
+    pub keep_logs: u64,
+
+    /// A worker silent for this long is dead: its leases go back to the queue. A new leader
+    /// also waits this long before expiring anything.
+    #[arg(long, default_value_t = 5000)]
+    pub lease_timeout_ms: u64,
+
+    /// Longest a batch may stay leased even to a live worker.
+    #[arg(long, default_value_t = 600_000)]
+    pub max_batch_ms: u64,
+
+    /// How often workers heartbeat.
+    #[arg(long, default_value_t = 1000)]
+    pub worker_heartbeat_ms: u64,
+
+    /// Largest JSON request body (bytes).
+    #[arg(long, default_value_t = 16 << 20)]
+    pub body_limit: usize,
+
+    /// Bearer token required on the client API (`/v1/…`); none = open.
+    #[arg(long, env = "IDUNNO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Shared secret required on internal routes (`/raft/…`, storage nodes); none = open.
+    #[arg(long, env = "IDUNNO_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+}
+
+impl CoordinatorConfig {
+    /// A configuration with every default, for embedding and tests.
+    pub fn new(id: u64, data: PathBuf) -> CoordinatorConfig {
+        CoordinatorConfig {
+            id,
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            data,
+            peers: Vec::new(),
+            join: false,
+            heartbeat_ms: 100,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            snapshot_every: 5000,
+            keep_logs: 1000,
+            lease_timeout_ms: 5000,
+            max_batch_ms: 600_000,
+            worker_heartbeat_ms: 1000,
+            body_limit: 16 << 20,
+            token: None,
+            cluster_secret: None,
+        }
+    }
+
+    pub fn lease_timeout(&self) -> Duration {
+        Duration::from_millis(self.lease_timeout_ms)
+    }
+
+    /// The initial voters by id.
+    pub fn peer_map(&self) -> BTreeMap<u64, String> {
+        self.peers.iter().cloned().collect()
+    }
+
+    /// Checks the values before anything starts.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("--id must be at least 1".into());
+        }
+        if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
+        {
+            return Err(
+                "need heartbeat-ms < election-min-ms < election-max-ms".into(),
+            );
+        }
+        let peers = self.peer_map();
+        if peers.len() != self.peers.len() {
+            return Err("--peers lists a node id twice".into());
+        }
+        if !peers.is_empty() && !peers.contains_key(&self.id) && !self.join {
+            return Err(format!(
+                "--peers does not list this node's id {} (use --join to be added later)",
+                self.id
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `ID=HOST:PORT`.
+pub fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=HOST:PORT"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{id:?} is not a node id"))?;
+    let addr = addr.trim();
+    if addr.is_empty() || !addr.contains(':') {
+        return Err(format!("{addr:?} is not HOST:PORT"));
+    }
+    Ok((id, addr.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse() {
+        assert_eq!(parse_peer("2=127.0.0.1:7002").unwrap(), (2, "127.0.0.1:7002".into()));
+        assert!(parse_peer("x=1:2").is_err());
+        assert!(parse_peer("2").is_err());
+        assert!(parse_peer("2=host").is_err());
+    }
+
+    #[test]
+    fn a_node_missing_from_its_peer_list_is_refused() {
+        let mut c = CoordinatorConfig::new(4, "d".into());
+        c.peers = vec![(1, "a:1".into()), (2, "b:2".into())];
+        assert!(c.validate().is_err());
+        c.join = true;
+        assert!(c.validate().is_ok());
+    }
+}

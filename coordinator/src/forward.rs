@@ -1,0 +1,114 @@
+//! Any coordinator accepts any request: a write (or a read of the leader's soft state) that
+//! reaches a follower is passed to the leader as-is, bodies streamed both ways, so a plain curl
+//! to any node works. A request already forwarded once is never forwarded again (no loops
+//! during an election): it gets a 503 and the client retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+
+use crate::error::ApiError;
+use crate::node::Coordinator;
+
+/// Marks a request a coordinator forwarded.
+pub const FORWARDED_HEADER: &str = "x-idunno-forwarded";
+
+/// Headers that describe one hop, not the request; never copied.
+const HOP_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "host",
+];
+
+/// True if the request must be served by the leader.
+fn needs_leader(method: &Method, path: &str) -> bool {
+    if !path.starts_with("/v1/") {
+        return false;
+    }
+    let reads = *method == Method::GET || *method == Method::HEAD;
+    !reads || path.starts_with("/v1/workers")
+}
+
+/// Middleware: serve locally if we lead or the request is a read; otherwise forward.
+pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Next) -> Response {
+    if !needs_leader(req.method(), req.uri().path()) || c.is_leader() {
+        return next.run(req).await;
+    }
+    if req.headers().contains_key(FORWARDED_HEADER) {
+        return ApiError::NoLeader("leadership is changing; retry".into()).into_response();
+    }
+    let wait = Duration::from_millis(c.config.election_max_ms * 4);
+    let Some((leader_id, leader_addr)) = c.wait_for_leader(wait).await else {
+        return ApiError::NoLeader("no leader elected yet; retry".into()).into_response();
+    };
+    if leader_id == c.id {
+        return next.run(req).await;
+    }
+    c.metrics.forwarded.add(1);
+    match proxy(&c.http, &leader_addr, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Sends `req` to the coordinator at `addr` and streams its answer back.
+pub async fn proxy(http: &reqwest::Client, addr: &str, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let url = format!("{}{}", idunno_api::client::base_url(addr), path);
+    let mut out = http.request(parts.method.clone(), &url);
+    for (name, value) in &parts.headers {
+        if !HOP_HEADERS.contains(&name.as_str()) {
+            out = out.header(name, value);
+        }
+    }
+    out = out.header(FORWARDED_HEADER, "1");
+    let stream = body.into_data_stream();
+    let resp = out
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("leader at {addr} did not answer: {e}")))?;
+    let mut builder = Response::builder().status(resp.status().as_u16());
+    for (name, value) in resp.headers() {
+        if !HOP_HEADERS.contains(&name.as_str()) {
+            if let Ok(name) = HeaderName::from_bytes(name.as_str().as_bytes()) {
+                builder = builder.header(name, value.as_bytes());
+            }
+        }
+    }
+    let body = Body::from_stream(resp.bytes_stream().map_err(std::io::Error::other));
+    builder
+        .body(body)
+        .map_err(|e| ApiError::Internal(format!("bad forwarded answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_and_worker_calls_go_to_the_leader() {
+        assert!(needs_leader(&Method::POST, "/v1/jobs"));
+        assert!(needs_leader(&Method::DELETE, "/v1/jobs/3"));
+        assert!(needs_leader(&Method::GET, "/v1/workers"));
+        assert!(!needs_leader(&Method::GET, "/v1/jobs"));
+        assert!(!needs_leader(&Method::POST, "/raft/vote"));
+        assert!(!needs_leader(&Method::GET, "/healthz"));
+    }
+}

@@ -1,0 +1,93 @@
+//! The server side of the Raft transport (`/raft/…`): hands peers' RPCs to openraft and
+//! answers with its `Result` as JSON. Also the read-index call followers use for
+//! linearizable reads.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use openraft::error::{CheckIsLeaderError, InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{Node, NodeId, TypeConfig};
+use crate::auth::SECRET_HEADER;
+use crate::error::{ApiError, ApiJson};
+use crate::node::Coordinator;
+
+/// The routes, to be nested at the root.
+pub fn router() -> Router<Arc<Coordinator>> {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/raft/read-index", post(read_index))
+}
+
+async fn append(
+    State(c): State<Arc<Coordinator>>,
+    ApiJson(req): ApiJson<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    Json(c.raft.append_entries(req).await)
+}
+
+async fn vote(
+    State(c): State<Arc<Coordinator>>,
+    ApiJson(req): ApiJson<VoteRequest<NodeId>>,
+) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    Json(c.raft.vote(req).await)
+}
+
+async fn snapshot(
+    State(c): State<Arc<Coordinator>>,
+    ApiJson(req): ApiJson<InstallSnapshotRequest<TypeConfig>>,
+) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+    Json(c.raft.install_snapshot(req).await)
+}
+
+/// The leader's answer to a read-index request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReadIndex {
+    /// Index the reader must have applied before reading (`None`: nothing committed yet).
+    pub index: Option<u64>,
+}
+
+async fn read_index(
+    State(c): State<Arc<Coordinator>>,
+) -> Json<Result<ReadIndex, RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>>> {
+    Json(
+        c.raft
+            .get_read_log_id()
+            .await
+            .map(|(read, _)| ReadIndex {
+                index: read.map(|l| l.index),
+            }),
+    )
+}
+
+/// Asks the leader at `leader_addr` for its read index.
+pub async fn fetch_read_index(c: &Coordinator, leader_addr: &str) -> Result<Option<u64>, ApiError> {
+    let url = format!("{}/raft/read-index", idunno_api::client::base_url(leader_addr));
+    let mut req = c
+        .http
+        .post(&url)
+        .timeout(std::time::Duration::from_millis(c.config.election_max_ms * 4));
+    if let Some(secret) = &c.config.cluster_secret {
+        req = req.header(SECRET_HEADER, secret);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| ApiError::NoLeader(format!("leader unreachable for a read index: {e}")))?;
+    let answer: Result<ReadIndex, RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>> = resp
+        .json()
+        .await
+        .map_err(|e| ApiError::NoLeader(format!("bad read-index answer: {e}")))?;
+    answer
+        .map(|r| r.index)
+        .map_err(|e| ApiError::NoLeader(format!("leader could not confirm a read: {e}")))
+}

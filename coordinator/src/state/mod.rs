@@ -1,0 +1,355 @@
+//! The replicated state: everything that must survive a coordinator's death, and nothing else.
+//!
+//! [`State`] is plain data plus a deterministic [`State::apply`]. It tracks which records a
+//! command changed ([`Key`]) so the Raft state machine can write exactly those, together with
+//! `last_applied`, in one atomic sled batch. It knows nothing of Raft, sled or HTTP.
+
+pub mod command;
+pub mod files;
+pub mod jobs;
+pub mod models;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use idunno_api::Millis;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use command::{Command, CommandError, Request, Response};
+use files::FileRecord;
+use jobs::{BatchId, BatchRecord, BatchState, JobRecord};
+use models::ModelRecord;
+
+/// How long a client request id is remembered: a retry after this is a new request.
+pub const REQUEST_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// Monotonic counters and the replicated clock.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub next_job_id: u64,
+    pub next_lease_id: u64,
+    /// The largest time stamped into an applied command: the state's notion of "now".
+    pub now_ms: Millis,
+}
+
+/// A remembered answer to a client request, for retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Remembered {
+    pub time_ms: Millis,
+    pub response: Response,
+}
+
+/// One stored record: what [`State`] persists, one sled key each.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    Counters,
+    Model(String),
+    Job(u64),
+    Inputs(u64),
+    Batch(BatchId),
+    Request(String),
+    File(String),
+}
+
+impl Key {
+    /// The sled key: a one-letter prefix, then the id (big-endian numbers sort numerically).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        match self {
+            Key::Counters => out.push(b'c'),
+            Key::Model(name) => {
+                out.push(b'm');
+                out.extend_from_slice(name.as_bytes());
+            }
+            Key::Job(id) => {
+                out.push(b'j');
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            Key::Inputs(id) => {
+                out.push(b'i');
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            Key::Batch(id) => {
+                out.push(b'b');
+                out.extend_from_slice(&id.job.to_be_bytes());
+                out.extend_from_slice(&id.seq.to_be_bytes());
+            }
+            Key::Request(id) => {
+                out.push(b'r');
+                out.extend_from_slice(id.as_bytes());
+            }
+            Key::File(path) => {
+                out.push(b'f');
+                out.extend_from_slice(path.as_bytes());
+            }
+        }
+        out
+    }
+}
+
+/// A stored record that could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt state record {key:?}: {reason}")]
+pub struct DecodeError {
+    pub key: String,
+    pub reason: String,
+}
+
+/// The replicated state machine's data.
+#[derive(Debug, Default)]
+pub struct State {
+    pub(crate) counters: Counters,
+    pub(crate) models: BTreeMap<String, ModelRecord>,
+    pub(crate) jobs: BTreeMap<u64, JobRecord>,
+    pub(crate) inputs: BTreeMap<u64, Arc<Vec<String>>>,
+    pub(crate) batches: BTreeMap<BatchId, BatchRecord>,
+    pub(crate) requests: HashMap<String, Remembered>,
+    pub(crate) files: BTreeMap<String, FileRecord>,
+
+    // Indexes derived from the records above, rebuilt on load, never stored.
+    /// Batches in the leased state, for the leader's expiry scan.
+    leased: BTreeSet<BatchId>,
+    /// Worker request id → the batch its lease call got, while the lease lasts.
+    lease_requests: HashMap<String, BatchId>,
+    /// Remembered requests by age, for pruning.
+    request_ages: BTreeSet<(Millis, String)>,
+
+    /// Records changed since the last [`State::take_changes`].
+    dirty: BTreeSet<Key>,
+    /// Set when a command may have made work available (a job started, a batch came back).
+    pub(crate) work_changed: bool,
+}
+
+impl State {
+    /// Applies one log entry's command. Deterministic: the same state and request give the same
+    /// state and response on every replica.
+    pub fn apply(&mut self, req: Request) -> Response {
+        let now = req.time_ms.max(self.counters.now_ms);
+        if now != self.counters.now_ms {
+            self.counters.now_ms = now;
+            self.touch(Key::Counters);
+        }
+        let remember = !req.id.is_empty() && !matches!(req.cmd, Command::Lease { .. });
+        if remember {
+            if let Some(seen) = self.requests.get(&req.id) {
+                return seen.response.clone();
+            }
+        }
+        self.prune_requests(now);
+        let response = self.execute(req.cmd, &req.id, now);
+        if remember {
+            self.requests.insert(
+                req.id.clone(),
+                Remembered {
+                    time_ms: now,
+                    response: response.clone(),
+                },
+            );
+            self.request_ages.insert((now, req.id.clone()));
+            self.touch(Key::Request(req.id));
+        }
+        response
+    }
+
+    fn execute(&mut self, cmd: Command, request: &str, now: Millis) -> Response {
+        fn job(r: Result<u64, CommandError>) -> Response {
+            r.map_or_else(Response::Failed, |id| Response::Job { id })
+        }
+        fn done(r: Result<(), CommandError>) -> Response {
+            r.map_or_else(Response::Failed, |()| Response::Done)
+        }
+        match cmd {
+            Command::PutModel {
+                name,
+                arch,
+                weights,
+                input_size,
+            } => self
+                .put_model(name, arch, weights, input_size, now)
+                .map_or_else(Response::Failed, Response::Model),
+            Command::DeleteModel { name } => done(self.delete_model(&name)),
+            Command::CreateJob {
+                name,
+                model,
+                inputs,
+                batch_size,
+                weight,
+                start,
+            } => job(self.create_job(name, model, inputs, batch_size, weight, start, now)),
+            Command::UpdateJob {
+                job: id,
+                batch_size,
+                weight,
+            } => job(self.update_job(id, batch_size, weight)),
+            Command::StartJob { job: id } => job(self.start_job(id, now)),
+            Command::StopJob { job: id } => job(self.stop_job(id)),
+            Command::DeleteJob { job: id } => done(self.delete_job(id)),
+            Command::Lease {
+                worker,
+                job,
+                lease_timeout_ms,
+            } => self.lease(worker, job, request.to_string(), lease_timeout_ms, now),
+            Command::Complete {
+                batch,
+                lease_id,
+                result,
+                failed,
+                compute_ms,
+            } => self
+                .complete(batch, lease_id, result, failed, compute_ms, now)
+                .map_or_else(Response::Failed, |accepted| Response::Completed {
+                    accepted,
+                }),
+            Command::Release { batch, lease_id } => Response::Released {
+                released: self.release(batch, lease_id),
+            },
+            Command::Expire { leases } => Response::Expired {
+                count: self.expire(&leases),
+            },
+        }
+    }
+
+    /// Forgets request ids older than [`REQUEST_TTL_MS`].
+    fn prune_requests(&mut self, now: Millis) {
+        let horizon = now.saturating_sub(REQUEST_TTL_MS);
+        while let Some((time, id)) = self.request_ages.first().cloned() {
+            if time >= horizon {
+                break;
+            }
+            self.request_ages.pop_first();
+            self.requests.remove(&id);
+            self.touch(Key::Request(id));
+        }
+    }
+
+    /// Marks a record as changed.
+    pub(crate) fn touch(&mut self, key: Key) {
+        self.dirty.insert(key);
+    }
+
+    /// The replicated clock: the newest time stamped into an applied command.
+    pub fn now_ms(&self) -> Millis {
+        self.counters.now_ms
+    }
+
+    /// The changed records since the last call: (key, new value or `None` if deleted).
+    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .map(|key| {
+                let value = self.encode_value(&key);
+                (key.encode(), value)
+            })
+            .collect()
+    }
+
+    /// Whether the last commands may have made work available; resets the flag.
+    pub fn take_work_changed(&mut self) -> bool {
+        std::mem::take(&mut self.work_changed)
+    }
+
+    fn encode_value(&self, key: &Key) -> Option<Vec<u8>> {
+        fn enc<T: Serialize>(v: Option<&T>) -> Option<Vec<u8>> {
+            v.and_then(|v| serde_json::to_vec(v).ok())
+        }
+        match key {
+            Key::Counters => enc(Some(&self.counters)),
+            Key::Model(name) => enc(self.models.get(name)),
+            Key::Job(id) => enc(self.jobs.get(id)),
+            Key::Inputs(id) => enc(self.inputs.get(id).map(|v| v.as_ref())),
+            Key::Batch(id) => enc(self.batches.get(id)),
+            Key::Request(id) => enc(self.requests.get(id)),
+            Key::File(path) => enc(self.files.get(path)),
+        }
+    }
+
+    /// Every record, as stored: the snapshot's content.
+    pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let keys = std::iter::once(Key::Counters)
+            .chain(self.models.keys().cloned().map(Key::Model))
+            .chain(self.jobs.keys().copied().map(Key::Job))
+            .chain(self.inputs.keys().copied().map(Key::Inputs))
+            .chain(self.batches.keys().copied().map(Key::Batch))
+            .chain(self.requests.keys().cloned().map(Key::Request))
+            .chain(self.files.keys().cloned().map(Key::File));
+        keys.filter_map(|k| {
+            let v = self.encode_value(&k)?;
+            Some((k.encode(), v))
+        })
+        .collect()
+    }
+
+    /// Rebuilds a state from stored records (from sled or a snapshot).
+    pub fn load<I>(records: I) -> Result<State, DecodeError>
+    where
+        I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    {
+        fn dec<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, DecodeError> {
+            serde_json::from_slice(value).map_err(|e| DecodeError {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: e.to_string(),
+            })
+        }
+        let mut state = State::default();
+        for (key, value) in records {
+            let Some((&tag, _)) = key.split_first() else {
+                continue;
+            };
+            match tag {
+                b'c' => state.counters = dec(&key, &value)?,
+                b'm' => {
+                    let m: ModelRecord = dec(&key, &value)?;
+                    state.models.insert(m.name.clone(), m);
+                }
+                b'j' => {
+                    let j: JobRecord = dec(&key, &value)?;
+                    state.jobs.insert(j.id, j);
+                }
+                b'i' => {
+                    let id = key_u64(&key, 1)?;
+                    let inputs: Vec<String> = dec(&key, &value)?;
+                    state.inputs.insert(id, Arc::new(inputs));
+                }
+                b'b' => {
+                    let b: BatchRecord = dec(&key, &value)?;
+                    state.batches.insert(b.id, b);
+                }
+                b'r' => {
+                    let id = String::from_utf8_lossy(&key[1..]).into_owned();
+                    let r: Remembered = dec(&key, &value)?;
+                    state.request_ages.insert((r.time_ms, id.clone()));
+                    state.requests.insert(id, r);
+                }
+                b'f' => {
+                    let f: FileRecord = dec(&key, &value)?;
+                    state.files.insert(f.path.clone(), f);
+                }
+                _ => {}
+            }
+        }
+        for batch in state.batches.values() {
+            if let BatchState::Leased { request, .. } = &batch.state {
+                state.leased.insert(batch.id);
+                if !request.is_empty() {
+                    state.lease_requests.insert(request.clone(), batch.id);
+                }
+            }
+        }
+        Ok(state)
+    }
+}
+
+fn key_u64(key: &[u8], at: usize) -> Result<u64, DecodeError> {
+    key.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| DecodeError {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "short key".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,110 @@
+//! The model registry in the replicated state: name → architecture, input size, weights file.
+
+use idunno_api::model::default_input_size;
+use idunno_api::Millis;
+use serde::{Deserialize, Serialize};
+
+use super::command::CommandError;
+use super::{Key, State};
+
+/// A registered model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub name: String,
+    pub arch: String,
+    /// SDFS name of the weights file (safetensors).
+    pub weights: String,
+    pub input_size: u32,
+    pub created_at_ms: Millis,
+}
+
+impl ModelRecord {
+    pub fn to_api(&self, loaded_on: Vec<String>) -> idunno_api::model::Model {
+        idunno_api::model::Model {
+            name: self.name.clone(),
+            arch: self.arch.clone(),
+            weights: self.weights.clone(),
+            input_size: self.input_size,
+            created_at_ms: self.created_at_ms,
+            loaded_on,
+        }
+    }
+}
+
+/// Checks a registration before it is proposed or applied.
+pub fn validate(name: &str, arch: &str, weights: &str, input_size: u32) -> Result<(), CommandError> {
+    if name.is_empty() || name.len() > 128 || !name.chars().all(name_char) {
+        return Err(CommandError::Invalid(format!(
+            "model name {name:?} must be 1-128 characters of a-z, A-Z, 0-9, '.', '_' or '-'"
+        )));
+    }
+    if default_input_size(arch).is_none() {
+        let known: Vec<&str> = idunno_api::model::ARCHITECTURES
+            .iter()
+            .map(|(a, _)| *a)
+            .collect();
+        return Err(CommandError::Invalid(format!(
+            "unknown architecture {arch:?} (known: {})",
+            known.join(", ")
+        )));
+    }
+    if weights.is_empty() {
+        return Err(CommandError::Invalid("weights must name a file".into()));
+    }
+    if !(32..=1024).contains(&input_size) {
+        return Err(CommandError::Invalid(format!(
+            "input_size {input_size} is outside 32..=1024"
+        )));
+    }
+    Ok(())
+}
+
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+impl State {
+    pub(super) fn put_model(
+        &mut self,
+        name: String,
+        arch: String,
+        weights: String,
+        input_size: u32,
+        now: Millis,
+    ) -> Result<ModelRecord, CommandError> {
+        validate(&name, &arch, &weights, input_size)?;
+        let created_at_ms = self
+            .models
+            .get(&name)
+            .map(|m| m.created_at_ms)
+            .unwrap_or(now);
+        let record = ModelRecord {
+            name: name.clone(),
+            arch,
+            weights,
+            input_size,
+            created_at_ms,
+        };
+        self.models.insert(name.clone(), record.clone());
+        self.touch(Key::Model(name));
+        Ok(record)
+    }
+
+    pub(super) fn delete_model(&mut self, name: &str) -> Result<(), CommandError> {
+        if let Some(job) = self
+            .jobs
+            .values()
+            .find(|j| j.model == name && j.state != idunno_api::job::JobState::Done)
+        {
+            return Err(CommandError::Conflict(format!(
+                "model {name:?} is used by unfinished job {}",
+                job.id
+            )));
+        }
+        if self.models.remove(name).is_none() {
+            return Err(CommandError::NotFound(format!("no model named {name:?}")));
+        }
+        self.touch(Key::Model(name.to_string()));
+        Ok(())
+    }
+}

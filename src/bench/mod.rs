@@ -1,0 +1,42 @@
+//! `idunno bench …`: measurements of the real system (separate processes on loopback, durable
+//! storage). Benchmarks print figures; they assert nothing.
+
+mod processes;
+mod raft;
+
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    cmd: BenchCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Coordinator group: lease+complete commit throughput, and leader failover time.
+    Raft(raft::RaftBench),
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.cmd {
+        BenchCmd::Raft(b) => raft::run(b).await,
+    }
+}
+
+/// Mean, median and maximum of a sample.
+pub fn summary(samples: &[f64]) -> (f64, f64, f64) {
+    if samples.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
+    let mid = sorted.len() / 2;
+    let p50 = if sorted.len() % 2 == 0 {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    };
+    (mean, p50, sorted[sorted.len() - 1])
+}

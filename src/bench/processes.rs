@@ -1,0 +1,132 @@
+//! Real `idunno` child processes for benchmarks: a coordinator group on free loopback ports,
+//! each with its own data folder and log file, killable with SIGKILL and restartable.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use idunno_api::cluster::ClusterStatus;
+use idunno_api::Client;
+
+/// One coordinator process.
+pub struct CoordinatorProcess {
+    pub id: u64,
+    pub addr: String,
+    data: PathBuf,
+    log: PathBuf,
+    peers: String,
+    child: Option<Child>,
+}
+
+impl CoordinatorProcess {
+    /// Starts (or restarts) the process.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find the idunno binary")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(exe)
+            .args(["coordinator", "--id", &self.id.to_string(), "--listen", &self.addr])
+            .arg("--data")
+            .arg(&self.data)
+            .args(["--peers", &self.peers])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start a coordinator process")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for CoordinatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A group of coordinator processes under one temporary folder.
+pub struct CoordinatorGroup {
+    pub nodes: Vec<CoordinatorProcess>,
+    _dir: tempfile::TempDir,
+}
+
+impl CoordinatorGroup {
+    /// Starts `n` coordinators that form one Raft group.
+    pub fn start(n: u64, under: Option<&Path>) -> anyhow::Result<CoordinatorGroup> {
+        let dir = match under {
+            Some(p) => tempfile::tempdir_in(p)?,
+            None => tempfile::tempdir()?,
+        };
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let mut node = CoordinatorProcess {
+                id,
+                addr: format!("127.0.0.1:{port}"),
+                data: dir.path().join(format!("c{id}")),
+                log: dir.path().join(format!("c{id}.log")),
+                peers: peers.clone(),
+                child: None,
+            };
+            node.start()?;
+            nodes.push(node);
+        }
+        Ok(CoordinatorGroup { nodes, _dir: dir })
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.addrs(), None)?)
+    }
+
+    /// Waits until a running node reports a leader, and returns that leader's status.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<ClusterStatus> {
+        let started = Instant::now();
+        loop {
+            for node in self.nodes.iter().filter(|n| n.running()) {
+                let client = Client::new(std::slice::from_ref(&node.addr), None)?
+                    .with_deadline(Duration::from_millis(200));
+                if let Ok(status) = client.get::<ClusterStatus>("/v1/cluster").await {
+                    if status.role == "leader" {
+                        return Ok(status);
+                    }
+                }
+            }
+            if started.elapsed() > timeout {
+                bail!("no leader after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}

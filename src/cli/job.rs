@@ -1,0 +1,233 @@
+//! `idunno job …`: the original system's job verbs over the REST API.
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use idunno_api::job::{BatchInfo, BatchStateInfo, Inputs, Job, JobPatch, NewJob};
+
+use super::table::{render, time};
+use super::{print_json, Connection};
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    cmd: JobCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCmd {
+    /// Create a job over SDFS inputs (a list or a prefix).
+    Add {
+        /// Registry name of the model.
+        #[arg(long)]
+        model: String,
+        /// Every SDFS file under this prefix, in name order.
+        #[arg(long, conflicts_with = "inputs")]
+        prefix: Option<String>,
+        /// SDFS file names.
+        #[arg(long, value_delimiter = ',')]
+        inputs: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        batch_size: u32,
+        /// Fair-share weight.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// A label.
+        #[arg(long)]
+        name: Option<String>,
+        /// Start it at once.
+        #[arg(long)]
+        start: bool,
+    },
+    /// Start (or resume) a job.
+    Start { id: u64 },
+    /// Stop a job: nothing new is handed out until it is started again.
+    Stop { id: u64 },
+    /// Change the batch size of the rest of a job.
+    SetBatchSize { id: u64, batch_size: u32 },
+    /// Change a job's fair-share weight.
+    SetWeight { id: u64, weight: u32 },
+    /// Show one job, or all of them.
+    Status { id: Option<u64> },
+    /// List jobs.
+    List,
+    /// Show a job's batches.
+    Batches { id: u64 },
+    /// Delete a job and its batches.
+    Delete { id: u64 },
+}
+
+pub async fn run(args: JobArgs) -> anyhow::Result<()> {
+    let client = args.conn.client()?;
+    let json = args.conn.json;
+    match args.cmd {
+        JobCmd::Add {
+            model,
+            prefix,
+            inputs,
+            batch_size,
+            weight,
+            name,
+            start,
+        } => {
+            let inputs = match prefix {
+                Some(prefix) => Inputs::Prefix { prefix },
+                None if inputs.is_empty() => bail!("give --inputs a,b,… or --prefix P"),
+                None => Inputs::List(inputs),
+            };
+            let body = NewJob {
+                name,
+                model,
+                inputs,
+                batch_size,
+                weight,
+                start,
+            };
+            let job: Job = client.post("/v1/jobs", &body).await?;
+            show(&[job], json)
+        }
+        JobCmd::Start { id } => {
+            let job: Job = client.post(&format!("/v1/jobs/{id}/start"), &()).await?;
+            show(&[job], json)
+        }
+        JobCmd::Stop { id } => {
+            let job: Job = client.post(&format!("/v1/jobs/{id}/stop"), &()).await?;
+            show(&[job], json)
+        }
+        JobCmd::SetBatchSize { id, batch_size } => {
+            let patch = JobPatch {
+                batch_size: Some(batch_size),
+                weight: None,
+            };
+            let job: Job = client.patch(&format!("/v1/jobs/{id}"), &patch).await?;
+            show(&[job], json)
+        }
+        JobCmd::SetWeight { id, weight } => {
+            let patch = JobPatch {
+                batch_size: None,
+                weight: Some(weight),
+            };
+            let job: Job = client.patch(&format!("/v1/jobs/{id}"), &patch).await?;
+            show(&[job], json)
+        }
+        JobCmd::Status { id: Some(id) } => {
+            let job: Job = client.get(&format!("/v1/jobs/{id}")).await?;
+            if json {
+                return print_json(&job);
+            }
+            println!("{}", detail(&job));
+            Ok(())
+        }
+        JobCmd::Status { id: None } | JobCmd::List => {
+            let jobs: Vec<Job> = client.get("/v1/jobs").await?;
+            show(&jobs, json)
+        }
+        JobCmd::Batches { id } => {
+            let batches: Vec<BatchInfo> = client.get(&format!("/v1/jobs/{id}/batches")).await?;
+            if json {
+                return print_json(&batches);
+            }
+            let rows: Vec<Vec<String>> = batches.iter().map(batch_row).collect();
+            println!("{}", render(&["batch", "start", "len", "state", "worker", "detail"], &rows));
+            Ok(())
+        }
+        JobCmd::Delete { id } => {
+            client.delete(&format!("/v1/jobs/{id}")).await?;
+            println!("deleted job {id}");
+            Ok(())
+        }
+    }
+}
+
+fn show(jobs: &[Job], json: bool) -> anyhow::Result<()> {
+    if json {
+        return if jobs.len() == 1 {
+            print_json(&jobs[0])
+        } else {
+            print_json(&jobs)
+        };
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.name.clone(),
+                j.model.clone(),
+                format!("{:?}", j.state).to_lowercase(),
+                format!("{}/{}", j.done, j.queries),
+                j.failed.to_string(),
+                j.batch_size.to_string(),
+                j.weight.to_string(),
+                format!("{:.1}", j.rate_qps),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        render(
+            &["id", "name", "model", "state", "done", "failed", "batch", "weight", "q/s"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+fn detail(j: &Job) -> String {
+    let mut lines = vec![
+        format!("job {} ({})", j.id, j.name),
+        format!("  model        {}", j.model),
+        format!("  state        {:?}", j.state).to_lowercase(),
+        format!("  queries      {} done of {} ({} failed, {} in flight)", j.done, j.queries, j.failed, j.in_flight),
+        format!("  batches      {} done, {} retried", j.batches_done, j.retries),
+        format!("  batch size   {}", j.batch_size),
+        format!("  weight       {}", j.weight),
+        format!("  rate         {:.2} queries/s (last 10 s)", j.rate_qps),
+        format!("  created      {}", time(j.created_at_ms)),
+    ];
+    if let Some(t) = j.started_at_ms {
+        lines.push(format!("  started      {}", time(t)));
+    }
+    if let Some(t) = j.finished_at_ms {
+        lines.push(format!("  finished     {}", time(t)));
+        if let Some(s) = j.started_at_ms {
+            let secs = t.saturating_sub(s) as f64 / 1000.0;
+            lines.push(format!("  wall time    {secs:.2} s"));
+        }
+    }
+    if j.batches_done > 0 {
+        lines.push(format!(
+            "  compute      {:.1} ms per query",
+            j.compute_ms as f64 / j.done.max(1) as f64
+        ));
+    }
+    lines.join("\n")
+}
+
+fn batch_row(b: &BatchInfo) -> Vec<String> {
+    let (state, worker, detail) = match &b.state {
+        BatchStateInfo::Pending => ("pending".to_string(), String::new(), String::new()),
+        BatchStateInfo::Leased {
+            worker,
+            lease_id,
+            attempt,
+            ..
+        } => (
+            "leased".into(),
+            worker.clone(),
+            format!("lease {lease_id}, attempt {attempt}"),
+        ),
+        BatchStateInfo::Done {
+            result,
+            worker,
+            failed,
+            compute_ms,
+        } => (
+            "done".into(),
+            worker.clone(),
+            format!("{result} ({failed} failed, {compute_ms} ms)"),
+        ),
+    };
+    vec![b.id.clone(), b.start.to_string(), b.len.to_string(), state, worker, detail]
+}

@@ -1,0 +1,3 @@
+//! IDunno worker: pulls batches from the coordinator and runs candle models on them.
+
+pub mod models;
