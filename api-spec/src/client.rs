@@ -215,9 +215,7 @@ impl Client {
                 Err(e) => last_error = format!("{url}: {}", without_url(&e)),
             }
             // Move on to the next coordinator; back off a little once all were tried.
-            self.inner
-                .current
-                .store((index + 1) % n, Ordering::Relaxed);
+            self.inner.current.store((index + 1) % n, Ordering::Relaxed);
             attempt += 1;
             if started.elapsed() >= self.inner.deadline {
                 return Err(ClientError::Unavailable {
@@ -225,7 +223,7 @@ impl Client {
                     last: last_error,
                 });
             }
-            if attempt as usize % n == 0 {
+            if (attempt as usize).is_multiple_of(n) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

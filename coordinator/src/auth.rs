@@ -20,7 +20,10 @@ pub async fn check(State(c): State<Arc<Coordinator>>, req: Request, next: Next) 
     let path = req.uri().path();
     if path.starts_with("/raft/") {
         if let Some(secret) = &c.config.cluster_secret {
-            let given = req.headers().get(SECRET_HEADER).and_then(|v| v.to_str().ok());
+            let given = req
+                .headers()
+                .get(SECRET_HEADER)
+                .and_then(|v| v.to_str().ok());
             if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), secret.as_bytes())) {
                 return ApiError::Forbidden.into_response();
             }

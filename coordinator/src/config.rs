@@ -40,11 +40,12 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
 
-    /// Election timeout range (ms): a follower that hears no leader for a random time in this
-    /// range starts an election.
-    #[arg(long, default_value_t = 300)]
+    /// Election timeout range (ms), as openraft counts it. A follower that has seen a leader
+    /// first honours that leader's lease (`election-max-ms`) and then waits a random time in
+    /// this range: with the defaults it campaigns 450–600 ms after the last heartbeat.
+    #[arg(long, default_value_t = 150)]
     pub election_min_ms: u64,
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 300)]
     pub election_max_ms: u64,
 
     /// Build a snapshot after this many log entries since the last one.
@@ -92,8 +93,8 @@ impl CoordinatorConfig {
             peers: Vec::new(),
             join: false,
             heartbeat_ms: 100,
-            election_min_ms: 300,
-            election_max_ms: 600,
+            election_min_ms: 150,
+            election_max_ms: 300,
             snapshot_every: 5000,
             keep_logs: 1000,
             lease_timeout_ms: 5000,
@@ -121,9 +122,7 @@ impl CoordinatorConfig {
         }
         if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
         {
-            return Err(
-                "need heartbeat-ms < election-min-ms < election-max-ms".into(),
-            );
+            return Err("need heartbeat-ms < election-min-ms < election-max-ms".into());
         }
         let peers = self.peer_map();
         if peers.len() != self.peers.len() {
@@ -161,7 +160,10 @@ mod tests {
 
     #[test]
     fn peers_parse() {
-        assert_eq!(parse_peer("2=127.0.0.1:7002").unwrap(), (2, "127.0.0.1:7002".into()));
+        assert_eq!(
+            parse_peer("2=127.0.0.1:7002").unwrap(),
+            (2, "127.0.0.1:7002".into())
+        );
         assert!(parse_peer("x=1:2").is_err());
         assert!(parse_peer("2").is_err());
         assert!(parse_peer("2=host").is_err());

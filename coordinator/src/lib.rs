@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod lease;
+pub mod local;
 pub mod metrics;
 pub mod node;
 pub mod proposer;

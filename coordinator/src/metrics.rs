@@ -35,16 +35,48 @@ impl Metrics {
     pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
         let counters = [
-            ("idunno_http_requests_total", "HTTP requests served", &self.http_requests),
-            ("idunno_http_client_errors_total", "HTTP 4xx answers", &self.http_client_errors),
-            ("idunno_http_server_errors_total", "HTTP 5xx answers", &self.http_server_errors),
-            ("idunno_forwarded_total", "requests forwarded to the leader", &self.forwarded),
-            ("idunno_leases_granted_total", "batches leased by this leader", &self.leases_granted),
-            ("idunno_batches_completed_total", "completions accepted by this leader", &self.batches_completed),
-            ("idunno_leases_expired_total", "leases expired by this leader", &self.leases_expired),
+            (
+                "idunno_http_requests_total",
+                "HTTP requests served",
+                &self.http_requests,
+            ),
+            (
+                "idunno_http_client_errors_total",
+                "HTTP 4xx answers",
+                &self.http_client_errors,
+            ),
+            (
+                "idunno_http_server_errors_total",
+                "HTTP 5xx answers",
+                &self.http_server_errors,
+            ),
+            (
+                "idunno_forwarded_total",
+                "requests forwarded to the leader",
+                &self.forwarded,
+            ),
+            (
+                "idunno_leases_granted_total",
+                "batches leased by this leader",
+                &self.leases_granted,
+            ),
+            (
+                "idunno_batches_completed_total",
+                "completions accepted by this leader",
+                &self.batches_completed,
+            ),
+            (
+                "idunno_leases_expired_total",
+                "leases expired by this leader",
+                &self.leases_expired,
+            ),
         ];
         for (name, help, c) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.get()
+            );
         }
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

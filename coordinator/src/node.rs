@@ -231,6 +231,8 @@ pub async fn start(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         max_in_snapshot_log_to_keep: config.keep_logs,
         install_snapshot_timeout: 2000,
+        // Append RPCs must finish within a heartbeat interval: keep them small.
+        max_payload_entries: 64,
         ..Default::default()
     }
     .validate()
@@ -274,7 +276,9 @@ pub async fn start(
         }
     }));
     tasks.push(tokio::spawn(watch_leadership(coordinator.clone())));
-    tasks.push(tokio::spawn(crate::lease::expire_leases(coordinator.clone())));
+    tasks.push(tokio::spawn(crate::lease::expire_leases(
+        coordinator.clone(),
+    )));
 
     if !config.join {
         initialize(&raft, &config).await;

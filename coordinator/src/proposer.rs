@@ -16,8 +16,8 @@ use crate::state::command::{Command, Request, Response};
 
 /// Log entries being committed at once.
 const IN_FLIGHT: usize = 4;
-/// Most requests in one log entry.
-const MAX_BATCH: usize = 1024;
+/// Most requests in one log entry (keeps an append RPC well inside a heartbeat interval).
+const MAX_BATCH: usize = 256;
 
 /// Why a proposal did not commit.
 #[derive(Debug, Clone, thiserror::Error)]

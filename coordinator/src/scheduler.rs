@@ -67,7 +67,8 @@ impl FairShare {
     ) -> Option<u64> {
         let mut best: Option<(f64, u64)> = None;
         for job in runnable {
-            let served = (self.recent(job.id, now) + job.in_flight) as f64 / f64::from(job.weight.max(1));
+            let served =
+                (self.recent(job.id, now) + job.in_flight) as f64 / f64::from(job.weight.max(1));
             if best.is_none_or(|(score, _)| served < score) {
                 best = Some((served, job.id));
             }

@@ -28,13 +28,16 @@ impl Workers {
     /// Records a sign of life, creating the entry if this leader has not seen the worker yet
     /// (it registered with a previous leader).
     pub fn seen(&mut self, id: &str) -> &mut WorkerEntry {
-        let entry = self.map.entry(id.to_string()).or_insert_with(|| WorkerEntry {
-            name: String::new(),
-            capacity: 1,
-            accepts: None,
-            loaded: Vec::new(),
-            last_seen: Instant::now(),
-        });
+        let entry = self
+            .map
+            .entry(id.to_string())
+            .or_insert_with(|| WorkerEntry {
+                name: String::new(),
+                capacity: 1,
+                accepts: None,
+                loaded: Vec::new(),
+                last_seen: Instant::now(),
+            });
         entry.last_seen = Instant::now();
         entry
     }

@@ -33,7 +33,7 @@ pub fn summary(samples: &[f64]) -> (f64, f64, f64) {
     sorted.sort_by(|a, b| a.total_cmp(b));
     let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
     let mid = sorted.len() / 2;
-    let p50 = if sorted.len() % 2 == 0 {
+    let p50 = if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]

@@ -28,7 +28,13 @@ impl CoordinatorProcess {
             .append(true)
             .open(&self.log)?;
         let child = Command::new(exe)
-            .args(["coordinator", "--id", &self.id.to_string(), "--listen", &self.addr])
+            .args([
+                "coordinator",
+                "--id",
+                &self.id.to_string(),
+                "--listen",
+                &self.addr,
+            ])
             .arg("--data")
             .arg(&self.data)
             .args(["--peers", &self.peers])

@@ -11,7 +11,9 @@ use anyhow::Context;
 use clap::Args;
 use idunno_api::job::{Inputs, Job, JobPatch, NewJob};
 use idunno_api::model::NewModel;
-use idunno_api::worker::{Completion, CompletionAck, Lease, LeaseRequest, WorkerRegistered, WorkerRegistration};
+use idunno_api::worker::{
+    Completion, CompletionAck, Lease, LeaseRequest, WorkerRegistered, WorkerRegistration,
+};
 use idunno_api::Client;
 use reqwest::{Method, StatusCode};
 
@@ -50,7 +52,7 @@ pub async fn run(args: RaftBench) -> anyhow::Result<()> {
             },
         )
         .await?;
-    let inputs: Vec<String> = (0..200_000).map(|i| format!("in/{i:06}")).collect();
+    let inputs: Vec<String> = (0..100_000).map(|i| format!("in/{i:06}")).collect();
     let job: Job = client
         .post(
             "/v1/jobs",
@@ -92,7 +94,12 @@ async fn throughput(args: &RaftBench, leader: &str, all: &[String]) -> anyhow::R
             while Instant::now() < stop_at {
                 let t = Instant::now();
                 let (status, body) = client
-                    .call(Method::POST, &lease_path, Some(&LeaseRequest { wait_ms: 1000 }), Some(Duration::from_secs(2)))
+                    .call(
+                        Method::POST,
+                        &lease_path,
+                        Some(&LeaseRequest { wait_ms: 1000 }),
+                        Some(Duration::from_secs(2)),
+                    )
                     .await?;
                 lease_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 if status == StatusCode::NO_CONTENT {
@@ -133,10 +140,16 @@ async fn throughput(args: &RaftBench, leader: &str, all: &[String]) -> anyhow::R
         t.await.context("worker task")??;
     }
     let rate = done as f64 / elapsed;
-    println!("\n## lease+complete throughput ({} simulated workers, {elapsed:.1} s)", args.workers);
+    println!(
+        "\n## lease+complete throughput ({} simulated workers, {elapsed:.1} s)",
+        args.workers
+    );
     println!("| pairs/s | commits/s | mean lease call | mean complete call |");
     println!("|---|---|---|---|");
-    println!("| {rate:.0} | {:.0} | {lease_ms:.2} ms | {complete_ms:.2} ms |", rate * 2.0);
+    println!(
+        "| {rate:.0} | {:.0} | {lease_ms:.2} ms | {complete_ms:.2} ms |",
+        rate * 2.0
+    );
     Ok(())
 }
 
@@ -164,19 +177,28 @@ async fn failover(args: &RaftBench, group: &mut CoordinatorGroup, job: u64) -> a
         let secs = t.elapsed().as_secs_f64();
         samples.push(secs);
         let new_leader = group.wait_for_leader(Duration::from_secs(20)).await?;
-        println!("| {} | {victim} | {} | {secs:.3} |", round + 1, new_leader.node_id);
+        println!(
+            "| {} | {victim} | {} | {secs:.3} |",
+            round + 1,
+            new_leader.node_id
+        );
         group.nodes[index].start()?;
         wait_caught_up(group, &group.nodes[index].addr.clone(), &new_leader.addr).await?;
     }
     let (mean, p50, max) = summary(&samples);
-    println!("\nfailover over {} kills: mean {mean:.3} s, p50 {p50:.3} s, max {max:.3} s", samples.len());
+    println!(
+        "\nfailover over {} kills: mean {mean:.3} s, p50 {p50:.3} s, max {max:.3} s",
+        samples.len()
+    );
     Ok(())
 }
 
 /// Waits until the restarted node has applied everything the leader had committed.
 async fn wait_caught_up(group: &CoordinatorGroup, node: &str, leader: &str) -> anyhow::Result<()> {
     use idunno_api::cluster::ClusterStatus;
-    let target: ClusterStatus = Client::new(&[leader.to_string()], None)?.get("/v1/cluster").await?;
+    let target: ClusterStatus = Client::new(&[leader.to_string()], None)?
+        .get("/v1/cluster")
+        .await?;
     let want = target.commit_index.unwrap_or(0);
     let client = Client::new(&[node.to_string()], None)?.with_deadline(Duration::from_millis(500));
     let started = Instant::now();

@@ -42,12 +42,15 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             };
             client.post("/v1/cluster/members", &body).await?
         }
-        ClusterCmd::RemoveMember { id } => {
-            client
-                .call::<()>(reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), None, None)
-                .await
-                .map(|(_, body)| serde_json::from_slice(&body))??
-        }
+        ClusterCmd::RemoveMember { id } => client
+            .call::<()>(
+                reqwest::Method::DELETE,
+                &format!("/v1/cluster/members/{id}"),
+                None,
+                None,
+            )
+            .await
+            .map(|(_, body)| serde_json::from_slice(&body))??,
     };
     if args.conn.json {
         return print_json(&status);
@@ -89,5 +92,8 @@ fn print(s: &ClusterStatus) {
             ]
         })
         .collect();
-    println!("{}", render(&["id", "addr", "role", "matched", "lag"], &rows));
+    println!(
+        "{}",
+        render(&["id", "addr", "role", "matched", "lag"], &rows)
+    );
 }

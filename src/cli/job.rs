@@ -129,7 +129,13 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
                 return print_json(&batches);
             }
             let rows: Vec<Vec<String>> = batches.iter().map(batch_row).collect();
-            println!("{}", render(&["batch", "start", "len", "state", "worker", "detail"], &rows));
+            println!(
+                "{}",
+                render(
+                    &["batch", "start", "len", "state", "worker", "detail"],
+                    &rows
+                )
+            );
             Ok(())
         }
         JobCmd::Delete { id } => {
@@ -179,8 +185,14 @@ fn detail(j: &Job) -> String {
         format!("job {} ({})", j.id, j.name),
         format!("  model        {}", j.model),
         format!("  state        {:?}", j.state).to_lowercase(),
-        format!("  queries      {} done of {} ({} failed, {} in flight)", j.done, j.queries, j.failed, j.in_flight),
-        format!("  batches      {} done, {} retried", j.batches_done, j.retries),
+        format!(
+            "  queries      {} done of {} ({} failed, {} in flight)",
+            j.done, j.queries, j.failed, j.in_flight
+        ),
+        format!(
+            "  batches      {} done, {} retried",
+            j.batches_done, j.retries
+        ),
         format!("  batch size   {}", j.batch_size),
         format!("  weight       {}", j.weight),
         format!("  rate         {:.2} queries/s (last 10 s)", j.rate_qps),
@@ -229,5 +241,12 @@ fn batch_row(b: &BatchInfo) -> Vec<String> {
             format!("{result} ({failed} failed, {compute_ms} ms)"),
         ),
     };
-    vec![b.id.clone(), b.start.to_string(), b.len.to_string(), state, worker, detail]
+    vec![
+        b.id.clone(),
+        b.start.to_string(),
+        b.len.to_string(),
+        state,
+        worker,
+        detail,
+    ]
 }

@@ -78,6 +78,9 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!("{}", render(&["name", "arch", "input", "weights", "loaded on"], &rows));
+    println!(
+        "{}",
+        render(&["name", "arch", "input", "weights", "loaded on"], &rows)
+    );
     Ok(())
 }

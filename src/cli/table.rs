@@ -52,7 +52,13 @@ mod tests {
 
     #[test]
     fn columns_align() {
-        let t = render(&["id", "name"], &[vec!["1".into(), "alpha".into()], vec!["22".into(), "b".into()]]);
+        let t = render(
+            &["id", "name"],
+            &[
+                vec!["1".into(), "alpha".into()],
+                vec!["22".into(), "b".into()],
+            ],
+        );
         assert_eq!(t, "id  name\n1   alpha\n22  b");
     }
 

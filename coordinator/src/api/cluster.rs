@@ -75,7 +75,9 @@ async fn add_member(
     ApiJson(body): ApiJson<NewMember>,
 ) -> Result<(StatusCode, Json<ClusterStatus>), ApiError> {
     if body.id == 0 || !body.addr.contains(':') {
-        return Err(ApiError::BadRequest("need an id ≥ 1 and an addr HOST:PORT".into()));
+        return Err(ApiError::BadRequest(
+            "need an id ≥ 1 and an addr HOST:PORT".into(),
+        ));
     }
     let node = BasicNode {
         addr: body.addr.clone(),
@@ -88,7 +90,9 @@ async fn add_member(
         c.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([body.id])), true)
             .await
-            .map_err(|e| ApiError::Conflict(format!("cannot make node {} a voter: {e}", body.id)))?;
+            .map_err(|e| {
+                ApiError::Conflict(format!("cannot make node {} a voter: {e}", body.id))
+            })?;
     }
     Ok((StatusCode::CREATED, status(State(c)).await))
 }

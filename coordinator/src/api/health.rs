@@ -26,7 +26,9 @@ async fn healthz() -> Json<Value> {
 /// Ready = this node knows a leader, so it can serve writes (itself or by forwarding).
 async fn readyz(State(c): State<Arc<Coordinator>>) -> Result<Json<Value>, ApiError> {
     match c.leader() {
-        Some((id, addr)) => Ok(Json(json!({"status": "ready", "leader": id, "leader_addr": addr}))),
+        Some((id, addr)) => Ok(Json(
+            json!({"status": "ready", "leader": id, "leader_addr": addr}),
+        )),
         None => Err(ApiError::NoLeader("no leader known".into())),
     }
 }
@@ -39,7 +41,11 @@ async fn metrics(State(c): State<Arc<Coordinator>>) -> impl IntoResponse {
             m.current_term as f64,
             m.last_log_index.unwrap_or(0) as f64,
             m.last_applied.map_or(0, |l| l.index) as f64,
-            if m.current_leader == Some(c.id) { 1.0 } else { 0.0 },
+            if m.current_leader == Some(c.id) {
+                1.0
+            } else {
+                0.0
+            },
         )
     };
     let (jobs, running) = {
@@ -54,7 +60,11 @@ async fn metrics(State(c): State<Arc<Coordinator>>) -> impl IntoResponse {
         ("idunno_raft_applied_index", "last applied index", applied),
         ("idunno_raft_is_leader", "1 if this node leads", leader),
         ("idunno_jobs", "jobs in the state", jobs),
-        ("idunno_jobs_runnable", "jobs with work to hand out", running),
+        (
+            "idunno_jobs_runnable",
+            "jobs with work to hand out",
+            running,
+        ),
     ]);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

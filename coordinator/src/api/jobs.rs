@@ -37,7 +37,11 @@ fn view(c: &Coordinator, id: u64) -> Result<Job, ApiError> {
 }
 
 /// Commits a job command and answers with the job as it is afterwards.
-async fn write_and_view(c: &Coordinator, headers: &HeaderMap, cmd: Command) -> Result<Job, ApiError> {
+async fn write_and_view(
+    c: &Coordinator,
+    headers: &HeaderMap,
+    cmd: Command,
+) -> Result<Job, ApiError> {
     match c.write(request_id(headers), cmd).await? {
         Response::Job { id } => view(c, id),
         other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
@@ -69,7 +73,9 @@ async fn list(
 ) -> Result<Json<Vec<Job>>, ApiError> {
     c.read_barrier(opts.stale).await?;
     let ids: Vec<u64> = c.shared.read().state.jobs.keys().copied().collect();
-    Ok(Json(ids.into_iter().filter_map(|id| view(&c, id).ok()).collect()))
+    Ok(Json(
+        ids.into_iter().filter_map(|id| view(&c, id).ok()).collect(),
+    ))
 }
 
 async fn show(
@@ -105,7 +111,9 @@ async fn start(
     headers: HeaderMap,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(write_and_view(&c, &headers, Command::StartJob { job: id }).await?))
+    Ok(Json(
+        write_and_view(&c, &headers, Command::StartJob { job: id }).await?,
+    ))
 }
 
 async fn stop(
@@ -113,7 +121,9 @@ async fn stop(
     headers: HeaderMap,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(write_and_view(&c, &headers, Command::StopJob { job: id }).await?))
+    Ok(Json(
+        write_and_view(&c, &headers, Command::StopJob { job: id }).await?,
+    ))
 }
 
 async fn remove(
@@ -134,5 +144,7 @@ async fn batches(
     c.read_barrier(opts.stale).await?;
     let applied = c.shared.read();
     applied.state.job(id)?;
-    Ok(Json(applied.state.batches_of(id).map(|b| b.to_api()).collect()))
+    Ok(Json(
+        applied.state.batches_of(id).map(|b| b.to_api()).collect(),
+    ))
 }

@@ -37,7 +37,12 @@ pub fn router() -> Router<Arc<Coordinator>> {
 }
 
 fn check_worker_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(ApiError::BadRequest(format!("{id:?} is not a worker id")));
     }
     Ok(())
@@ -205,7 +210,9 @@ async fn complete(
 ) -> Result<Json<CompletionAck>, ApiError> {
     let batch: BatchId = batch.parse()?;
     if body.result.is_empty() || body.result.len() > 1024 {
-        return Err(ApiError::BadRequest("result must name an object (1-1024 characters)".into()));
+        return Err(ApiError::BadRequest(
+            "result must name an object (1-1024 characters)".into(),
+        ));
     }
     let cmd = Command::Complete {
         batch,
@@ -219,7 +226,11 @@ async fn complete(
             if accepted {
                 c.metrics.batches_completed.add(1);
                 let applied = c.shared.read();
-                let len = applied.state.batches.get(&batch).map_or(0, |b| u64::from(b.len));
+                let len = applied
+                    .state
+                    .batches
+                    .get(&batch)
+                    .map_or(0, |b| u64::from(b.len));
                 let mut leader = c.leader_state();
                 leader.fair.record(batch.job, len, Instant::now());
             }

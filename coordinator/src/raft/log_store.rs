@@ -75,8 +75,8 @@ impl LogStore {
         key: &[u8],
         value: &T,
     ) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+        let bytes =
+            serde_json::to_vec(value).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
         self.meta
             .insert(key, bytes)
             .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
@@ -129,7 +129,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         self.log
             .range::<[u8; 8], _>((start, end))
             .map(|item| {
-                let (_, bytes) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let (_, bytes) =
+                    item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 decode_entry(&bytes)
             })
             .collect()
@@ -163,10 +164,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.put_meta(ErrorSubject::Store, COMMITTED, &committed)?;
-        self.committed.store(
-            committed.map_or(u64::MAX, |c| c.index),
-            Ordering::Relaxed,
-        );
+        self.committed
+            .store(committed.map_or(u64::MAX, |c| c.index), Ordering::Relaxed);
         Ok(())
     }
 
@@ -174,7 +173,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,

@@ -1,6 +1,10 @@
 //! The Raft layer: openraft's type configuration, the sled-backed log and state machine, and
 //! the HTTP transport between coordinators. What the entries mean lives in [`crate::state`].
 
+// openraft's storage traits return its large `StorageError`; our helpers return the same type
+// rather than boxing it only to unbox it at the trait boundary.
+#![allow(clippy::result_large_err)]
+
 pub mod log_store;
 pub mod network;
 pub mod routes;

@@ -67,7 +67,10 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("{}/raft/{route}", idunno_api::client::base_url(&self.node.addr));
+        let url = format!(
+            "{}/raft/{route}",
+            idunno_api::client::base_url(&self.node.addr)
+        );
         let mut request = self.net.http.post(&url).timeout(ttl).json(req);
         if let Some(secret) = &self.net.secret {
             request = request.header(SECRET_HEADER, secret);
@@ -103,7 +106,11 @@ impl Peer {
             }
         })?;
         result.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
         })
     }
 }
@@ -126,8 +133,13 @@ impl RaftNetwork<TypeConfig> for Peer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("snapshot", RPCTypes::InstallSnapshot, &rpc, option.hard_ttl())
-            .await
+        self.call(
+            "snapshot",
+            RPCTypes::InstallSnapshot,
+            &rpc,
+            option.hard_ttl(),
+        )
+        .await
     }
 
     async fn vote(

@@ -59,23 +59,20 @@ pub struct ReadIndex {
 async fn read_index(
     State(c): State<Arc<Coordinator>>,
 ) -> Json<Result<ReadIndex, RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>>> {
-    Json(
-        c.raft
-            .get_read_log_id()
-            .await
-            .map(|(read, _)| ReadIndex {
-                index: read.map(|l| l.index),
-            }),
-    )
+    Json(c.raft.get_read_log_id().await.map(|(read, _)| ReadIndex {
+        index: read.map(|l| l.index),
+    }))
 }
 
 /// Asks the leader at `leader_addr` for its read index.
 pub async fn fetch_read_index(c: &Coordinator, leader_addr: &str) -> Result<Option<u64>, ApiError> {
-    let url = format!("{}/raft/read-index", idunno_api::client::base_url(leader_addr));
-    let mut req = c
-        .http
-        .post(&url)
-        .timeout(std::time::Duration::from_millis(c.config.election_max_ms * 4));
+    let url = format!(
+        "{}/raft/read-index",
+        idunno_api::client::base_url(leader_addr)
+    );
+    let mut req = c.http.post(&url).timeout(std::time::Duration::from_millis(
+        c.config.election_max_ms * 4,
+    ));
     if let Some(secret) = &c.config.cluster_secret {
         req = req.header(SECRET_HEADER, secret);
     }

@@ -12,8 +12,10 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::{io_err, Entry, LogId, Outcome, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::state::State;
+use super::{
+    io_err, Entry, LogId, Outcome, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::state::{Record, State};
 
 /// Keys of the state tree that are not [`State`] records (state keys start with a letter).
 const APPLIED: &[u8] = b"_applied";
@@ -127,7 +129,8 @@ impl StateMachineStore {
         let data = self.snapshots.get(SNAPSHOT_DATA).map_err(|e| err(&e))?;
         match (meta, data) {
             (Some(meta), Some(data)) => {
-                let meta: StoredSnapshotMeta = serde_json::from_slice(&meta).map_err(|e| err(&e))?;
+                let meta: StoredSnapshotMeta =
+                    serde_json::from_slice(&meta).map_err(|e| err(&e))?;
                 Ok(Some((meta.meta, data.to_vec())))
             }
             _ => Ok(None),
@@ -139,8 +142,8 @@ impl StateMachineStore {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         let records = decode_records(data)
             .map_err(|e| io_err(subject(), ErrorVerb::Read, std::io::Error::other(e)))?;
-        let state = State::load(records.clone())
-            .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+        let state =
+            State::load(records.clone()).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
         let mut batch = sled::Batch::default();
         for item in self.tree.iter().keys() {
             batch.remove(item.map_err(|e| io_err(subject(), ErrorVerb::Write, e))?);
@@ -183,7 +186,7 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Snapshot encoding: a sequence of (u32 LE key length, key, u32 LE value length, value).
-fn encode_records(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+fn encode_records(records: &[Record]) -> Vec<u8> {
     let size = records.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
     let mut out = Vec::with_capacity(size);
     for (k, v) in records {
@@ -195,7 +198,7 @@ fn encode_records(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-fn decode_records(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn decode_records(mut data: &[u8]) -> Result<Vec<Record>, String> {
     fn take<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], String> {
         let len_bytes: [u8; 4] = data
             .get(..4)

@@ -22,7 +22,10 @@ use super::{Key, State};
 pub const MAX_BATCH_SIZE: u32 = 4096;
 /// Largest fair-share weight.
 pub const MAX_WEIGHT: u32 = 1000;
-/// Most inputs one job may list.
+/// Most inputs one job may list explicitly: the list travels in one Raft entry, which a follower
+/// must take in within a heartbeat. Larger jobs name a prefix instead.
+pub const MAX_LISTED_INPUTS: usize = 100_000;
+/// Most inputs one job may have.
 pub const MAX_INPUTS: usize = 1_000_000;
 
 /// A batch's identity: its job and its sequence number within the job (`"7-3"`).
@@ -80,7 +83,8 @@ pub struct JobRecord {
 impl JobRecord {
     /// True if a lease for this job would hand something out now.
     pub fn has_work(&self) -> bool {
-        self.state == JobState::Running && (!self.retry.is_empty() || self.next_input < self.queries)
+        self.state == JobState::Running
+            && (!self.retry.is_empty() || self.next_input < self.queries)
     }
 
     pub fn to_api(&self, rate_qps: f64) -> Job {
@@ -251,6 +255,12 @@ impl State {
             }
         }
         let inputs = match inputs {
+            Inputs::List(list) if list.len() > MAX_LISTED_INPUTS => {
+                return Err(CommandError::Invalid(format!(
+                    "a job may list at most {MAX_LISTED_INPUTS} inputs, not {}; name a prefix instead",
+                    list.len()
+                )))
+            }
             Inputs::List(list) => list,
             Inputs::Prefix { prefix } => {
                 let found = self.files_under(&prefix);
@@ -263,7 +273,9 @@ impl State {
             }
         };
         if inputs.is_empty() {
-            return Err(CommandError::Invalid("a job needs at least one input".into()));
+            return Err(CommandError::Invalid(
+                "a job needs at least one input".into(),
+            ));
         }
         if inputs.len() > MAX_INPUTS {
             return Err(CommandError::Invalid(format!(
@@ -471,7 +483,10 @@ impl State {
             attempt: batch.attempts,
             deadline_ms: *deadline_ms,
             start: batch.start,
-            inputs: inputs.get(start..end).map(<[String]>::to_vec).unwrap_or_default(),
+            inputs: inputs
+                .get(start..end)
+                .map(<[String]>::to_vec)
+                .unwrap_or_default(),
         })
     }
 
@@ -587,8 +602,9 @@ impl State {
 
     /// Leased batches: (batch, lease id, worker, leased at, deadline). For the leader's expiry.
     pub fn leases(&self) -> impl Iterator<Item = (BatchId, u64, &str, Millis, Millis)> {
-        self.leased.iter().filter_map(|id| {
-            match &self.batches.get(id)?.state {
+        self.leased
+            .iter()
+            .filter_map(|id| match &self.batches.get(id)?.state {
                 BatchState::Leased {
                     worker,
                     lease_id,
@@ -597,8 +613,7 @@ impl State {
                     ..
                 } => Some((*id, *lease_id, worker.as_str(), *leased_at_ms, *deadline_ms)),
                 _ => None,
-            }
-        })
+            })
     }
 
     /// Jobs that a lease would hand something out for now.

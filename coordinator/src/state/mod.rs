@@ -88,6 +88,9 @@ impl Key {
     }
 }
 
+/// One stored record: (key, value), as in the state tree and in snapshots.
+pub type Record = (Vec<u8>, Vec<u8>);
+
 /// A stored record that could not be read back.
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt state record {key:?}: {reason}")]
@@ -104,7 +107,7 @@ pub struct State {
     pub(crate) jobs: BTreeMap<u64, JobRecord>,
     pub(crate) inputs: BTreeMap<u64, Arc<Vec<String>>>,
     pub(crate) batches: BTreeMap<BatchId, BatchRecord>,
-    pub(crate) requests: HashMap<String, Remembered>,
+    pub(crate) requests: BTreeMap<String, Remembered>,
     pub(crate) files: BTreeMap<String, FileRecord>,
 
     // Indexes derived from the records above, rebuilt on load, never stored.
@@ -130,13 +133,13 @@ impl State {
             self.counters.now_ms = now;
             self.touch(Key::Counters);
         }
+        self.prune_requests(now);
         let remember = !req.id.is_empty() && !matches!(req.cmd, Command::Lease { .. });
         if remember {
             if let Some(seen) = self.requests.get(&req.id) {
                 return seen.response.clone();
             }
         }
-        self.prune_requests(now);
         let response = self.execute(req.cmd, &req.id, now);
         if remember {
             self.requests.insert(
@@ -266,7 +269,7 @@ impl State {
     }
 
     /// Every record, as stored: the snapshot's content.
-    pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub fn dump(&self) -> Vec<Record> {
         let keys = std::iter::once(Key::Counters)
             .chain(self.models.keys().cloned().map(Key::Model))
             .chain(self.jobs.keys().copied().map(Key::Job))
@@ -284,7 +287,7 @@ impl State {
     /// Rebuilds a state from stored records (from sled or a snapshot).
     pub fn load<I>(records: I) -> Result<State, DecodeError>
     where
-        I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+        I: IntoIterator<Item = Record>,
     {
         fn dec<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, DecodeError> {
             serde_json::from_slice(value).map_err(|e| DecodeError {

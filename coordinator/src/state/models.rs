@@ -32,7 +32,12 @@ impl ModelRecord {
 }
 
 /// Checks a registration before it is proposed or applied.
-pub fn validate(name: &str, arch: &str, weights: &str, input_size: u32) -> Result<(), CommandError> {
+pub fn validate(
+    name: &str,
+    arch: &str,
+    weights: &str,
+    input_size: u32,
+) -> Result<(), CommandError> {
     if name.is_empty() || name.len() > 128 || !name.chars().all(name_char) {
         return Err(CommandError::Invalid(format!(
             "model name {name:?} must be 1-128 characters of a-z, A-Z, 0-9, '.', '_' or '-'"

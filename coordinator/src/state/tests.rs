@@ -1,0 +1,381 @@
+//! Unit tests of the replicated state: job and batch life cycles, exactly-once completion,
+//! request-id deduplication, determinism and the stored form.
+
+use idunno_api::job::{Inputs, JobState};
+
+use super::command::{Command, CommandError, Request, Response};
+use super::jobs::BatchId;
+use super::State;
+
+fn req(id: &str, time_ms: u64, cmd: Command) -> Request {
+    Request {
+        id: id.to_string(),
+        time_ms,
+        cmd,
+    }
+}
+
+fn model(state: &mut State) {
+    let r = state.apply(req(
+        "m",
+        1,
+        Command::PutModel {
+            name: "r18".into(),
+            arch: "resnet18".into(),
+            weights: "models/r18.safetensors".into(),
+            input_size: 224,
+        },
+    ));
+    assert!(matches!(r, Response::Model(_)), "{r:?}");
+}
+
+fn job(state: &mut State, inputs: usize, batch_size: u32) -> u64 {
+    let r = state.apply(req(
+        &format!("job-{}", state.jobs.len()),
+        2,
+        Command::CreateJob {
+            name: None,
+            model: "r18".into(),
+            inputs: Inputs::List((0..inputs).map(|i| format!("img/{i}.png")).collect()),
+            batch_size,
+            weight: 1,
+            start: true,
+        },
+    ));
+    match r {
+        Response::Job { id } => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn lease(state: &mut State, worker: &str, job: u64, t: u64) -> Option<super::command::LeaseGrant> {
+    match state.apply(req(
+        "",
+        t,
+        Command::Lease {
+            worker: worker.into(),
+            job,
+            lease_timeout_ms: 1000,
+        },
+    )) {
+        Response::Leased(g) => Some(g),
+        Response::NoWork => None,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn complete(state: &mut State, batch: BatchId, lease_id: u64) -> Response {
+    state.apply(req(
+        "",
+        10,
+        Command::Complete {
+            batch,
+            lease_id,
+            result: format!("results/{batch}"),
+            failed: 0,
+            compute_ms: 5,
+        },
+    ))
+}
+
+#[test]
+fn a_job_is_cut_into_batches_in_input_order_and_finishes() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 5, 2);
+    let mut seen = Vec::new();
+    while let Some(g) = lease(&mut s, "w1", id, 3) {
+        seen.extend(g.inputs.clone());
+        assert_eq!(
+            complete(&mut s, g.batch, g.lease_id),
+            Response::Completed { accepted: true }
+        );
+    }
+    let expected: Vec<String> = (0..5).map(|i| format!("img/{i}.png")).collect();
+    assert_eq!(seen, expected);
+    let j = s.job(id).unwrap();
+    assert_eq!(j.state, JobState::Done);
+    assert_eq!((j.done, j.batches_done, j.in_flight), (5, 3, 0));
+    assert_eq!(j.finished_at_ms, Some(10));
+}
+
+#[test]
+fn a_batch_is_done_exactly_once_even_after_its_lease_expired() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 4, 4);
+    let first = lease(&mut s, "slow", id, 3).unwrap();
+    assert_eq!(s.job(id).unwrap().in_flight, 4);
+    // The slow worker is declared dead; the batch goes back and is handed to another worker.
+    let r = s.apply(req(
+        "",
+        4,
+        Command::Expire {
+            leases: vec![(first.batch, first.lease_id)],
+        },
+    ));
+    assert_eq!(r, Response::Expired { count: 1 });
+    assert_eq!(s.job(id).unwrap().in_flight, 0);
+    let second = lease(&mut s, "fast", id, 5).unwrap();
+    assert_eq!(second.batch, first.batch);
+    assert_eq!(second.attempt, 2);
+    assert_ne!(second.lease_id, first.lease_id);
+    // The slow worker finishes first after all: its late completion counts...
+    assert_eq!(
+        complete(&mut s, first.batch, first.lease_id),
+        Response::Completed { accepted: true }
+    );
+    // ...and the second one is acknowledged and dropped.
+    assert_eq!(
+        complete(&mut s, second.batch, second.lease_id),
+        Response::Completed { accepted: false }
+    );
+    let j = s.job(id).unwrap();
+    assert_eq!(
+        (j.done, j.batches_done, j.retries, j.in_flight),
+        (4, 1, 1, 0)
+    );
+    assert_eq!(j.state, JobState::Done);
+}
+
+#[test]
+fn a_late_completion_of_a_requeued_batch_takes_it_out_of_the_queue() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 2, 1);
+    let g = lease(&mut s, "w", id, 3).unwrap();
+    s.apply(req(
+        "",
+        4,
+        Command::Expire {
+            leases: vec![(g.batch, g.lease_id)],
+        },
+    ));
+    assert_eq!(s.job(id).unwrap().retry.len(), 1);
+    assert_eq!(
+        complete(&mut s, g.batch, g.lease_id),
+        Response::Completed { accepted: true }
+    );
+    assert!(s.job(id).unwrap().retry.is_empty());
+    // Only the second input is left.
+    let next = lease(&mut s, "w", id, 5).unwrap();
+    assert_eq!(next.inputs, vec!["img/1.png".to_string()]);
+}
+
+#[test]
+fn completions_with_unknown_leases_or_batches_are_refused() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 2, 1);
+    let g = lease(&mut s, "w", id, 3).unwrap();
+    assert!(matches!(
+        complete(&mut s, g.batch, 999),
+        Response::Failed(CommandError::Conflict(_))
+    ));
+    let missing = BatchId { job: id, seq: 42 };
+    assert!(matches!(
+        complete(&mut s, missing, g.lease_id),
+        Response::Failed(CommandError::NotFound(_))
+    ));
+    let other_job = BatchId { job: 77, seq: 0 };
+    assert!(matches!(
+        complete(&mut s, other_job, g.lease_id),
+        Response::Failed(CommandError::NotFound(_))
+    ));
+}
+
+#[test]
+fn released_batches_go_first_and_expiry_ignores_stale_leases() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 6, 2);
+    let a = lease(&mut s, "w", id, 3).unwrap();
+    let b = lease(&mut s, "w", id, 3).unwrap();
+    let r = s.apply(req(
+        "",
+        4,
+        Command::Release {
+            batch: b.batch,
+            lease_id: b.lease_id,
+        },
+    ));
+    assert_eq!(r, Response::Released { released: true });
+    // Expiring with the wrong lease id does nothing.
+    let r = s.apply(req(
+        "",
+        4,
+        Command::Expire {
+            leases: vec![(a.batch, a.lease_id + 100)],
+        },
+    ));
+    assert_eq!(r, Response::Expired { count: 0 });
+    let next = lease(&mut s, "v", id, 5).unwrap();
+    assert_eq!(next.batch, b.batch);
+}
+
+#[test]
+fn stop_start_and_batch_size_changes_apply_to_the_next_lease() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 10, 2);
+    let first = lease(&mut s, "w", id, 3).unwrap();
+    assert_eq!(first.inputs.len(), 2);
+    s.apply(req("stop", 4, Command::StopJob { job: id }));
+    assert!(
+        lease(&mut s, "w", id, 5).is_none(),
+        "a stopped job hands nothing out"
+    );
+    // In-flight work of a stopped job still completes.
+    assert_eq!(
+        complete(&mut s, first.batch, first.lease_id),
+        Response::Completed { accepted: true }
+    );
+    s.apply(req(
+        "bs",
+        6,
+        Command::UpdateJob {
+            job: id,
+            batch_size: Some(5),
+            weight: None,
+        },
+    ));
+    s.apply(req("start", 7, Command::StartJob { job: id }));
+    let g = lease(&mut s, "w", id, 8).unwrap();
+    assert_eq!(g.inputs.len(), 5);
+    assert_eq!(g.start, 2);
+}
+
+#[test]
+fn bad_jobs_are_refused() {
+    let mut s = State::default();
+    model(&mut s);
+    let mut create = |model: &str, inputs: Inputs, batch_size: u32| {
+        s.apply(req(
+            "",
+            2,
+            Command::CreateJob {
+                name: None,
+                model: model.into(),
+                inputs,
+                batch_size,
+                weight: 1,
+                start: false,
+            },
+        ))
+    };
+    let list = || Inputs::List(vec!["a".into()]);
+    assert!(matches!(
+        create("nope", list(), 1),
+        Response::Failed(CommandError::Invalid(_))
+    ));
+    assert!(matches!(
+        create("r18", list(), 0),
+        Response::Failed(CommandError::Invalid(_))
+    ));
+    assert!(matches!(
+        create("r18", Inputs::List(vec![]), 1),
+        Response::Failed(CommandError::Invalid(_))
+    ));
+    let prefix = Inputs::Prefix {
+        prefix: "none/".into(),
+    };
+    assert!(matches!(
+        create("r18", prefix, 1),
+        Response::Failed(CommandError::Invalid(_))
+    ));
+    assert!(s.jobs.is_empty());
+}
+
+#[test]
+fn a_retried_request_applies_once_and_gets_the_same_answer() {
+    let mut s = State::default();
+    model(&mut s);
+    let create = Command::CreateJob {
+        name: Some("once".into()),
+        model: "r18".into(),
+        inputs: Inputs::List(vec!["a".into()]),
+        batch_size: 1,
+        weight: 1,
+        start: false,
+    };
+    let first = s.apply(req("client-42", 5, create.clone()));
+    let again = s.apply(req("client-42", 6, create.clone()));
+    assert_eq!(first, again);
+    assert_eq!(s.jobs.len(), 1);
+    // After the TTL, the id is forgotten and the same request is a new one.
+    let later = 6 + super::REQUEST_TTL_MS + 1;
+    let third = s.apply(req("client-42", later, create));
+    assert_ne!(third, first);
+    assert_eq!(s.jobs.len(), 2);
+}
+
+#[test]
+fn a_retried_lease_call_gets_the_same_lease() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 4, 1);
+    let lease_cmd = Command::Lease {
+        worker: "w".into(),
+        job: id,
+        lease_timeout_ms: 1000,
+    };
+    let a = s.apply(req("lease-1", 3, lease_cmd.clone()));
+    let b = s.apply(req("lease-1", 4, lease_cmd));
+    assert_eq!(a, b);
+    assert_eq!(s.job(id).unwrap().in_flight, 1);
+}
+
+#[test]
+fn apply_is_deterministic_and_the_stored_form_round_trips() {
+    let run = || {
+        let mut s = State::default();
+        model(&mut s);
+        let id = job(&mut s, 7, 3);
+        let g = lease(&mut s, "w", id, 3).unwrap();
+        complete(&mut s, g.batch, g.lease_id);
+        let g = lease(&mut s, "w", id, 4).unwrap();
+        s.apply(req(
+            "",
+            5,
+            Command::Expire {
+                leases: vec![(g.batch, g.lease_id)],
+            },
+        ));
+        lease(&mut s, "v", id, 6).unwrap();
+        s
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.dump(), b.dump());
+    let restored = State::load(a.dump()).unwrap();
+    assert_eq!(restored.dump(), a.dump());
+    // Derived indexes are rebuilt: the restored state knows the lease in flight.
+    assert_eq!(restored.leases().count(), 1);
+}
+
+#[test]
+fn changes_name_exactly_the_records_written() {
+    let mut s = State::default();
+    model(&mut s);
+    s.take_changes();
+    let id = job(&mut s, 3, 1);
+    let changed: Vec<Vec<u8>> = s.take_changes().into_iter().map(|(k, _)| k).collect();
+    assert!(changed.contains(&super::Key::Job(id).encode()));
+    assert!(changed.contains(&super::Key::Inputs(id).encode()));
+    assert!(s.take_changes().is_empty());
+    s.apply(req("del", 9, Command::DeleteJob { job: id }));
+    let deleted: Vec<_> = s
+        .take_changes()
+        .into_iter()
+        .filter(|(_, v)| v.is_none())
+        .collect();
+    assert_eq!(deleted.len(), 2, "job and inputs records are deleted");
+}
+
+#[test]
+fn a_model_in_use_cannot_be_deleted() {
+    let mut s = State::default();
+    model(&mut s);
+    job(&mut s, 1, 1);
+    let r = s.apply(req("", 3, Command::DeleteModel { name: "r18".into() }));
+    assert!(matches!(r, Response::Failed(CommandError::Conflict(_))));
+}

@@ -1,0 +1,561 @@
+//! Coordinator groups started in-process on loopback port 0 with real sled folders: elections,
+//! forwarding, failover, catch-up by snapshot, request-id deduplication, lease expiry, bad input.
+
+use std::time::{Duration, Instant};
+
+use idunno_api::cluster::{ClusterStatus, NewMember};
+use idunno_api::job::{Inputs, Job, NewJob};
+use idunno_api::model::NewModel;
+use idunno_api::worker::{
+    Completion, CompletionAck, Lease, LeaseRequest, WorkerRegistered, WorkerRegistration,
+};
+use idunno_api::{Client, ErrorBody};
+use idunno_coordinator::local::LocalGroup;
+use idunno_coordinator::CoordinatorConfig;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn group(n: u64, tweak: impl Fn(&mut CoordinatorConfig)) -> (LocalGroup, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let group = LocalGroup::start(n, dir.path(), tweak).await.unwrap();
+    group.wait_for_leader(WAIT).await.expect("a leader");
+    (group, dir)
+}
+
+fn client(addrs: &[String]) -> Client {
+    Client::new(addrs, None).unwrap()
+}
+
+async fn add_model(c: &Client) {
+    let m = NewModel {
+        name: "r18".into(),
+        arch: "resnet18".into(),
+        weights: "models/r18.safetensors".into(),
+        input_size: None,
+    };
+    let _: Value = c.post("/v1/models", &m).await.unwrap();
+}
+
+fn new_job(name: &str, inputs: usize, batch_size: u32) -> NewJob {
+    NewJob {
+        name: Some(name.into()),
+        model: "r18".into(),
+        inputs: Inputs::List((0..inputs).map(|i| format!("images/{i}.png")).collect()),
+        batch_size,
+        weight: 1,
+        start: true,
+    }
+}
+
+async fn status(addr: &str) -> ClusterStatus {
+    client(&[addr.to_string()])
+        .get("/v1/cluster")
+        .await
+        .unwrap()
+}
+
+fn follower(group: &LocalGroup, leader: u64) -> u64 {
+    group
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap()
+}
+
+/// A request body: content type and bytes.
+type Body = Option<(&'static str, Vec<u8>)>;
+
+/// A raw request: status and parsed JSON body (Null if empty).
+async fn raw(
+    method: reqwest::Method,
+    url: String,
+    body: Option<(&str, Vec<u8>)>,
+) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some((content_type, bytes)) = body {
+        req = req.header("content-type", content_type).body(bytes);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let bytes = resp.bytes().await.unwrap();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&bytes)))
+    };
+    (status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_elects_one_leader_that_every_node_knows() {
+    let (group, _dir) = group(3, |_| {}).await;
+    let mut leaders = Vec::new();
+    let mut roles = Vec::new();
+    for addr in group.addrs() {
+        let s = status(&addr).await;
+        leaders.push(s.leader_id);
+        roles.push(s.role.clone());
+        assert_eq!(s.members.len(), 3);
+        assert!(s.members.iter().all(|m| m.voter));
+    }
+    assert!(
+        leaders.iter().all(|l| l.is_some() && *l == leaders[0]),
+        "{leaders:?}"
+    );
+    assert_eq!(
+        roles.iter().filter(|r| *r == "leader").count(),
+        1,
+        "{roles:?}"
+    );
+    let (code, ready) = raw(
+        reqwest::Method::GET,
+        format!("http://{}/readyz", group.addrs()[1]),
+        None,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(ready["leader"], json!(leaders[0]));
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_to_a_follower_commits_and_reads_are_linearizable_everywhere() {
+    let (group, _dir) = group(3, |_| {}).await;
+    let leader = group.wait_for_leader(WAIT).await.unwrap();
+    let f = follower(&group, leader);
+    let via_follower = client(&[group.addr(f)]);
+    add_model(&via_follower).await;
+    let job: Job = via_follower
+        .post("/v1/jobs", &new_job("j", 10, 3))
+        .await
+        .unwrap();
+    assert_eq!(job.queries, 10);
+    // Every node, leader or not, sees the job at once (reads are linearizable by default).
+    for addr in group.addrs() {
+        let seen: Job = client(&[addr])
+            .get(&format!("/v1/jobs/{}", job.id))
+            .await
+            .unwrap();
+        assert_eq!(seen.name, "j");
+    }
+    let forwarded = group.node(f).unwrap().coordinator.metrics.forwarded.get();
+    assert!(
+        forwarded >= 2,
+        "the follower forwarded its writes ({forwarded})"
+    );
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_stops_a_new_one_takes_over_with_every_committed_job() {
+    let (mut group, _dir) = group(3, |_| {}).await;
+    let all = client(&group.addrs());
+    add_model(&all).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let job: Job = all
+            .post("/v1/jobs", &new_job(&format!("j{i}"), 4, 2))
+            .await
+            .unwrap();
+        ids.push(job.id);
+    }
+    let old = group.wait_for_leader(WAIT).await.unwrap();
+    group.stop(old).await;
+    let new = group.wait_for_leader(WAIT).await.expect("a new leader");
+    assert_ne!(new, old);
+    let jobs: Vec<Job> = all.get("/v1/jobs").await.unwrap();
+    assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), ids);
+    // The new leader takes writes.
+    let job: Job = all.post("/v1/jobs", &new_job("after", 1, 1)).await.unwrap();
+    assert!(job.id > *ids.last().unwrap());
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_purged_log_catches_up_through_a_snapshot() {
+    let (mut group, _dir) = group(3, |c| {
+        c.snapshot_every = 20;
+        c.keep_logs = 5;
+    })
+    .await;
+    let leader = group.wait_for_leader(WAIT).await.unwrap();
+    let lagging = follower(&group, leader);
+    let lagging_last = status(&group.addr(lagging))
+        .await
+        .last_log_index
+        .unwrap_or(0);
+    group.stop(lagging).await;
+    let others: Vec<String> = group.running().iter().map(|id| group.addr(*id)).collect();
+    let c = client(&others);
+    add_model(&c).await;
+    for i in 0..80 {
+        let _: Job = c
+            .post("/v1/jobs", &new_job(&format!("j{i}"), 1, 1))
+            .await
+            .unwrap();
+    }
+    // The leader has snapshotted and purged the log the stopped node would need.
+    let started = Instant::now();
+    loop {
+        let s = status(&group.addr(leader)).await;
+        if s.purged_index.unwrap_or(0) > lagging_last + 10 {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the leader never purged: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    group.restart(lagging).await.unwrap();
+    let target = status(&group.addr(leader)).await.applied_index.unwrap();
+    let started = Instant::now();
+    loop {
+        let s = status(&group.addr(lagging)).await;
+        if s.applied_index.unwrap_or(0) >= target {
+            assert!(
+                s.snapshot_index.is_some(),
+                "caught up without a snapshot: {s:?}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the restarted node never caught up: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let local: Vec<Job> = client(&[group.addr(lagging)])
+        .get("/v1/jobs?stale=true")
+        .await
+        .unwrap();
+    assert_eq!(local.len(), 80);
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_group_restarted_from_disk_keeps_its_state() {
+    let (mut group, _dir) = group(3, |_| {}).await;
+    let all = client(&group.addrs());
+    add_model(&all).await;
+    let job: Job = all
+        .post("/v1/jobs", &new_job("durable", 7, 2))
+        .await
+        .unwrap();
+    for id in 1..=3 {
+        group.stop(id).await;
+    }
+    for id in 1..=3 {
+        group.restart(id).await.unwrap();
+    }
+    group
+        .wait_for_leader(WAIT)
+        .await
+        .expect("a leader after a full restart");
+    let back: Job = all.get(&format!("/v1/jobs/{}", job.id)).await.unwrap();
+    assert_eq!((back.name.as_str(), back.queries), ("durable", 7));
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_id_is_applied_once_even_across_a_failover() {
+    let (mut group, _dir) = group(3, |_| {}).await;
+    add_model(&client(&group.addrs())).await;
+    let leader = group.wait_for_leader(WAIT).await.unwrap();
+    let body = serde_json::to_vec(&new_job("once", 3, 1)).unwrap();
+    let send = |addr: String, body: Vec<u8>| async move {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/jobs"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "retry-me-42")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        resp.json::<Job>().await.unwrap()
+    };
+    let first = send(group.addr(leader), body.clone()).await;
+    let again = send(group.addr(leader), body.clone()).await;
+    assert_eq!(first.id, again.id);
+    // The answer was "lost" and the leader died: the retry goes to the next leader.
+    group.stop(leader).await;
+    group.wait_for_leader(WAIT).await.unwrap();
+    let survivor = group.running()[0];
+    let retried = send(group.addr(survivor), body).await;
+    assert_eq!(retried.id, first.id);
+    let jobs: Vec<Job> = client(&group.addrs()).get("/v1/jobs").await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_4xx_with_a_json_error_and_changes_nothing() {
+    let (group, _dir) = group(3, |c| c.body_limit = 64 * 1024).await;
+    let leader = group.wait_for_leader(WAIT).await.unwrap();
+    add_model(&client(&group.addrs())).await;
+    use reqwest::Method as M;
+    let json_body = |v: Value| Some(("application/json", serde_json::to_vec(&v).unwrap()));
+    let job = |batch_size: u32, model: &str| {
+        json_body(json!({"model": model, "inputs": ["a.png"], "batch_size": batch_size}))
+    };
+    let huge = json!({"model": "r18", "inputs": vec!["x".repeat(100); 1000], "batch_size": 1});
+    let cases: Vec<(M, &str, Body, StatusCode)> = vec![
+        (
+            M::POST,
+            "/v1/jobs",
+            Some(("application/json", b"{not json".to_vec())),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/jobs",
+            Some(("text/plain", b"{}".to_vec())),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (M::POST, "/v1/jobs", job(0, "r18"), StatusCode::BAD_REQUEST),
+        (
+            M::POST,
+            "/v1/jobs",
+            job(1, "no-such-model"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/jobs",
+            json_body(json!({"model": "r18", "inputs": [], "batch_size": 1})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/jobs",
+            json_body(json!({"model": "r18", "inputs": ["a"], "batch_size": 1, "bogus": 1})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/jobs",
+            json_body(huge),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (M::GET, "/v1/jobs/999", None, StatusCode::NOT_FOUND),
+        (
+            M::GET,
+            "/v1/jobs/not-a-number",
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::PATCH,
+            "/v1/jobs/999",
+            json_body(json!({"batch_size": 2})),
+            StatusCode::NOT_FOUND,
+        ),
+        (M::POST, "/v1/jobs/999/start", None, StatusCode::NOT_FOUND),
+        (M::DELETE, "/v1/jobs/999", None, StatusCode::NOT_FOUND),
+        (
+            M::POST,
+            "/v1/models",
+            json_body(json!({"name": "x", "arch": "vgg", "weights": "w"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/models",
+            json_body(json!({"name": "../x", "arch": "resnet18", "weights": "w"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (M::GET, "/v1/models/nope", None, StatusCode::NOT_FOUND),
+        (
+            M::POST,
+            "/v1/batches/garbage/complete",
+            json_body(json!({"lease_id": 1, "result": "r"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/batches/999-0/complete",
+            json_body(json!({"lease_id": 1, "result": "r"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            M::POST,
+            "/v1/workers/bad%20id/lease",
+            json_body(json!({})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::GET,
+            "/v1/jobs?stale=maybe",
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (M::GET, "/v1/nothing-here", None, StatusCode::NOT_FOUND),
+        (M::PUT, "/v1/jobs", None, StatusCode::METHOD_NOT_ALLOWED),
+        (
+            M::POST,
+            "/v1/cluster/members",
+            json_body(json!({"id": 0, "addr": "nowhere"})),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    let f = follower(&group, leader);
+    for node in [leader, f] {
+        for (method, path, body, want) in &cases {
+            let url = format!("http://{}{path}", group.addr(node));
+            let (code, value) = raw(method.clone(), url, body.clone()).await;
+            assert_eq!(code, *want, "{method} {path} on node {node}: {value}");
+            let err: ErrorBody = serde_json::from_value(value.clone())
+                .unwrap_or_else(|_| panic!("{method} {path}: not an error body: {value}"));
+            assert!(!err.error.is_empty() && !err.code.is_empty());
+        }
+    }
+    let jobs: Vec<Job> = client(&group.addrs()).get("/v1/jobs").await.unwrap();
+    assert!(jobs.is_empty(), "bad requests created nothing");
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_workers_lease_expires_and_a_late_completion_still_counts_once() {
+    let (group, _dir) = group(3, |c| c.lease_timeout_ms = 600).await;
+    let c = client(&group.addrs());
+    add_model(&c).await;
+    let register = || async {
+        let r: WorkerRegistered = c
+            .post("/v1/workers/register", &WorkerRegistration::default())
+            .await
+            .unwrap();
+        r.worker_id
+    };
+    let lease = |worker: String, wait_ms: u64| {
+        let c = c.clone();
+        async move {
+            let (code, body) = c
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/workers/{worker}/lease"),
+                    Some(&LeaseRequest { wait_ms }),
+                    Some(Duration::from_millis(wait_ms)),
+                )
+                .await
+                .unwrap();
+            (code == StatusCode::OK).then(|| serde_json::from_slice::<Lease>(&body).unwrap())
+        }
+    };
+    let (slow, fast) = (register().await, register().await);
+    // Nothing to do yet: the long poll answers 204 after its wait.
+    let t = Instant::now();
+    assert!(lease(fast.clone(), 300).await.is_none());
+    assert!(t.elapsed() >= Duration::from_millis(250));
+
+    let job: Job = c.post("/v1/jobs", &new_job("j", 1, 1)).await.unwrap();
+    let first = lease(slow.clone(), 1000).await.expect("a batch");
+    // `slow` never heartbeats: after the lease timeout its batch goes to `fast`.
+    let second = lease(fast.clone(), 5000).await.expect("the batch again");
+    assert_eq!(second.batch_id, first.batch_id);
+    assert_eq!(second.attempt, 2);
+    let complete = |lease: &Lease| {
+        let body = Completion {
+            lease_id: lease.lease_id,
+            result: format!("results/{}", lease.batch_id),
+            failed: 0,
+            compute_ms: 1,
+        };
+        let path = format!("/v1/batches/{}/complete", lease.batch_id);
+        let c = c.clone();
+        async move { c.post::<_, CompletionAck>(&path, &body).await.unwrap() }
+    };
+    assert!(
+        complete(&first).await.accepted,
+        "the slow worker's late result counts"
+    );
+    assert!(
+        !complete(&second).await.accepted,
+        "the second result is dropped"
+    );
+    let done: Job = c.get(&format!("/v1/jobs/{}", job.id)).await.unwrap();
+    assert_eq!((done.done, done.batches_done, done.retries), (1, 1, 1));
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeating_worker_keeps_its_lease() {
+    let (group, _dir) = group(1, |c| c.lease_timeout_ms = 400).await;
+    let c = client(&group.addrs());
+    add_model(&c).await;
+    let w: WorkerRegistered = c
+        .post("/v1/workers/register", &WorkerRegistration::default())
+        .await
+        .unwrap();
+    let job: Job = c.post("/v1/jobs", &new_job("j", 2, 1)).await.unwrap();
+    let lease: Lease = c
+        .post(
+            &format!("/v1/workers/{}/lease", w.worker_id),
+            &LeaseRequest { wait_ms: 1000 },
+        )
+        .await
+        .unwrap();
+    for _ in 0..12 {
+        let _: Value = c
+            .post(
+                &format!("/v1/workers/{}/heartbeat", w.worker_id),
+                &json!({}),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let j: Job = c.get(&format!("/v1/jobs/{}", job.id)).await.unwrap();
+    assert_eq!(
+        (j.in_flight, j.retries),
+        (1, 0),
+        "the lease survived 1.2 s of a 0.4 s timeout"
+    );
+    let ack: CompletionAck = c
+        .post(
+            &format!("/v1/batches/{}/complete", lease.batch_id),
+            &Completion {
+                lease_id: lease.lease_id,
+                result: "r".into(),
+                failed: 0,
+                compute_ms: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(ack.accepted);
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_added_at_run_time_receives_the_state_and_votes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (group, _d) = group(3, |_| {}).await;
+    let c = client(&group.addrs());
+    add_model(&c).await;
+    let job: Job = c.post("/v1/jobs", &new_job("before", 2, 1)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut config = CoordinatorConfig::new(4, dir.path().join("c4"));
+    config.join = true;
+    let fourth = idunno_coordinator::start(config, listener).await.unwrap();
+    let s: ClusterStatus = c
+        .post(
+            "/v1/cluster/members",
+            &NewMember {
+                id: 4,
+                addr: addr.clone(),
+                voter: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(s.members.iter().any(|m| m.id == 4 && m.voter));
+    let seen: Job = client(&[addr])
+        .get(&format!("/v1/jobs/{}", job.id))
+        .await
+        .unwrap();
+    assert_eq!(seen.name, "before");
+    fourth.shutdown().await;
+    group.shutdown().await;
+}
