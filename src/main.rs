@@ -34,6 +34,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(cli.command, Command::Coordinator(_) | Command::Bench(_));
+    if !server {
+        restore_sigpipe();
+    }
     init_tracing(if server { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -70,6 +73,17 @@ fn one_line(e: &anyhow::Error) -> String {
         .collect::<Vec<_>>()
         .join(": ")
         .replace('\n', " ")
+}
+
+/// `idunno job list | head` should end quietly, as other command-line tools do, instead of
+/// failing on a closed pipe: client commands take back the default SIGPIPE action that Rust
+/// turns off. Servers keep ignoring it.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 fn init_tracing(default: &str) {

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod cluster;
 pub mod error;
+pub mod file;
 pub mod job;
 pub mod model;
 pub mod worker;

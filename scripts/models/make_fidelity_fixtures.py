@@ -8,8 +8,12 @@ What it is: the producer of the fidelity fixtures. For every architecture it
    `inception_v3(aux_logits=False, transform_input=True, init_weights=False)`)
    or the EfficientNet-Lite0 definition in efficientnet_lite0_ref.py, checking
    the tensor layout matches exactly (nothing missing, nothing extra),
-3. writes the logits (float32, shape (2, 1000)) plus the seeds and layout /
-   input fingerprints as safetensors metadata.
+3. checks the seeded network is well conditioned (PyTorch float32 vs float64
+   logits agree to 1e-5, so a 1e-4 comparison is meaningful) and that the two
+   batch rows differ clearly,
+4. writes the logits (float32, shape (2, 1000)) plus the seeds and layout /
+   input fingerprints (and, for Lite0, a fingerprint of the weights bytes) as
+   safetensors metadata.
 
 What it is not: run by the tests. It needs PyTorch: use Debian's
 (`apt-get install -y python3-torch python3-torchvision`, run with
@@ -154,6 +158,21 @@ def main():
                   f"max|.| {float(logits.abs().max()):.3f} top1 {logits.argmax(1).tolist()}")
             if args.diagnostics:
                 diagnostics(arch, weights, x, logits)
+            # The comparison is only meaningful if the network is well conditioned:
+            # PyTorch's own float32 result must agree with float64 far below 1e-4.
+            with torch.no_grad():
+                ref64 = model.double()(x.double())
+            conditioning = float((logits.double() - ref64).abs().max() / ref64.abs().max())
+            print(f"  float32 vs float64 rel diff {conditioning:.1e}")
+            if conditioning > 1e-5:
+                raise SystemExit(f"{arch}: seeded network is ill-conditioned ({conditioning:.1e}); fix the init")
+            row_gap = float((logits[0] - logits[1]).abs().max() / logits.abs().max())
+            print(f"  max |row0 - row1| / max |logits| = {row_gap:.3f}")
+            extra = {}
+            if arch == "efficientnet_lite0":
+                # Pin the generator's exact bytes (small file; FNV in pure Python is slow).
+                with open(os.path.join(out, f"{arch}.safetensors"), "rb") as f:
+                    extra["weights_fingerprint"] = f"{st_io.fnv1a64(f.read()):016x}"
             raw = struct.pack(f"<{logits.numel()}f", *logits.flatten().tolist())
             st_io.write(
                 os.path.join(FIXTURES, f"{arch}.safetensors"),
@@ -168,6 +187,7 @@ def main():
                     "layout_fingerprint": f"{layout:016x}",
                     "input_fingerprint": f"{st_io.fnv1a64(inputs['input'][2]):016x}",
                     "reference": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
+                    **extra,
                 },
             )
 

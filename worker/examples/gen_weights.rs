@@ -30,7 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             name => archs.push(name.parse::<Arch>()?),
         }
     }
-    let out = out.ok_or("usage: gen_weights OUT_DIR [--seed N] [--input-seed N] [--batch N] [ARCH...]")?;
+    let out =
+        out.ok_or("usage: gen_weights OUT_DIR [--seed N] [--input-seed N] [--batch N] [ARCH...]")?;
     std::fs::create_dir_all(&out)?;
     if archs.is_empty() {
         archs = Arch::ALL.to_vec();
@@ -39,12 +40,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         let path = out.join(format!("{arch}.safetensors"));
         weights::generate(arch, seed, &path)?;
-        println!("{arch}: weights seed {seed} -> {} ({:.2?})", path.display(), start.elapsed());
+        println!(
+            "{arch}: weights seed {seed} -> {} ({:.2?})",
+            path.display(),
+            start.elapsed()
+        );
         if let Some(input_seed) = input_seed {
             let input = weights::random_input(input_seed, batch, arch.input_size())?;
             let path = out.join(format!("{arch}_input.safetensors"));
             input.save_safetensors("input", &path)?;
-            println!("{arch}: input seed {input_seed} {:?} -> {}", input.dims(), path.display());
+            println!(
+                "{arch}: input seed {input_seed} {:?} -> {}",
+                input.dims(),
+                path.display()
+            );
         }
     }
     Ok(())

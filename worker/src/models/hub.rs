@@ -152,12 +152,24 @@ mod tests {
         let m = TensorNames::Timm.mapper(Arch::EfficientNetLite0);
         assert_eq!(m("_conv_stem.weight"), "conv_stem.weight");
         assert_eq!(m("_bn0.running_var"), "bn1.running_var");
-        assert_eq!(m("_blocks.0._depthwise_conv.weight"), "blocks.0.0.conv_dw.weight");
+        assert_eq!(
+            m("_blocks.0._depthwise_conv.weight"),
+            "blocks.0.0.conv_dw.weight"
+        );
         assert_eq!(m("_blocks.0._bn2.bias"), "blocks.0.0.bn2.bias");
-        assert_eq!(m("_blocks.1._expand_conv.weight"), "blocks.1.0.conv_pw.weight");
+        assert_eq!(
+            m("_blocks.1._expand_conv.weight"),
+            "blocks.1.0.conv_pw.weight"
+        );
         assert_eq!(m("_blocks.2._bn1.weight"), "blocks.1.1.bn2.weight");
-        assert_eq!(m("_blocks.5._project_conv.weight"), "blocks.3.0.conv_pwl.weight");
-        assert_eq!(m("_blocks.15._bn2.running_mean"), "blocks.6.0.bn3.running_mean");
+        assert_eq!(
+            m("_blocks.5._project_conv.weight"),
+            "blocks.3.0.conv_pwl.weight"
+        );
+        assert_eq!(
+            m("_blocks.15._bn2.running_mean"),
+            "blocks.6.0.bn3.running_mean"
+        );
         assert_eq!(m("_conv_head.weight"), "conv_head.weight");
         assert_eq!(m("_bn1.weight"), "bn2.weight");
         assert_eq!(m("_fc.bias"), "classifier.bias");

@@ -306,7 +306,9 @@ impl Module for InceptionV3 {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (h, w) = (xs.dim(D::Minus2)?, xs.dim(D::Minus1)?);
         if h < MIN_INPUT || w < MIN_INPUT {
-            candle_core::bail!("inception_v3 needs inputs of at least {MIN_INPUT}x{MIN_INPUT}, got {h}x{w}");
+            candle_core::bail!(
+                "inception_v3 needs inputs of at least {MIN_INPUT}x{MIN_INPUT}, got {h}x{w}"
+            );
         }
         let mut x = match &self.transform {
             Some((scale, shift)) => xs.broadcast_mul(scale)?.broadcast_add(shift)?,

@@ -70,9 +70,7 @@ impl ConvBn {
         let var = bn.get(c_out, "running_var")?;
         let scale = gamma.div(&(var + eps)?.sqrt()?)?;
         let weight = w.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
-        let bias = beta
-            .sub(&mean.mul(&scale)?)?
-            .reshape((1, c_out, 1, 1))?;
+        let bias = beta.sub(&mean.mul(&scale)?)?.reshape((1, c_out, 1, 1))?;
         let taps = if depthwise {
             let mut taps = Vec::with_capacity(kernel.0 * kernel.1);
             for i in 0..kernel.0 {
@@ -136,20 +134,20 @@ impl ConvBn {
             vec![xs.clone()]
         } else {
             let (hp, wp) = (h.div_ceil(s) * s, w.div_ceil(s) * s);
-            let padded = xs
-                .pad_with_zeros(D::Minus2, 0, hp - h)?
-                .pad_with_zeros(D::Minus1, 0, wp - w)?;
+            let padded =
+                xs.pad_with_zeros(D::Minus2, 0, hp - h)?
+                    .pad_with_zeros(D::Minus1, 0, wp - w)?;
             let (n, c) = (padded.dim(0)?, padded.dim(1)?);
             let split = padded.reshape((n, c, hp / s, s, wp / s, s))?;
             let mut phases = Vec::with_capacity(s * s);
             for a in 0..s {
                 for b in 0..s {
-                    phases.push(
-                        split
-                            .narrow(3, a, 1)?
-                            .narrow(5, b, 1)?
-                            .reshape((n, c, hp / s, wp / s))?,
-                    );
+                    phases.push(split.narrow(3, a, 1)?.narrow(5, b, 1)?.reshape((
+                        n,
+                        c,
+                        hp / s,
+                        wp / s,
+                    ))?);
                 }
             }
             phases
@@ -158,7 +156,12 @@ impl ConvBn {
         for i in 0..kh {
             for j in 0..kw {
                 let phase = &phases[(i % s) * s + (j % s)];
-                let window = phase.narrow(2, i / s, oh)?.narrow(3, j / s, ow)?;
+                // A contiguous copy first: candle's broadcast multiply is only
+                // fast when the non-broadcast operand is contiguous.
+                let window = phase
+                    .narrow(2, i / s, oh)?
+                    .narrow(3, j / s, ow)?
+                    .contiguous()?;
                 let term = window.broadcast_mul(&taps[i * kw + j])?;
                 acc = Some(match acc {
                     None => term,
@@ -225,10 +228,26 @@ mod tests {
             map.insert("c.weight".to_string(), w.clone());
             map.insert("b.weight".to_string(), Tensor::ones(c, DType::F32, &dev)?);
             map.insert("b.bias".to_string(), Tensor::zeros(c, DType::F32, &dev)?);
-            map.insert("b.running_mean".to_string(), Tensor::zeros(c, DType::F32, &dev)?);
-            map.insert("b.running_var".to_string(), Tensor::ones(c, DType::F32, &dev)?);
+            map.insert(
+                "b.running_mean".to_string(),
+                Tensor::zeros(c, DType::F32, &dev)?,
+            );
+            map.insert(
+                "b.running_var".to_string(),
+                Tensor::ones(c, DType::F32, &dev)?,
+            );
             let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
-            let layer = ConvBn::load(c, c, (k, k), s, Padding::Same, true, 0.0, vb.pp("c"), vb.pp("b"))?;
+            let layer = ConvBn::load(
+                c,
+                c,
+                (k, k),
+                s,
+                Padding::Same,
+                true,
+                0.0,
+                vb.pp("c"),
+                vb.pp("b"),
+            )?;
             let x = Tensor::arange(0f32, (2 * c * hw * hw) as f32, &dev)?
                 .affine(0.003, -0.5)?
                 .sin()?
@@ -240,7 +259,11 @@ mod tests {
                 .pad_with_zeros(D::Minus1, pt, pb)?;
             let want = xp.conv2d(&w, 0, s, 1, c)?;
             assert_eq!(got.dims(), want.dims());
-            let diff = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let diff = (got - want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
             assert!(diff < 1e-5, "k={k} s={s}: diff {diff}");
         }
         Ok(())

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 pub use candle_core::{Device, Tensor};
 pub use error::{ModelError, Result};
+pub use hub::TensorNames;
 pub use labels::{imagenet_label, imagenet_labels, NUM_CLASSES};
 pub use model::{LoadOptions, Model, Prediction};
 pub use preprocess::Preprocess;
@@ -157,7 +158,10 @@ mod tests {
             assert_eq!(serde_json::from_str::<Arch>(&json).unwrap(), arch);
         }
         assert_eq!("Inception-V3".parse::<Arch>().unwrap(), Arch::InceptionV3);
-        assert!(matches!("vgg16".parse::<Arch>(), Err(ModelError::UnknownArch(_))));
+        assert!(matches!(
+            "vgg16".parse::<Arch>(),
+            Err(ModelError::UnknownArch(_))
+        ));
     }
 
     #[test]

@@ -195,6 +195,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn model_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Model>();
+    }
+
+    #[test]
     fn top_k_orders_and_truncates() {
         let p = [0.1, 0.5, 0.05, 0.3, 0.05];
         let top = top_k(&p, 3);

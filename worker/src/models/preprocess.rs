@@ -17,6 +17,10 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (RGB, on a 0..1 scale).
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// Longest side a resized image may have; refuses absurd aspect ratios
+/// (e.g. 1×100000) instead of allocating gigabytes.
+pub const MAX_RESIZED_SIDE: u32 = 16_384;
+
 /// Resampling filter for the resize step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resample {
@@ -98,16 +102,18 @@ impl Preprocess {
             )));
         }
         let (rw, rh) = resized_dims(w, h, self.resize_shorter);
+        if rw.max(rh) > MAX_RESIZED_SIDE {
+            return Err(ModelError::InvalidInput(format!(
+                "image {w}x{h} is too elongated: resizing would make it {rw}x{rh}"
+            )));
+        }
         let rgb = image.to_rgb8();
         let resized = if (rw, rh) == (w, h) {
             rgb
         } else {
             image::imageops::resize(&rgb, rw, rh, self.resample.filter())
         };
-        let (left, top) = (
-            crop_offset(rw, self.crop),
-            crop_offset(rh, self.crop),
-        );
+        let (left, top) = (crop_offset(rw, self.crop), crop_offset(rh, self.crop));
         let cropped =
             image::imageops::crop_imm(&resized, left, top, self.crop, self.crop).to_image();
         let side = self.crop as usize;
@@ -179,7 +185,11 @@ mod tests {
         ];
         for c in 0..3 {
             for &x in &v[c * plane..(c + 1) * plane] {
-                assert!((x - expect[c]).abs() < 1e-5, "channel {c}: {x} vs {}", expect[c]);
+                assert!(
+                    (x - expect[c]).abs() < 1e-5,
+                    "channel {c}: {x} vs {}",
+                    expect[c]
+                );
             }
         }
     }
@@ -197,7 +207,9 @@ mod tests {
         };
         let mut img = RgbImage::from_pixel(8, 8, Rgb([0, 127, 255]));
         img.put_pixel(0, 0, Rgb([255, 255, 255]));
-        let t = p.apply(&DynamicImage::ImageRgb8(img), &Device::Cpu).unwrap();
+        let t = p
+            .apply(&DynamicImage::ImageRgb8(img), &Device::Cpu)
+            .unwrap();
         let v = t.to_vec3::<f32>().unwrap();
         assert_eq!(v[0][0][0], 1.0);
         assert_eq!(v[0][3][3], -127.0 / 128.0);
@@ -241,5 +253,10 @@ mod tests {
         assert!(p.apply_batch(&[], &Device::Cpu).is_err());
         let empty = DynamicImage::ImageRgb8(RgbImage::new(0, 0));
         assert!(p.apply(&empty, &Device::Cpu).is_err());
+        let sliver = DynamicImage::ImageRgb8(RgbImage::new(1, 1000));
+        assert!(matches!(
+            p.apply(&sliver, &Device::Cpu),
+            Err(ModelError::InvalidInput(_))
+        ));
     }
 }

@@ -63,12 +63,11 @@ impl WeightSource {
         // SAFETY: the file is mapped read-only; like every mmap-based loader we
         // rely on nobody truncating or rewriting it while the model is built
         // (tensors are copied out of the map during loading).
-        let mmap = unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
-            ModelError::InvalidWeights {
+        let mmap =
+            unsafe { MmapedSafetensors::new(path) }.map_err(|e| ModelError::InvalidWeights {
                 source_name: source_name.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Self::with_store(Store::Mmap(mmap), source_name, arch))
     }
 
