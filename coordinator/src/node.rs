@@ -210,6 +210,8 @@ pub async fn start(
     let db = sled::Config::new()
         .path(&db_path)
         .cache_capacity(256 << 20)
+        // Every log append flushes; a timer flush on top would only add work.
+        .flush_every_ms(None)
         .open()
         .map_err(|source| StartError::Storage {
             path: db_path.display().to_string(),

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use super::{
     io_err, Entry, LogId, Outcome, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::state::{Record, State};
+use crate::state::{Change, Record, State};
 
 /// Keys of the state tree that are not [`State`] records (state keys start with a letter).
 const APPLIED: &[u8] = b"_applied";
@@ -297,10 +297,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(outcomes);
         };
         let mut batch = sled::Batch::default();
-        for (key, value) in applied.state.take_changes() {
-            match value {
-                Some(v) => batch.insert(key, v),
-                None => batch.remove(key),
+        for change in applied.state.take_changes() {
+            match change {
+                Change::Put(k, v) => batch.insert(k, v),
+                Change::Delete(k) => batch.remove(k),
+                Change::DeletePrefix(prefix) => {
+                    for key in self.tree.scan_prefix(&prefix).keys() {
+                        let key =
+                            key.map_err(|e| io_err(ErrorSubject::Apply(last), ErrorVerb::Read, e))?;
+                        batch.remove(key);
+                    }
+                }
             }
         }
         batch.insert(APPLIED, json(&applied.last_applied));

@@ -40,12 +40,15 @@ pub struct Remembered {
     pub response: Response,
 }
 
-/// One stored record: what [`State`] persists, one sled key each.
+/// One stored record: what [`State`] persists, one sled key each. A job's input list is
+/// stored one name per key under the [`Key::Inputs`] prefix: a big list must not sit in one
+/// value, which sled would rewrite whole whenever a neighbouring record changes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
     Counters,
     Model(String),
     Job(u64),
+    /// The prefix of a job's input names (`Inputs(job)` + u32 index → name).
     Inputs(u64),
     Batch(BatchId),
     Request(String),
@@ -90,6 +93,15 @@ impl Key {
 
 /// One stored record: (key, value), as in the state tree and in snapshots.
 pub type Record = (Vec<u8>, Vec<u8>);
+
+/// A write to the stored form of the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    /// Delete every key that starts with this prefix.
+    DeletePrefix(Vec<u8>),
+}
 
 /// A stored record that could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -236,16 +248,25 @@ impl State {
         self.counters.now_ms
     }
 
-    /// The changed records since the last call: (key, new value or `None` if deleted).
-    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    /// The writes that store what changed since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty
-            .into_iter()
-            .map(|key| {
-                let value = self.encode_value(&key);
-                (key.encode(), value)
-            })
-            .collect()
+        let mut changes = Vec::with_capacity(dirty.len());
+        for key in dirty {
+            match key {
+                Key::Inputs(job) => match self.inputs.get(&job) {
+                    Some(list) => changes.extend(
+                        input_records(job, list).map(|(k, v)| Change::Put(k, v)),
+                    ),
+                    None => changes.push(Change::DeletePrefix(key.encode())),
+                },
+                key => match self.encode_value(&key) {
+                    Some(v) => changes.push(Change::Put(key.encode(), v)),
+                    None => changes.push(Change::Delete(key.encode())),
+                },
+            }
+        }
+        changes
     }
 
     /// Whether the last commands may have made work available; resets the flag.
@@ -261,7 +282,7 @@ impl State {
             Key::Counters => enc(Some(&self.counters)),
             Key::Model(name) => enc(self.models.get(name)),
             Key::Job(id) => enc(self.jobs.get(id)),
-            Key::Inputs(id) => enc(self.inputs.get(id).map(|v| v.as_ref())),
+            Key::Inputs(_) => None,
             Key::Batch(id) => enc(self.batches.get(id)),
             Key::Request(id) => enc(self.requests.get(id)),
             Key::File(path) => enc(self.files.get(path)),
@@ -273,15 +294,19 @@ impl State {
         let keys = std::iter::once(Key::Counters)
             .chain(self.models.keys().cloned().map(Key::Model))
             .chain(self.jobs.keys().copied().map(Key::Job))
-            .chain(self.inputs.keys().copied().map(Key::Inputs))
             .chain(self.batches.keys().copied().map(Key::Batch))
             .chain(self.requests.keys().cloned().map(Key::Request))
             .chain(self.files.keys().cloned().map(Key::File));
-        keys.filter_map(|k| {
-            let v = self.encode_value(&k)?;
-            Some((k.encode(), v))
-        })
-        .collect()
+        let mut records: Vec<Record> = keys
+            .filter_map(|k| {
+                let v = self.encode_value(&k)?;
+                Some((k.encode(), v))
+            })
+            .collect();
+        for (job, list) in &self.inputs {
+            records.extend(input_records(*job, list));
+        }
+        records
     }
 
     /// Rebuilds a state from stored records (from sled or a snapshot).
@@ -296,6 +321,7 @@ impl State {
             })
         }
         let mut state = State::default();
+        let mut inputs: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (key, value) in records {
             let Some((&tag, _)) = key.split_first() else {
                 continue;
@@ -311,9 +337,13 @@ impl State {
                     state.jobs.insert(j.id, j);
                 }
                 b'i' => {
+                    // Keys sort by (job, index), so names arrive in input order.
                     let id = key_u64(&key, 1)?;
-                    let inputs: Vec<String> = dec(&key, &value)?;
-                    state.inputs.insert(id, Arc::new(inputs));
+                    let name = String::from_utf8(value).map_err(|e| DecodeError {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        reason: e.to_string(),
+                    })?;
+                    inputs.entry(id).or_default().push(name);
                 }
                 b'b' => {
                     let b: BatchRecord = dec(&key, &value)?;
@@ -332,6 +362,7 @@ impl State {
                 _ => {}
             }
         }
+        state.inputs = inputs.into_iter().map(|(id, v)| (id, Arc::new(v))).collect();
         for batch in state.batches.values() {
             if let BatchState::Leased { request, .. } = &batch.state {
                 state.leased.insert(batch.id);
@@ -342,6 +373,16 @@ impl State {
         }
         Ok(state)
     }
+}
+
+/// The stored records of a job's input list: one per name, keyed by (job, index).
+fn input_records(job: u64, list: &[String]) -> impl Iterator<Item = Record> + '_ {
+    let prefix = Key::Inputs(job).encode();
+    list.iter().enumerate().map(move |(i, name)| {
+        let mut key = prefix.clone();
+        key.extend_from_slice(&(i as u32).to_be_bytes());
+        (key, name.as_bytes().to_vec())
+    })
 }
 
 fn key_u64(key: &[u8], at: usize) -> Result<u64, DecodeError> {

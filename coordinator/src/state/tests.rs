@@ -5,7 +5,7 @@ use idunno_api::job::{Inputs, JobState};
 
 use super::command::{Command, CommandError, Request, Response};
 use super::jobs::BatchId;
-use super::State;
+use super::{Change, State};
 
 fn req(id: &str, time_ms: u64, cmd: Command) -> Request {
     Request {
@@ -358,17 +358,22 @@ fn changes_name_exactly_the_records_written() {
     model(&mut s);
     s.take_changes();
     let id = job(&mut s, 3, 1);
-    let changed: Vec<Vec<u8>> = s.take_changes().into_iter().map(|(k, _)| k).collect();
-    assert!(changed.contains(&super::Key::Job(id).encode()));
-    assert!(changed.contains(&super::Key::Inputs(id).encode()));
-    assert!(s.take_changes().is_empty());
-    s.apply(req("del", 9, Command::DeleteJob { job: id }));
-    let deleted: Vec<_> = s
+    let put: Vec<Vec<u8>> = s
         .take_changes()
         .into_iter()
-        .filter(|(_, v)| v.is_none())
+        .filter_map(|c| match c {
+            Change::Put(k, _) => Some(k),
+            _ => None,
+        })
         .collect();
-    assert_eq!(deleted.len(), 2, "job and inputs records are deleted");
+    assert!(put.contains(&super::Key::Job(id).encode()));
+    let prefix = super::Key::Inputs(id).encode();
+    assert_eq!(put.iter().filter(|k| k.starts_with(&prefix)).count(), 3, "one record per input");
+    assert!(s.take_changes().is_empty());
+    s.apply(req("del", 9, Command::DeleteJob { job: id }));
+    let changes = s.take_changes();
+    assert!(changes.contains(&Change::Delete(super::Key::Job(id).encode())));
+    assert!(changes.contains(&Change::DeletePrefix(prefix)));
 }
 
 #[test]
