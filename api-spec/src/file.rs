@@ -18,21 +18,30 @@ pub fn validate_path(path: &str) -> Result<(), String> {
         return Err("a file name cannot be empty".into());
     }
     if path.len() > MAX_PATH_LEN {
-        return Err(format!("a file name is at most {MAX_PATH_LEN} bytes, not {}", path.len()));
+        return Err(format!(
+            "a file name is at most {MAX_PATH_LEN} bytes, not {}",
+            path.len()
+        ));
     }
     if let Some(c) = path.chars().find(|c| c.is_control() || *c == '\\') {
         return Err(format!("a file name cannot contain {c:?}"));
     }
     for segment in path.split('/') {
         match segment {
-            "" => return Err(format!("{path:?} has an empty segment (leading, trailing or double '/')")),
+            "" => {
+                return Err(format!(
+                    "{path:?} has an empty segment (leading, trailing or double '/')"
+                ))
+            }
             "." | ".." => return Err(format!("{path:?} has a {segment:?} segment")),
             _ => {}
         }
     }
     if let Some(last) = path.rsplit('/').next() {
         if RESERVED_SEGMENTS.contains(&last) && path.contains('/') {
-            return Err(format!("a file name cannot end in /{last} (reserved for the API)"));
+            return Err(format!(
+                "a file name cannot end in /{last} (reserved for the API)"
+            ));
         }
     }
     Ok(())
@@ -139,7 +148,13 @@ mod tests {
 
     #[test]
     fn good_names_pass() {
-        for p in ["cat.png", "images/cat.png", "a/b/c d/é.jpg", "replicas", "x/replicas.png"] {
+        for p in [
+            "cat.png",
+            "images/cat.png",
+            "a/b/c d/é.jpg",
+            "replicas",
+            "x/replicas.png",
+        ] {
             assert!(validate_path(p).is_ok(), "{p}");
         }
     }
@@ -147,8 +162,21 @@ mod tests {
     #[test]
     fn bad_names_fail() {
         let long = "a".repeat(MAX_PATH_LEN + 1);
-        for p in ["", "/abs", "trail/", "a//b", "../etc/passwd", "a/./b", "a/..", "nul\0", "tab\tx",
-                  "back\\slash", long.as_str(), "images/replicas", "x/versions"] {
+        for p in [
+            "",
+            "/abs",
+            "trail/",
+            "a//b",
+            "../etc/passwd",
+            "a/./b",
+            "a/..",
+            "nul\0",
+            "tab\tx",
+            "back\\slash",
+            long.as_str(),
+            "images/replicas",
+            "x/versions",
+        ] {
             assert!(validate_path(p).is_err(), "{p:?}");
         }
     }

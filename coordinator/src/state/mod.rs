@@ -255,9 +255,9 @@ impl State {
         for key in dirty {
             match key {
                 Key::Inputs(job) => match self.inputs.get(&job) {
-                    Some(list) => changes.extend(
-                        input_records(job, list).map(|(k, v)| Change::Put(k, v)),
-                    ),
+                    Some(list) => {
+                        changes.extend(input_records(job, list).map(|(k, v)| Change::Put(k, v)))
+                    }
                     None => changes.push(Change::DeletePrefix(key.encode())),
                 },
                 key => match self.encode_value(&key) {
@@ -362,7 +362,10 @@ impl State {
                 _ => {}
             }
         }
-        state.inputs = inputs.into_iter().map(|(id, v)| (id, Arc::new(v))).collect();
+        state.inputs = inputs
+            .into_iter()
+            .map(|(id, v)| (id, Arc::new(v)))
+            .collect();
         for batch in state.batches.values() {
             if let BatchState::Leased { request, .. } = &batch.state {
                 state.leased.insert(batch.id);

@@ -368,7 +368,11 @@ fn changes_name_exactly_the_records_written() {
         .collect();
     assert!(put.contains(&super::Key::Job(id).encode()));
     let prefix = super::Key::Inputs(id).encode();
-    assert_eq!(put.iter().filter(|k| k.starts_with(&prefix)).count(), 3, "one record per input");
+    assert_eq!(
+        put.iter().filter(|k| k.starts_with(&prefix)).count(),
+        3,
+        "one record per input"
+    );
     assert!(s.take_changes().is_empty());
     s.apply(req("del", 9, Command::DeleteJob { job: id }));
     let changes = s.take_changes();
