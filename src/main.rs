@@ -27,6 +27,8 @@ enum Command {
     Model(cli::model::ModelArgs),
     /// The coordinator group: status, add or remove a member.
     Cluster(cli::cluster::ClusterArgs),
+    /// The replicated file system: put, get, delete, ls, store, get-versions, list, put-dir.
+    Sdfs(cli::sdfs::SdfsArgs),
     /// Measure the system (not a test: prints figures).
     Bench(bench::BenchArgs),
 }
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
             Command::Job(args) => cli::job::run(args).await,
             Command::Model(args) => cli::model::run(args).await,
             Command::Cluster(args) => cli::cluster::run(args).await,
+            Command::Sdfs(args) => cli::sdfs::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

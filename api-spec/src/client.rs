@@ -170,6 +170,35 @@ impl Client {
             }
             None => None,
         };
+        let timeout = self.inner.attempt_timeout + long_poll.unwrap_or_default();
+        let resp = self
+            .send(method, path, |req| {
+                let req = req.timeout(timeout);
+                match &payload {
+                    Some(p) => req
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(p.clone()),
+                    None => req,
+                }
+            })
+            .await?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("answer broke off: {e}")))?;
+        Ok((status, bytes))
+    }
+
+    /// The retry loop under every call: sends the request `build` makes (afresh for each
+    /// attempt, so a streamed body is reopened) to the coordinators in turn, with one request
+    /// id, until one gives a definite answer. Returns a 2xx response with its body unread.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
         let request_id = (method != Method::GET).then(new_request_id);
         let started = Instant::now();
         let n = self.inner.coordinators.len();
@@ -182,35 +211,25 @@ impl Client {
                 .inner
                 .http
                 .request(method.clone(), &url)
-                .timeout(self.inner.attempt_timeout + long_poll.unwrap_or_default());
+                .timeout(self.inner.attempt_timeout);
             if let Some(id) = &request_id {
                 req = req.header(REQUEST_ID_HEADER, id);
             }
             if let Some(token) = &self.inner.token {
                 req = req.bearer_auth(token);
             }
-            if let Some(p) = &payload {
-                req = req
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(p.clone());
-            }
-            match req.send().await {
+            match build(req).send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => {
                     let status = resp.status();
-                    let bytes = resp.bytes().await;
-                    match bytes {
-                        Ok(bytes) if status.is_success() => return Ok((status, bytes)),
-                        Ok(bytes) if retryable(status) => {
-                            last_error = format!("{url}: {}", describe(status, &bytes));
-                        }
-                        Ok(bytes) => {
-                            return Err(ClientError::Api {
-                                status: status.as_u16(),
-                                body: error_body(status, &bytes),
-                            })
-                        }
-                        Err(e) => last_error = format!("{url}: {e}"),
+                    let bytes = resp.bytes().await.unwrap_or_default();
+                    if !retryable(status) {
+                        return Err(ClientError::Api {
+                            status: status.as_u16(),
+                            body: error_body(status, &bytes),
+                        });
                     }
+                    last_error = format!("{url}: {}", describe(status, &bytes));
                 }
                 Err(e) => last_error = format!("{url}: {}", without_url(&e)),
             }
@@ -228,6 +247,80 @@ impl Client {
             }
         }
     }
+
+    /// Uploads a local file as the next version of SDFS `name` (streamed; a retry reopens it).
+    pub async fn upload_file(
+        &self,
+        name: &str,
+        local: &std::path::Path,
+        replicas: Option<u32>,
+    ) -> Result<crate::file::FileVersion, ClientError> {
+        let io = |e: std::io::Error| ClientError::Protocol(format!("{}: {e}", local.display()));
+        let file = std::fs::File::open(local).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut path = format!("/v1/files/{}", encode_path(name));
+        if let Some(r) = replicas {
+            path.push_str(&format!("?replicas={r}"));
+        }
+        // Each attempt reads the file from the start through its own handle.
+        let body = || -> std::io::Result<reqwest::Body> {
+            use std::io::{Seek, SeekFrom};
+            let mut f = file.try_clone()?;
+            f.seek(SeekFrom::Start(0))?;
+            let stream = tokio_util::io::ReaderStream::with_capacity(
+                tokio::fs::File::from_std(f),
+                256 << 10,
+            );
+            Ok(reqwest::Body::wrap_stream(stream))
+        };
+        let resp = self
+            .send(Method::PUT, &path, |req| {
+                let req = req
+                    .timeout(Duration::from_secs(24 * 3600))
+                    .header(reqwest::header::CONTENT_LENGTH, len);
+                match body() {
+                    Ok(b) => req.body(b),
+                    // An unreadable body fails this attempt instead of sending wrong bytes.
+                    Err(e) => req.body(reqwest::Body::wrap_stream(futures::stream::once(
+                        async move { Err::<bytes::Bytes, _>(e) },
+                    ))),
+                }
+            })
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("bad answer: {e}")))
+    }
+
+    /// Starts reading SDFS `name` (a version, or the newest); the body streams from the answer.
+    pub async fn download(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut path = format!("/v1/files/{}", encode_path(name));
+        if let Some(v) = version {
+            path.push_str(&format!("?version={v}"));
+        }
+        self.send(Method::GET, &path, |req| {
+            req.timeout(Duration::from_secs(24 * 3600))
+        })
+        .await
+    }
+}
+
+/// Percent-encodes an SDFS name for a URL path, keeping its `/` separators.
+pub fn encode_path(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// Statuses that mean "ask again, maybe elsewhere": no leader yet, leader changing, overloaded.
@@ -309,6 +402,12 @@ mod tests {
     fn base_urls_get_a_scheme() {
         assert_eq!(base_url("127.0.0.1:7001"), "http://127.0.0.1:7001");
         assert_eq!(base_url("http://a:1/"), "http://a:1");
+    }
+
+    #[test]
+    fn names_are_percent_encoded_but_keep_slashes() {
+        assert_eq!(encode_path("images/a b#1.png"), "images/a%20b%231.png");
+        assert_eq!(encode_path("é"), "%C3%A9");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod file;
 pub mod job;
 pub mod model;
+pub mod result;
 pub mod worker;
 
 pub use client::{Client, ClientError};

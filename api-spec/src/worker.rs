@@ -60,13 +60,22 @@ pub struct LeaseRequest {
     pub wait_ms: u64,
 }
 
-/// One input of a leased batch.
+/// One input of a leased batch, with where its bytes are so the worker reads them straight
+/// from a storage node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeasedInput {
     /// Position in the job's input list.
     pub index: u64,
     /// SDFS name.
     pub name: String,
+    /// BLAKE3 (hex) of its newest version; `None` if no such file exists (an error result).
+    #[serde(default)]
+    pub hash: Option<String>,
+    #[serde(default)]
+    pub size: u64,
+    /// Addresses of live storage nodes holding it, best first.
+    #[serde(default)]
+    pub replicas: Vec<String>,
 }
 
 /// A batch handed to a worker.

@@ -69,6 +69,27 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 1000)]
     pub worker_heartbeat_ms: u64,
 
+    /// SDFS replication factor: copies kept of each file (at most the live storage nodes).
+    #[arg(long, default_value_t = 3)]
+    pub replication: u32,
+
+    /// SDFS versions kept per file name.
+    #[arg(long, default_value_t = 5)]
+    pub keep_versions: u32,
+
+    /// A storage node silent for this long is dead and its blobs are re-replicated.
+    #[arg(long, default_value_t = 600)]
+    pub node_timeout_ms: u64,
+
+    /// Largest SDFS file (bytes).
+    #[arg(long, default_value_t = 64 << 30)]
+    pub max_file_size: u64,
+
+    /// Blobs on a node that no file uses are deleted once they are this old (in-flight puts
+    /// are younger).
+    #[arg(long, default_value_t = 60_000)]
+    pub gc_grace_ms: u64,
+
     /// Largest JSON request body (bytes).
     #[arg(long, default_value_t = 16 << 20)]
     pub body_limit: usize,
@@ -100,6 +121,11 @@ impl CoordinatorConfig {
             lease_timeout_ms: 5000,
             max_batch_ms: 600_000,
             worker_heartbeat_ms: 1000,
+            replication: 3,
+            keep_versions: 5,
+            node_timeout_ms: 600,
+            max_file_size: 64 << 30,
+            gc_grace_ms: 60_000,
             body_limit: 16 << 20,
             token: None,
             cluster_secret: None,

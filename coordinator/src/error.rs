@@ -24,6 +24,8 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
+    RangeNotSatisfiable(String),
+    #[error("{0}")]
     MethodNotAllowed(String),
     #[error("missing or wrong bearer token")]
     Unauthorized,
@@ -48,6 +50,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
@@ -63,6 +66,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",

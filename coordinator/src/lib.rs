@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod forward;
 pub mod lease;
 pub mod local;

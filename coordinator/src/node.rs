@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, ServerState};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::CoordinatorConfig;
 use crate::error::ApiError;
+use crate::files::monitor::StorageMonitor;
+use crate::files::node_client::NodeClient;
 use crate::metrics::Metrics;
 use crate::proposer::{ProposeError, Proposer};
 use crate::raft::log_store::LogStore;
@@ -32,6 +34,7 @@ pub struct LeaderState {
     pub since: Instant,
     pub workers: Workers,
     pub fair: FairShare,
+    pub storage: StorageMonitor,
 }
 
 impl LeaderState {
@@ -42,6 +45,7 @@ impl LeaderState {
             since: now,
             workers: Workers::default(),
             fair: FairShare::new(now),
+            storage: StorageMonitor::default(),
         }
     }
 }
@@ -56,8 +60,12 @@ pub struct Coordinator {
     pub shared: Arc<SharedState>,
     pub log: LogStore,
     pub proposer: Proposer,
-    /// For forwarding to the leader and talking to peers and storage nodes.
+    /// For forwarding to the leader and talking to peers.
     pub http: reqwest::Client,
+    /// For storage nodes' internal routes.
+    pub nodes: NodeClient,
+    /// Wakes the repair loop (a node died or came back, a copy was lost).
+    pub repair_wake: Notify,
     pub metrics: Metrics,
     leader: Mutex<LeaderState>,
     /// Flips to true once when the node shuts down.
@@ -260,6 +268,8 @@ pub async fn start(
         raft: raft.clone(),
         shared,
         log,
+        nodes: NodeClient::new(http.clone(), config.cluster_secret.clone()),
+        repair_wake: Notify::new(),
         http,
         metrics: Metrics::default(),
         leader: Mutex::new(LeaderState::new(0)),

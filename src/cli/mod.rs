@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod coordinator;
 pub mod job;
 pub mod model;
+pub mod sdfs;
 pub mod table;
 
 use clap::Args;

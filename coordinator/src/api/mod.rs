@@ -2,9 +2,11 @@
 //! axum router with its middleware: request counting, auth, forwarding to the leader.
 
 mod cluster;
+mod files;
 mod health;
 mod jobs;
 mod models;
+mod nodes;
 mod workers;
 
 use std::sync::Arc;
@@ -27,6 +29,8 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         .merge(jobs::router())
         .merge(workers::router())
         .merge(cluster::router())
+        .merge(files::router())
+        .merge(nodes::router())
         .merge(crate::raft::routes::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

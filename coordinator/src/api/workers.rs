@@ -157,9 +157,9 @@ fn pick(c: &Coordinator, worker: &str) -> Option<u64> {
 
 fn to_lease(c: &Coordinator, grant: LeaseGrant) -> Result<Lease, ApiError> {
     let applied = c.shared.read();
-    let job = applied.state.job(grant.batch.job)?;
-    let model = applied
-        .state
+    let state = &applied.state;
+    let job = state.job(grant.batch.job)?;
+    let model = state
         .models
         .get(&job.model)
         .ok_or_else(|| ApiError::Conflict(format!("model {:?} was deleted", job.model)))?;
@@ -175,9 +175,25 @@ fn to_lease(c: &Coordinator, grant: LeaseGrant) -> Result<Lease, ApiError> {
             .inputs
             .into_iter()
             .enumerate()
-            .map(|(i, name)| LeasedInput {
-                index: grant.start + i as u64,
-                name,
+            .map(|(i, name)| {
+                let located = state.version(&name, None).ok().map(|v| {
+                    (
+                        v.hash.clone(),
+                        v.size,
+                        crate::files::placement::live_replicas(state, &v.hash),
+                    )
+                });
+                let (hash, size, replicas) = match located {
+                    Some((hash, size, replicas)) => (Some(hash), size, replicas),
+                    None => (None, 0, Vec::new()),
+                };
+                LeasedInput {
+                    index: grant.start + i as u64,
+                    name,
+                    hash,
+                    size,
+                    replicas,
+                }
             })
             .collect(),
         attempt: grant.attempt,

@@ -4,10 +4,12 @@
 //! Commands are facts the leader decided ("lease this worker a batch of job 7"); applying one is
 //! deterministic and never reads a clock: all time comes from `Request::time_ms`.
 
+use idunno_api::file::FileVersion;
 use idunno_api::job::Inputs;
 use idunno_api::Millis;
 use serde::{Deserialize, Serialize};
 
+use super::files::FreedBlob;
 use super::jobs::BatchId;
 use super::models::ModelRecord;
 
@@ -81,12 +83,52 @@ pub enum Command {
     Expire {
         leases: Vec<(BatchId, u64)>,
     },
+    /// A storage node announced itself (or its new address).
+    RegisterNode {
+        id: String,
+        addr: String,
+    },
+    /// The leader saw a storage node go silent, or come back.
+    SetNodeAlive {
+        id: String,
+        alive: bool,
+    },
+    /// A new version of `path`, stored as blob `hash` on `replicas` (already flushed there).
+    PutVersion {
+        path: String,
+        hash: String,
+        size: u64,
+        replicas: Vec<String>,
+        /// Replication factor wanted for the blob.
+        target: u32,
+        /// Versions kept per name.
+        keep: u32,
+    },
+    DeleteFile {
+        path: String,
+    },
+    /// Copies of `hash` now exist on `nodes` (late put replicas, repairs, nodes back).
+    AddReplicas {
+        hash: String,
+        nodes: Vec<String>,
+    },
+    /// `nodes` no longer hold `hash` (lost, corrupt, trimmed).
+    DropReplicas {
+        hash: String,
+        nodes: Vec<String>,
+    },
 }
 
 impl Command {
     /// Commands the leader issues on its own, which need no request id.
     pub fn is_internal(&self) -> bool {
-        matches!(self, Command::Expire { .. })
+        matches!(
+            self,
+            Command::Expire { .. }
+                | Command::SetNodeAlive { .. }
+                | Command::AddReplicas { .. }
+                | Command::DropReplicas { .. }
+        )
     }
 }
 
@@ -111,6 +153,19 @@ pub enum Response {
     },
     Expired {
         count: usize,
+    },
+    /// A committed file version, and the blobs that no version refers to any more.
+    Version {
+        version: FileVersion,
+        freed: Vec<FreedBlob>,
+    },
+    /// Blobs that no version refers to any more (their copies can be deleted).
+    Freed {
+        freed: Vec<FreedBlob>,
+    },
+    /// Whether a replica change found its blob.
+    Replicas {
+        known: bool,
     },
     Failed(CommandError),
 }

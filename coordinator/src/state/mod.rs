@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use command::{Command, CommandError, Request, Response};
-use files::FileRecord;
+use files::{BlobRecord, FileRecord, NodeRecord};
 use jobs::{BatchId, BatchRecord, BatchState, JobRecord};
 use models::ModelRecord;
 
@@ -53,6 +53,8 @@ pub enum Key {
     Batch(BatchId),
     Request(String),
     File(String),
+    Blob(String),
+    Node(String),
 }
 
 impl Key {
@@ -85,6 +87,14 @@ impl Key {
             Key::File(path) => {
                 out.push(b'f');
                 out.extend_from_slice(path.as_bytes());
+            }
+            Key::Blob(hash) => {
+                out.push(b'h');
+                out.extend_from_slice(hash.as_bytes());
+            }
+            Key::Node(id) => {
+                out.push(b'n');
+                out.extend_from_slice(id.as_bytes());
             }
         }
         out
@@ -121,6 +131,8 @@ pub struct State {
     pub(crate) batches: BTreeMap<BatchId, BatchRecord>,
     pub(crate) requests: BTreeMap<String, Remembered>,
     pub(crate) files: BTreeMap<String, FileRecord>,
+    pub(crate) blobs: BTreeMap<String, BlobRecord>,
+    pub(crate) nodes: BTreeMap<String, NodeRecord>,
 
     // Indexes derived from the records above, rebuilt on load, never stored.
     /// Batches in the leased state, for the leader's expiry scan.
@@ -199,7 +211,12 @@ impl State {
             } => job(self.update_job(id, batch_size, weight)),
             Command::StartJob { job: id } => job(self.start_job(id, now)),
             Command::StopJob { job: id } => job(self.stop_job(id)),
-            Command::DeleteJob { job: id } => done(self.delete_job(id)),
+            Command::DeleteJob { job: id } => match self.delete_job(id) {
+                Ok(()) => Response::Freed {
+                    freed: self.delete_files_under(&idunno_api::result::job_results_prefix(id)),
+                },
+                Err(e) => Response::Failed(e),
+            },
             Command::Lease {
                 worker,
                 job,
@@ -221,6 +238,29 @@ impl State {
             },
             Command::Expire { leases } => Response::Expired {
                 count: self.expire(&leases),
+            },
+            Command::RegisterNode { id, addr } => done(self.register_node(id, addr, now)),
+            Command::SetNodeAlive { id, alive } => done(self.set_node_alive(&id, alive, now)),
+            Command::PutVersion {
+                path,
+                hash,
+                size,
+                replicas,
+                target,
+                keep,
+            } => match self.put_version(path, hash, size, replicas, target, keep, now) {
+                Ok((version, freed)) => Response::Version { version, freed },
+                Err(e) => Response::Failed(e),
+            },
+            Command::DeleteFile { path } => match self.delete_file(&path) {
+                Ok(freed) => Response::Freed { freed },
+                Err(e) => Response::Failed(e),
+            },
+            Command::AddReplicas { hash, nodes } => Response::Replicas {
+                known: self.add_replicas(&hash, nodes),
+            },
+            Command::DropReplicas { hash, nodes } => Response::Replicas {
+                known: self.drop_replicas(&hash, &nodes),
             },
         }
     }
@@ -286,6 +326,8 @@ impl State {
             Key::Batch(id) => enc(self.batches.get(id)),
             Key::Request(id) => enc(self.requests.get(id)),
             Key::File(path) => enc(self.files.get(path)),
+            Key::Blob(hash) => enc(self.blobs.get(hash)),
+            Key::Node(id) => enc(self.nodes.get(id)),
         }
     }
 
@@ -296,7 +338,9 @@ impl State {
             .chain(self.jobs.keys().copied().map(Key::Job))
             .chain(self.batches.keys().copied().map(Key::Batch))
             .chain(self.requests.keys().cloned().map(Key::Request))
-            .chain(self.files.keys().cloned().map(Key::File));
+            .chain(self.files.keys().cloned().map(Key::File))
+            .chain(self.blobs.keys().cloned().map(Key::Blob))
+            .chain(self.nodes.keys().cloned().map(Key::Node));
         let mut records: Vec<Record> = keys
             .filter_map(|k| {
                 let v = self.encode_value(&k)?;
@@ -358,6 +402,14 @@ impl State {
                 b'f' => {
                     let f: FileRecord = dec(&key, &value)?;
                     state.files.insert(f.path.clone(), f);
+                }
+                b'h' => {
+                    let b: BlobRecord = dec(&key, &value)?;
+                    state.blobs.insert(b.hash.clone(), b);
+                }
+                b'n' => {
+                    let n: NodeRecord = dec(&key, &value)?;
+                    state.nodes.insert(n.id.clone(), n);
                 }
                 _ => {}
             }

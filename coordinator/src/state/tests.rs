@@ -388,3 +388,176 @@ fn a_model_in_use_cannot_be_deleted() {
     let r = s.apply(req("", 3, Command::DeleteModel { name: "r18".into() }));
     assert!(matches!(r, Response::Failed(CommandError::Conflict(_))));
 }
+
+fn node(s: &mut State, id: &str) {
+    let r = s.apply(req(
+        "",
+        1,
+        Command::RegisterNode {
+            id: id.into(),
+            addr: format!("127.0.0.1:{}", 7100 + id.len()),
+        },
+    ));
+    assert_eq!(r, Response::Done);
+}
+
+fn hash(i: u8) -> String {
+    blake3::hash(&[i]).to_hex().to_string()
+}
+
+fn put(s: &mut State, path: &str, h: &str, replicas: &[&str]) -> Response {
+    s.apply(req(
+        "",
+        5,
+        Command::PutVersion {
+            path: path.into(),
+            hash: h.into(),
+            size: 10,
+            replicas: replicas.iter().map(|r| r.to_string()).collect(),
+            target: 3,
+            keep: 5,
+        },
+    ))
+}
+
+#[test]
+fn six_puts_keep_five_versions_newest_first_and_free_the_oldest_blob() {
+    let mut s = State::default();
+    for n in ["s1", "s2", "s3"] {
+        node(&mut s, n);
+    }
+    let mut freed = Vec::new();
+    for i in 1..=6u8 {
+        match put(&mut s, "images/cat.png", &hash(i), &["s1", "s2"]) {
+            Response::Version { version, freed: f } => {
+                assert_eq!(version.version, u64::from(i));
+                freed.extend(f);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let file = s.file("images/cat.png").unwrap();
+    let versions: Vec<u64> = file.versions.iter().map(|v| v.version).collect();
+    assert_eq!(versions, vec![6, 5, 4, 3, 2]);
+    assert_eq!(freed.len(), 1);
+    assert_eq!(freed[0].hash, hash(1));
+    assert_eq!(freed[0].replicas, vec!["s1".to_string(), "s2".to_string()]);
+    assert!(s.blob(&hash(1)).is_none());
+    assert!(s.version("images/cat.png", Some(1)).is_err());
+}
+
+#[test]
+fn a_blob_shared_by_two_names_is_freed_only_with_the_last() {
+    let mut s = State::default();
+    node(&mut s, "s1");
+    put(&mut s, "a.png", &hash(7), &["s1"]);
+    put(&mut s, "b.png", &hash(7), &["s1"]);
+    assert_eq!(s.blob(&hash(7)).unwrap().refs, 2);
+    assert_eq!(
+        s.apply(req(
+            "",
+            6,
+            Command::DeleteFile {
+                path: "a.png".into()
+            }
+        )),
+        Response::Freed { freed: vec![] }
+    );
+    match s.apply(req(
+        "",
+        7,
+        Command::DeleteFile {
+            path: "b.png".into(),
+        },
+    )) {
+        Response::Freed { freed } => assert_eq!(freed.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.blobs().next().is_none());
+    assert!(matches!(
+        s.apply(req(
+            "",
+            8,
+            Command::DeleteFile {
+                path: "b.png".into()
+            }
+        )),
+        Response::Failed(CommandError::NotFound(_))
+    ));
+}
+
+#[test]
+fn bad_puts_are_refused() {
+    let mut s = State::default();
+    node(&mut s, "s1");
+    for (path, h, replicas) in [
+        ("../x", hash(1), vec!["s1"]),
+        ("ok.png", "nothex".to_string(), vec!["s1"]),
+        ("ok.png", hash(1), vec![]),
+        ("ok.png", hash(1), vec!["nobody"]),
+    ] {
+        assert!(
+            matches!(put(&mut s, path, &h, &replicas), Response::Failed(_)),
+            "{path} {h} {replicas:?}"
+        );
+    }
+    assert!(s.files_under("").is_empty());
+}
+
+#[test]
+fn replica_sets_grow_and_shrink_and_liveness_is_recorded() {
+    let mut s = State::default();
+    for n in ["s1", "s2", "s3"] {
+        node(&mut s, n);
+    }
+    put(&mut s, "f", &hash(1), &["s1"]);
+    s.apply(req(
+        "",
+        6,
+        Command::AddReplicas {
+            hash: hash(1),
+            nodes: vec!["s2".into(), "ghost".into()],
+        },
+    ));
+    let replicas: Vec<&String> = s.blob(&hash(1)).unwrap().replicas.iter().collect();
+    assert_eq!(replicas, vec!["s1", "s2"], "unknown nodes are not added");
+    s.apply(req(
+        "",
+        7,
+        Command::DropReplicas {
+            hash: hash(1),
+            nodes: vec!["s1".into()],
+        },
+    ));
+    assert_eq!(s.blob(&hash(1)).unwrap().replicas.len(), 1);
+    s.apply(req(
+        "",
+        8,
+        Command::SetNodeAlive {
+            id: "s3".into(),
+            alive: false,
+        },
+    ));
+    assert_eq!(s.alive_nodes().count(), 2);
+    assert_eq!(s.node("s3").unwrap().since_ms, 8);
+}
+
+#[test]
+fn deleting_a_job_deletes_its_results() {
+    let mut s = State::default();
+    model(&mut s);
+    node(&mut s, "s1");
+    let id = job(&mut s, 1, 1);
+    put(
+        &mut s,
+        &idunno_api::result::result_path(id, "1-0"),
+        &hash(3),
+        &["s1"],
+    );
+    put(&mut s, "images/keep.png", &hash(4), &["s1"]);
+    match s.apply(req("del", 9, Command::DeleteJob { job: id })) {
+        Response::Freed { freed } => assert_eq!(freed.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.files_under(""), vec!["images/keep.png".to_string()]);
+}

@@ -1,0 +1,271 @@
+//! The read path of SDFS: any coordinator streams a version's bytes from one of its replicas,
+//! verifying the content hash on the way. If a replica fails or breaks off (a dead node, a
+//! corrupt chunk the node refuses to send), the read resumes at the same offset on the next
+//! replica, so the client sees one unbroken, correct stream. Byte ranges are supported.
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+
+use super::node_client::NodeClient;
+use crate::error::ApiError;
+
+/// What to read and from where.
+pub struct ReadPlan {
+    pub name: String,
+    pub version: u64,
+    pub hash: String,
+    pub size: u64,
+    /// Replica addresses, best first.
+    pub replicas: Vec<String>,
+}
+
+/// A byte range `[start, end)` of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Parses a `Range` header against a file size: `bytes=a-b`, `bytes=a-` or `bytes=-n`.
+/// `Ok(None)`: no range (the whole file). Errors mean 416.
+pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<ByteRange>, String> {
+    let Some(header) = header else {
+        return Ok(None);
+    };
+    let spec = header
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or_else(|| format!("unsupported range {header:?}"))?;
+    if spec.contains(',') {
+        return Err("multiple ranges are not supported".into());
+    }
+    let (a, b) = spec
+        .split_once('-')
+        .ok_or_else(|| format!("bad range {header:?}"))?;
+    let num = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("bad range {header:?}"))
+    };
+    let (start, end) = match (a.trim().is_empty(), b.trim().is_empty()) {
+        (true, false) => {
+            let n = num(b)?.min(size);
+            (size - n, size)
+        }
+        (false, true) => (num(a)?, size),
+        (false, false) => (num(a)?, num(b)?.saturating_add(1).min(size)),
+        (true, true) => return Err(format!("bad range {header:?}")),
+    };
+    if start >= size || start >= end {
+        return Err(format!(
+            "range {header:?} is outside a file of {size} bytes"
+        ));
+    }
+    Ok(Some(ByteRange { start, end }))
+}
+
+/// Serves `plan` (all of it, or `range`).
+pub async fn serve(
+    nodes: &NodeClient,
+    plan: ReadPlan,
+    range: Option<ByteRange>,
+) -> Result<Response, ApiError> {
+    let whole = ByteRange {
+        start: 0,
+        end: plan.size,
+    };
+    let wanted = range.unwrap_or(whole);
+    let mut reader = Reader {
+        nodes: nodes.clone(),
+        hash: plan.hash.clone(),
+        replicas: plan.replicas.clone(),
+        next_replica: 0,
+        pos: wanted.start,
+        end: wanted.end,
+        current: None,
+        hasher: range.is_none().then(blake3::Hasher::new),
+        errors: Vec::new(),
+    };
+    // Open a replica before answering, so "no replica can serve it" is a proper error.
+    if wanted.end > wanted.start && !reader.open_next().await {
+        return Err(ApiError::Unavailable(format!(
+            "no replica of {:?} version {} could be read: {}",
+            plan.name,
+            plan.version,
+            reader.errors.join("; ")
+        )));
+    }
+    let len = wanted.end - wanted.start;
+    let body = Body::from_stream(futures::stream::unfold(reader, |mut r| async move {
+        r.next_chunk().await.map(|item| (item, r))
+    }));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    let value = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, value(len.to_string()));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, value(format!("\"{}\"", plan.hash)));
+    h.insert("x-idunno-hash", value(plan.hash.clone()));
+    h.insert("x-idunno-version", value(plan.version.to_string()));
+    if range.is_some() {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        resp.headers_mut().insert(
+            header::CONTENT_RANGE,
+            value(format!(
+                "bytes {}-{}/{}",
+                wanted.start,
+                wanted.end - 1,
+                plan.size
+            )),
+        );
+    }
+    Ok(resp)
+}
+
+/// Reads `[pos, end)` of a blob, moving to the next replica when one fails.
+struct Reader {
+    nodes: NodeClient,
+    hash: String,
+    replicas: Vec<String>,
+    next_replica: usize,
+    pos: u64,
+    end: u64,
+    current: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    /// Verifies the whole content (only when the whole file is read).
+    hasher: Option<blake3::Hasher>,
+    errors: Vec<String>,
+}
+
+impl Reader {
+    /// Opens the remaining range on the next replica that answers; false if none does.
+    async fn open_next(&mut self) -> bool {
+        while self.next_replica < self.replicas.len() {
+            let addr = self.replicas[self.next_replica].clone();
+            self.next_replica += 1;
+            let req = self
+                .nodes
+                .request(
+                    reqwest::Method::GET,
+                    &addr,
+                    &format!("/internal/blobs/{}", self.hash),
+                )
+                .header(
+                    header::RANGE.as_str(),
+                    format!("bytes={}-{}", self.pos, self.end - 1),
+                );
+            match req.send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    self.current = Some(resp.bytes_stream().boxed());
+                    return true;
+                }
+                Ok(resp) => self.errors.push(format!("{addr}: {}", resp.status())),
+                Err(e) => self.errors.push(format!("{addr}: {e}")),
+            }
+        }
+        false
+    }
+
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        loop {
+            if self.pos >= self.end {
+                if let Some(hasher) = self.hasher.take() {
+                    let got = hasher.finalize().to_hex().to_string();
+                    if got != self.hash {
+                        tracing::error!(hash = %self.hash, %got, "content hash mismatch on read");
+                        return Some(Err(std::io::Error::other("content hash mismatch")));
+                    }
+                }
+                return None;
+            }
+            let Some(stream) = self.current.as_mut() else {
+                if self.open_next().await {
+                    continue;
+                }
+                let why = format!("every replica failed: {}", self.errors.join("; "));
+                self.pos = self.end;
+                self.hasher = None;
+                return Some(Err(std::io::Error::other(why)));
+            };
+            match stream.next().await {
+                Some(Ok(mut chunk)) => {
+                    let room = (self.end - self.pos) as usize;
+                    if chunk.len() > room {
+                        chunk.truncate(room);
+                    }
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    self.pos += chunk.len() as u64;
+                    if let Some(h) = self.hasher.as_mut() {
+                        h.update(&chunk);
+                    }
+                    return Some(Ok(chunk));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(hash = %self.hash, pos = self.pos, error = %e, "replica broke off; trying the next");
+                    self.errors.push(e.to_string());
+                    self.current = None;
+                }
+                None => {
+                    // Ended early: that replica did not have all of it.
+                    self.errors
+                        .push(format!("a replica ended at byte {}", self.pos));
+                    self.current = None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse() {
+        let r = |s: &str| parse_range(Some(s), 100);
+        assert_eq!(
+            r("bytes=0-9").unwrap(),
+            Some(ByteRange { start: 0, end: 10 })
+        );
+        assert_eq!(
+            r("bytes=90-").unwrap(),
+            Some(ByteRange {
+                start: 90,
+                end: 100
+            })
+        );
+        assert_eq!(
+            r("bytes=-5").unwrap(),
+            Some(ByteRange {
+                start: 95,
+                end: 100
+            })
+        );
+        assert_eq!(
+            r("bytes=50-1000").unwrap(),
+            Some(ByteRange {
+                start: 50,
+                end: 100
+            })
+        );
+        assert_eq!(parse_range(None, 100).unwrap(), None);
+        for bad in [
+            "bytes=100-",
+            "bytes=5-2",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=0-1,3-4",
+        ] {
+            assert!(r(bad).is_err(), "{bad}");
+        }
+    }
+}

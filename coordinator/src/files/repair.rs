@@ -1,0 +1,390 @@
+//! Keeping every blob at its replication factor, run by the leader: copy under-replicated
+//! blobs from a live replica to the least-loaded live node, trim over-replicated ones (a node
+//! came back), reconcile what nodes actually hold with the namespace, and delete the copies of
+//! blobs no version uses any more.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+
+use crate::node::Coordinator;
+use crate::state::command::Command;
+use crate::state::files::FreedBlob;
+use crate::state::State;
+
+/// Copies (or trims) running at once.
+const PARALLEL: usize = 8;
+/// How often every live node's holdings are reconciled even without a reason.
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+
+/// One step toward the wanted replication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Copy `hash` from the node at `from` to node `to`.
+    Copy {
+        hash: String,
+        from: String,
+        to: String,
+        to_addr: String,
+    },
+    /// Remove the copy of `hash` on `node`: the blob has more live copies than wanted.
+    Trim {
+        hash: String,
+        node: String,
+        addr: String,
+    },
+}
+
+/// What to do now, from the namespace alone.
+pub fn plan(state: &State) -> Vec<Action> {
+    let alive: BTreeMap<&str, &str> = state
+        .alive_nodes()
+        .map(|n| (n.id.as_str(), n.addr.as_str()))
+        .collect();
+    let mut load: HashMap<&str, u64> = alive.keys().map(|id| (*id, 0)).collect();
+    for blob in state.blobs() {
+        for r in &blob.replicas {
+            if let Some(l) = load.get_mut(r.as_str()) {
+                *l += blob.size;
+            }
+        }
+    }
+    let mut actions = Vec::new();
+    for blob in state.blobs() {
+        let live: Vec<&str> = blob
+            .replicas
+            .iter()
+            .map(String::as_str)
+            .filter(|r| alive.contains_key(r))
+            .collect();
+        if live.is_empty() {
+            continue; // nothing to copy from: every holder is down
+        }
+        let want = (blob.target as usize).min(alive.len());
+        if live.len() < want {
+            let mut targets: Vec<(&str, u64)> = alive
+                .keys()
+                .filter(|id| !blob.replicas.contains(**id))
+                .map(|id| (*id, load[id]))
+                .collect();
+            targets.sort_by_key(|(id, l)| (*l, *id));
+            for (i, (to, _)) in targets.into_iter().take(want - live.len()).enumerate() {
+                let from = live[i % live.len()];
+                actions.push(Action::Copy {
+                    hash: blob.hash.clone(),
+                    from: alive[from].to_string(),
+                    to: to.to_string(),
+                    to_addr: alive[to].to_string(),
+                });
+                if let Some(l) = load.get_mut(to) {
+                    *l += blob.size;
+                }
+            }
+        } else if live.len() > blob.target as usize {
+            let mut by_load: Vec<&str> = live.clone();
+            by_load.sort_by_key(|id| (std::cmp::Reverse(load[id]), *id));
+            for node in by_load.into_iter().take(live.len() - blob.target as usize) {
+                actions.push(Action::Trim {
+                    hash: blob.hash.clone(),
+                    node: node.to_string(),
+                    addr: alive[node].to_string(),
+                });
+                if let Some(l) = load.get_mut(node) {
+                    *l = l.saturating_sub(blob.size);
+                }
+            }
+        }
+    }
+    actions
+}
+
+/// The repair loop; ends at shutdown.
+pub async fn repair_loop(c: Arc<Coordinator>) {
+    let mut shutdown = c.shutdown.clone();
+    let mut last_full_reconcile = Instant::now();
+    loop {
+        tokio::select! {
+            _ = c.repair_wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if !c.is_leader() {
+            continue;
+        }
+        if last_full_reconcile.elapsed() > RECONCILE_EVERY {
+            last_full_reconcile = Instant::now();
+            let alive: Vec<String> = c
+                .shared
+                .read()
+                .state
+                .alive_nodes()
+                .map(|n| n.id.clone())
+                .collect();
+            c.leader_state().storage.to_reconcile.extend(alive);
+        }
+        let nodes: Vec<String> = c.leader_state().storage.to_reconcile.drain().collect();
+        for node in nodes {
+            if let Err(e) = reconcile(&c, &node).await {
+                tracing::debug!(node = %node, error = %e, "reconcile failed; will retry");
+                c.leader_state().storage.to_reconcile.insert(node);
+            }
+        }
+        // Repeat while there is work: each round commits what it did, then re-plans.
+        loop {
+            let actions = plan(&c.shared.read().state);
+            if actions.is_empty() || !c.is_leader() {
+                break;
+            }
+            let progress = run(&c, actions).await;
+            if progress == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// Runs actions concurrently; returns how many succeeded.
+async fn run(c: &Arc<Coordinator>, actions: Vec<Action>) -> usize {
+    let started = Instant::now();
+    let count = actions.len();
+    let done = stream::iter(actions)
+        .map(|a| {
+            let c = c.clone();
+            async move { execute(&c, a).await }
+        })
+        .buffer_unordered(PARALLEL)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    tracing::info!(
+        done,
+        of = count,
+        ms = started.elapsed().as_millis() as u64,
+        "repair round"
+    );
+    done
+}
+
+async fn execute(c: &Coordinator, action: Action) -> bool {
+    match action {
+        Action::Copy {
+            hash,
+            from,
+            to,
+            to_addr,
+        } => match c.nodes.fetch_blob(&to_addr, &hash, &from).await {
+            Ok(stored) if stored.hash == hash => {
+                let cmd = Command::AddReplicas {
+                    hash,
+                    nodes: vec![to],
+                };
+                c.write(String::new(), cmd).await.is_ok()
+            }
+            Ok(stored) => {
+                tracing::warn!(%hash, got = %stored.hash, "a copy came back with another hash");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "copy failed");
+                false
+            }
+        },
+        Action::Trim { hash, node, addr } => {
+            let cmd = Command::DropReplicas {
+                hash: hash.clone(),
+                nodes: vec![node],
+            };
+            if c.write(String::new(), cmd).await.is_err() {
+                return false;
+            }
+            if let Err(e) = c.nodes.delete_blob(&addr, &hash).await {
+                tracing::debug!(error = %e, "trimmed copy not deleted; reconciliation will");
+            }
+            true
+        }
+    }
+}
+
+/// Compares what `node` holds with what the namespace says it holds, and fixes the namespace
+/// (lost copies dropped, surviving copies counted again) and the node (orphans deleted).
+pub async fn reconcile(c: &Coordinator, node: &str) -> Result<(), String> {
+    let addr = match c.shared.read().state.node(node) {
+        Some(n) if n.alive => n.addr.clone(),
+        _ => return Ok(()),
+    };
+    let held = c.nodes.list_blobs(&addr).await.map_err(|e| e.to_string())?;
+    let grace = c.config.gc_grace_ms;
+    let mut commands = Vec::new();
+    let mut orphans = Vec::new();
+    {
+        let applied = c.shared.read();
+        let state = &applied.state;
+        let held_set: HashSet<&str> = held.iter().map(|b| b.hash.as_str()).collect();
+        let alive: HashSet<&str> = state.alive_nodes().map(|n| n.id.as_str()).collect();
+        for blob in state.blobs() {
+            if blob.replicas.contains(node) && !held_set.contains(blob.hash.as_str()) {
+                commands.push(Command::DropReplicas {
+                    hash: blob.hash.clone(),
+                    nodes: vec![node.to_string()],
+                });
+            }
+        }
+        for info in &held {
+            match state.blob(&info.hash) {
+                Some(blob) if blob.replicas.contains(node) => {}
+                Some(blob) => {
+                    let live = blob
+                        .replicas
+                        .iter()
+                        .filter(|r| alive.contains(r.as_str()))
+                        .count();
+                    if live < blob.target as usize {
+                        commands.push(Command::AddReplicas {
+                            hash: info.hash.clone(),
+                            nodes: vec![node.to_string()],
+                        });
+                    } else if info.age_ms > grace {
+                        orphans.push(info.hash.clone());
+                    }
+                }
+                None if info.age_ms > grace => orphans.push(info.hash.clone()),
+                None => {}
+            }
+        }
+    }
+    for cmd in commands {
+        c.write(String::new(), cmd)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    for hash in orphans {
+        if let Err(e) = c.nodes.delete_blob(&addr, &hash).await {
+            tracing::debug!(error = %e, "orphan not deleted");
+        }
+    }
+    c.repair_wake.notify_one();
+    Ok(())
+}
+
+/// Deletes the copies of blobs no version uses any more (best effort: reconciliation catches
+/// whatever this misses).
+pub fn collect_garbage(c: &Arc<Coordinator>, freed: Vec<FreedBlob>) {
+    if freed.is_empty() {
+        return;
+    }
+    let c = c.clone();
+    tokio::spawn(async move {
+        for blob in freed {
+            for node in blob.replicas {
+                // The same content may have been stored again since it was freed.
+                let addr = {
+                    let applied = c.shared.read();
+                    match applied.state.blob(&blob.hash) {
+                        Some(_) => None,
+                        None => applied.state.node(&node).map(|n| n.addr.clone()),
+                    }
+                };
+                if let Some(addr) = addr {
+                    if let Err(e) = c.nodes.delete_blob(&addr, &blob.hash).await {
+                        tracing::debug!(error = %e, "freed blob not deleted yet");
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::command::Request;
+
+    fn state(nodes: &[(&str, bool)], blobs: &[(&str, &[&str], u32)]) -> State {
+        let mut s = State::default();
+        let mut apply = |cmd| {
+            s.apply(Request {
+                id: String::new(),
+                time_ms: 1,
+                cmd,
+            })
+        };
+        for (id, _) in nodes {
+            apply(Command::RegisterNode {
+                id: id.to_string(),
+                addr: format!("{id}:1"),
+            });
+        }
+        for (i, (name, replicas, target)) in blobs.iter().enumerate() {
+            apply(Command::PutVersion {
+                path: name.to_string(),
+                hash: blake3::hash(&[i as u8]).to_hex().to_string(),
+                size: 100,
+                replicas: replicas.iter().map(|r| r.to_string()).collect(),
+                target: *target,
+                keep: 5,
+            });
+        }
+        for (id, alive) in nodes {
+            apply(Command::SetNodeAlive {
+                id: id.to_string(),
+                alive: *alive,
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn a_blob_that_lost_a_replica_is_copied_to_a_live_node_not_holding_it() {
+        let s = state(
+            &[("a", true), ("b", true), ("c", false), ("d", true)],
+            &[("f", &["a", "b", "c"], 3)],
+        );
+        let actions = plan(&s);
+        assert_eq!(actions.len(), 1);
+        match &actions[0] {
+            Action::Copy { to, from, .. } => {
+                assert_eq!(to, "d");
+                assert!(from == "a:1" || from == "b:1");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_is_copied_beyond_the_live_node_count_or_from_nowhere() {
+        let s = state(
+            &[("a", true), ("b", false)],
+            &[("f", &["a"], 3), ("g", &["b"], 3)],
+        );
+        assert!(plan(&s).is_empty());
+    }
+
+    #[test]
+    fn a_blob_with_too_many_live_copies_is_trimmed() {
+        let s = state(
+            &[("a", true), ("b", true), ("c", true), ("d", true)],
+            &[("f", &["a", "b", "c", "d"], 3)],
+        );
+        let actions = plan(&s);
+        assert_eq!(actions.len(), 1);
+        assert!(matches!(actions[0], Action::Trim { .. }));
+    }
+
+    #[test]
+    fn copies_go_to_the_least_loaded_nodes() {
+        let s = state(
+            &[("a", true), ("b", true), ("c", true), ("d", true)],
+            &[("x", &["c"], 1), ("y", &["c"], 1), ("f", &["a"], 2)],
+        );
+        let copies: Vec<_> = plan(&s)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Copy { to, .. } => Some(to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(copies, vec!["b".to_string()]);
+    }
+}

@@ -1,0 +1,374 @@
+//! `idunno sdfs …`: the original system's six file commands (put, get, delete, ls, store,
+//! get-versions) plus list and put-dir, over the coordinators' `/v1/files` API.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use idunno_api::file::{FileInfo, FileVersion, ReplicaSet, StorageNode};
+use idunno_api::Client;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::AsyncWriteExt;
+
+use super::table::{render, time};
+use super::{print_json, Connection};
+
+#[derive(Debug, Args)]
+pub struct SdfsArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    cmd: SdfsCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum SdfsCmd {
+    /// Store a local file as the next version of NAME.
+    Put {
+        local: PathBuf,
+        name: String,
+        /// Replication factor (default: the cluster's).
+        #[arg(long)]
+        replicas: Option<u32>,
+    },
+    /// Fetch NAME (newest version, or --version) into a local file.
+    Get {
+        name: String,
+        local: PathBuf,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Delete NAME and all its versions.
+    Delete { name: String },
+    /// Which storage nodes hold NAME.
+    Ls {
+        name: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// The files a storage node holds (without NODE: every node and its load).
+    Store { node: Option<String> },
+    /// The last N versions of NAME into one local file, separated by delimiter lines.
+    GetVersions {
+        name: String,
+        n: u32,
+        local: PathBuf,
+    },
+    /// List files (under a prefix).
+    List { prefix: Option<String> },
+    /// Upload every file of a local folder under PREFIX, with a progress bar.
+    PutDir {
+        local: PathBuf,
+        prefix: String,
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// Uploads in flight at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+    },
+}
+
+pub async fn run(args: SdfsArgs) -> anyhow::Result<()> {
+    let client = args.conn.client()?;
+    let json = args.conn.json;
+    match args.cmd {
+        SdfsCmd::Put {
+            local,
+            name,
+            replicas,
+        } => {
+            let v = client.upload_file(&name, &local, replicas).await?;
+            if json {
+                return print_json(&v);
+            }
+            println!(
+                "stored {} version {} ({} bytes, blake3 {}) on {}",
+                v.name,
+                v.version,
+                v.size,
+                &v.hash[..16],
+                v.replicas.join(", ")
+            );
+            Ok(())
+        }
+        SdfsCmd::Get {
+            name,
+            local,
+            version,
+        } => {
+            let v = download(&client, &name, version, &local).await?;
+            println!(
+                "wrote {} ({} bytes, version {v}) to {}",
+                name,
+                std::fs::metadata(&local)?.len(),
+                local.display()
+            );
+            Ok(())
+        }
+        SdfsCmd::Delete { name } => {
+            client
+                .delete(&format!(
+                    "/v1/files/{}",
+                    idunno_api::client::encode_path(&name)
+                ))
+                .await?;
+            println!("deleted {name}");
+            Ok(())
+        }
+        SdfsCmd::Ls { name, version } => {
+            let mut path = format!(
+                "/v1/files/{}/replicas",
+                idunno_api::client::encode_path(&name)
+            );
+            if let Some(v) = version {
+                path.push_str(&format!("?version={v}"));
+            }
+            let set: ReplicaSet = client.get(&path).await?;
+            if json {
+                return print_json(&set);
+            }
+            println!(
+                "{} version {}: {} bytes, {} of {} replicas",
+                set.name,
+                set.version,
+                set.size,
+                set.replicas.iter().filter(|r| r.alive).count(),
+                set.target
+            );
+            let rows: Vec<Vec<String>> = set
+                .replicas
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.node.clone(),
+                        r.addr.clone(),
+                        if r.alive { "alive" } else { "dead" }.into(),
+                    ]
+                })
+                .collect();
+            println!("{}", render(&["node", "addr", "state"], &rows));
+            Ok(())
+        }
+        SdfsCmd::Store { node: Some(node) } => {
+            let files: Vec<FileVersion> = client.get(&format!("/v1/nodes/{node}/files")).await?;
+            if json {
+                return print_json(&files);
+            }
+            let rows: Vec<Vec<String>> = files
+                .iter()
+                .map(|f| vec![f.name.clone(), f.version.to_string(), f.size.to_string()])
+                .collect();
+            println!("{}", render(&["name", "version", "bytes"], &rows));
+            Ok(())
+        }
+        SdfsCmd::Store { node: None } => {
+            let nodes: Vec<StorageNode> = client.get("/v1/nodes").await?;
+            if json {
+                return print_json(&nodes);
+            }
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.id.clone(),
+                        n.addr.clone(),
+                        if n.alive { "alive" } else { "dead" }.into(),
+                        n.blobs.to_string(),
+                        n.bytes.to_string(),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                render(&["node", "addr", "state", "blobs", "bytes"], &rows)
+            );
+            Ok(())
+        }
+        SdfsCmd::GetVersions { name, n, local } => get_versions(&client, &name, n, &local).await,
+        SdfsCmd::List { prefix } => {
+            let prefix = prefix.unwrap_or_default();
+            let files: Vec<FileInfo> = client
+                .get(&format!(
+                    "/v1/files?prefix={}",
+                    idunno_api::client::encode_path(&prefix)
+                ))
+                .await?;
+            if json {
+                return print_json(&files);
+            }
+            let rows: Vec<Vec<String>> = files
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.name.clone(),
+                        f.latest.version.to_string(),
+                        f.versions.to_string(),
+                        f.latest.size.to_string(),
+                        time(f.latest.created_at_ms),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                render(&["name", "version", "kept", "bytes", "stored"], &rows)
+            );
+            Ok(())
+        }
+        SdfsCmd::PutDir {
+            local,
+            prefix,
+            replicas,
+            parallel,
+        } => put_dir(&client, &local, &prefix, replicas, parallel).await,
+    }
+}
+
+/// Streams a version into `local` (through a temporary file, renamed when the content hash
+/// checks out). Returns the version read.
+pub async fn download(
+    client: &Client,
+    name: &str,
+    version: Option<u64>,
+    local: &Path,
+) -> anyhow::Result<u64> {
+    let resp = client.download(name, version).await?;
+    let header = |h: &str| {
+        resp.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let hash = header("x-idunno-hash").context("the answer has no content hash")?;
+    let got_version = header("x-idunno-version")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let tmp = local.with_extension("idunno-part");
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.context("the download broke off")?;
+        hasher.update(&chunk);
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    drop(file);
+    if hasher.finalize().to_hex().as_str() != hash {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("the downloaded bytes do not match the content hash; nothing written");
+    }
+    std::fs::rename(&tmp, local)?;
+    Ok(got_version)
+}
+
+/// The original system's get-versions: the last `n` versions, newest first, in one file, each
+/// preceded by a delimiter line naming it.
+async fn get_versions(client: &Client, name: &str, n: u32, local: &Path) -> anyhow::Result<()> {
+    if n == 0 {
+        bail!("N must be at least 1");
+    }
+    let path = format!(
+        "/v1/files/{}/versions?n={n}",
+        idunno_api::client::encode_path(name)
+    );
+    let versions: Vec<FileVersion> = client.get(&path).await?;
+    let mut out = tokio::fs::File::create(local)
+        .await
+        .with_context(|| format!("cannot write {}", local.display()))?;
+    let tmp_dir = tempfile::tempdir()?;
+    for v in &versions {
+        let part = tmp_dir.path().join(format!("v{}", v.version));
+        download(client, name, Some(v.version), &part).await?;
+        let line = format!(
+            "===== {} version {} ({} bytes, stored {}) =====\n",
+            v.name,
+            v.version,
+            v.size,
+            time(v.created_at_ms)
+        );
+        out.write_all(line.as_bytes()).await?;
+        out.write_all(&tokio::fs::read(&part).await?).await?;
+        out.write_all(b"\n").await?;
+    }
+    out.flush().await?;
+    println!(
+        "wrote {} version(s) of {name} to {}",
+        versions.len(),
+        local.display()
+    );
+    Ok(())
+}
+
+/// Every regular file under `dir`, relative paths sorted.
+fn files_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?
+        {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                out.push(entry.path().strip_prefix(dir)?.to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Uploads a folder under `prefix`; returns the stored versions.
+pub async fn put_dir(
+    client: &Client,
+    dir: &Path,
+    prefix: &str,
+    replicas: Option<u32>,
+    parallel: usize,
+) -> anyhow::Result<()> {
+    let files = files_in(dir)?;
+    if files.is_empty() {
+        bail!("{} has no files", dir.display());
+    }
+    let prefix = prefix.trim_end_matches('/');
+    let bar = ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let results: Vec<anyhow::Result<FileVersion>> = futures::stream::iter(files)
+        .map(|rel| {
+            let client = client.clone();
+            let bar = bar.clone();
+            let name = format!("{prefix}/{}", rel.to_string_lossy().replace('\\', "/"));
+            let local = dir.join(&rel);
+            async move {
+                let v = client
+                    .upload_file(&name, &local, replicas)
+                    .await
+                    .with_context(|| format!("{}", local.display()));
+                bar.inc(1);
+                bar.set_message(name);
+                v
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+    let bytes: u64 = ok.iter().flatten().map(|v| v.size).sum();
+    println!(
+        "stored {} file(s), {bytes} bytes, under {prefix}/",
+        ok.len()
+    );
+    if let Some(Err(e)) = failed.into_iter().next() {
+        bail!("some files were not stored: {e:#}");
+    }
+    Ok(())
+}
