@@ -7,13 +7,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use idunno_api::job::{BatchInfo, Job, JobPatch, NewJob};
+use idunno_api::result::{BatchResult, QueryResult};
 
 use super::{request_id, ReadOptions};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::node::Coordinator;
 use crate::state::command::{Command, Response};
-use crate::state::jobs::{validate_batch_size, validate_weight};
+use crate::files::download::{read_all, ReadPlan};
+use crate::files::placement::replicas_in_read_order;
+use crate::state::jobs::{validate_batch_size, validate_weight, BatchState};
 
 pub fn router() -> Router<Arc<Coordinator>> {
     Router::new()
@@ -22,6 +26,7 @@ pub fn router() -> Router<Arc<Coordinator>> {
         .route("/v1/jobs/{id}/start", post(start))
         .route("/v1/jobs/{id}/stop", post(stop))
         .route("/v1/jobs/{id}/batches", get(batches))
+        .route("/v1/jobs/{id}/results", get(results))
 }
 
 /// The API view of a job, with its rate if this node leads.
@@ -147,4 +152,100 @@ async fn batches(
     Ok(Json(
         applied.state.batches_of(id).map(|b| b.to_api()).collect(),
     ))
+}
+
+/// The results of every done batch, in input order, as one JSON array of query results,
+/// streamed batch by batch. `x-idunno-complete` says whether every query is in it.
+async fn results(
+    State(c): State<Arc<Coordinator>>,
+    ApiPath(id): ApiPath<u64>,
+    ApiQuery(opts): ApiQuery<ReadOptions>,
+) -> Result<axum::response::Response, ApiError> {
+    c.read_barrier(opts.stale).await?;
+    let (mut done, complete) = {
+        let applied = c.shared.read();
+        let job = applied.state.job(id)?;
+        let done: Vec<(u64, u32, String)> = applied
+            .state
+            .batches_of(id)
+            .filter_map(|b| match &b.state {
+                BatchState::Done { result, .. } => Some((b.start, b.len, result.clone())),
+                _ => None,
+            })
+            .collect();
+        (done, job.done >= job.queries)
+    };
+    done.sort();
+    let c2 = c.clone();
+    let items = futures::stream::iter(done)
+        .then(move |(start, len, name)| {
+            let c = c2.clone();
+            async move { batch_results(&c, id, start, len, &name).await }
+        })
+        .flat_map(futures::stream::iter);
+    let mut first = true;
+    let body = futures::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"[")) })
+        .chain(items.map(move |r| {
+            let mut line = if first { Vec::new() } else { b",".to_vec() };
+            first = false;
+            line.extend(serde_json::to_vec(&r).unwrap_or_default());
+            Ok(bytes::Bytes::from(line))
+        }))
+        .chain(futures::stream::once(async { Ok(bytes::Bytes::from_static(b"]")) }));
+    let mut resp = axum::response::Response::new(axum::body::Body::from_stream(body));
+    let h = resp.headers_mut();
+    h.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    h.insert(
+        "x-idunno-complete",
+        axum::http::HeaderValue::from_static(if complete { "true" } else { "false" }),
+    );
+    Ok(resp)
+}
+
+/// One batch's query results from its results object; error results if it cannot be read.
+async fn batch_results(c: &Coordinator, job: u64, start: u64, len: u32, name: &str) -> Vec<QueryResult> {
+    let read = async {
+        let plan = {
+            let applied = c.shared.read();
+            let state = &applied.state;
+            let v = state.version(name, None)?;
+            ReadPlan {
+                name: name.to_string(),
+                version: v.version,
+                hash: v.hash.clone(),
+                size: v.size,
+                replicas: replicas_in_read_order(state, &v.hash)
+                    .into_iter()
+                    .map(|(_, addr, _)| addr)
+                    .collect(),
+            }
+        };
+        let bytes = read_all(&c.nodes, plan).await?;
+        match serde_json::from_slice::<BatchResult>(&bytes) {
+            Ok(batch) if batch.job_id == job => Ok(batch),
+            Ok(batch) => Err(ApiError::Conflict(format!("{name} belongs to job {}", batch.job_id))),
+            Err(e) => Err(ApiError::Internal(format!("{name} is not a batch result: {e}"))),
+        }
+    };
+    match read.await {
+        Ok(batch) => {
+            let mut results = batch.results;
+            results.sort_by_key(|r| r.index);
+            results
+        }
+        Err(e) => {
+            let inputs = c.shared.read().state.inputs_of(job).cloned();
+            (start..start + u64::from(len))
+                .map(|index| QueryResult {
+                    index,
+                    input: inputs
+                        .as_ref()
+                        .and_then(|i| i.get(index as usize).cloned())
+                        .unwrap_or_default(),
+                    top: Vec::new(),
+                    error: Some(format!("result unavailable: {e}")),
+                })
+                .collect()
+        }
+    }
 }

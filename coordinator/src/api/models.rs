@@ -18,6 +18,7 @@ pub fn router() -> Router<Arc<Coordinator>> {
     Router::new()
         .route("/v1/models", get(list).post(create))
         .route("/v1/models/{name}", get(show).delete(remove))
+        .route("/v1/models/{name}/load", axum::routing::post(load))
 }
 
 /// Workers that reported `model` loaded (known to the leader only).
@@ -92,4 +93,19 @@ async fn remove(
     c.write(request_id(&headers), Command::DeleteModel { name })
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Asks every worker to load the model now (heartbeat answers carry the request).
+async fn load(
+    State(c): State<Arc<Coordinator>>,
+    headers: HeaderMap,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Model>, ApiError> {
+    match c.write(request_id(&headers), Command::LoadModel { name }).await? {
+        Response::Model(m) => {
+            let loaded = loaded_on(&c, &m.name);
+            Ok(Json(m.to_api(loaded)))
+        }
+        other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    }
 }

@@ -92,11 +92,19 @@ async fn heartbeat(
     ApiJson(body): ApiJson<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
     check_worker_id(&id)?;
+    let applied = c.shared.read();
     let mut leader = c.leader_state();
     let w = leader.workers.seen(&id);
     w.loaded = body.loaded;
     w.capacity = body.capacity.max(1);
-    Ok(Json(HeartbeatAck::default()))
+    let load = applied
+        .state
+        .preloaded_models()
+        .filter(|m| !w.loaded.contains(&m.name))
+        .filter(|m| w.accepts.as_ref().is_none_or(|a| a.contains(&m.name)))
+        .map(|m| m.name.clone())
+        .collect();
+    Ok(Json(HeartbeatAck { load }))
 }
 
 /// Long-polls for a batch: the scheduler picks the job, the lease commits through Raft, and

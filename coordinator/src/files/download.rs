@@ -67,6 +67,27 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<ByteRange>,
     Ok(Some(ByteRange { start, end }))
 }
 
+/// Reads a whole (small) file into memory, verified, with the same replica fallback.
+pub async fn read_all(nodes: &NodeClient, plan: ReadPlan) -> Result<Bytes, ApiError> {
+    let mut reader = Reader {
+        nodes: nodes.clone(),
+        hash: plan.hash.clone(),
+        replicas: plan.replicas,
+        next_replica: 0,
+        pos: 0,
+        end: plan.size,
+        current: None,
+        hasher: Some(blake3::Hasher::new()),
+        errors: Vec::new(),
+    };
+    let mut out = Vec::with_capacity(plan.size as usize);
+    while let Some(chunk) = reader.next_chunk().await {
+        let chunk = chunk.map_err(|e| ApiError::Unavailable(format!("{}: {e}", plan.name)))?;
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.into())
+}
+
 /// Serves `plan` (all of it, or `range`).
 pub async fn serve(
     nodes: &NodeClient,

@@ -37,6 +37,10 @@ pub enum Command {
     DeleteModel {
         name: String,
     },
+    /// Every worker should load this model now.
+    LoadModel {
+        name: String,
+    },
     CreateJob {
         name: Option<String>,
         model: String,

@@ -196,6 +196,9 @@ impl State {
                 .put_model(name, arch, weights, input_size, now)
                 .map_or_else(Response::Failed, Response::Model),
             Command::DeleteModel { name } => done(self.delete_model(&name)),
+            Command::LoadModel { name } => self
+                .preload_model(&name)
+                .map_or_else(Response::Failed, Response::Model),
             Command::CreateJob {
                 name,
                 model,

@@ -16,6 +16,10 @@ pub struct ModelRecord {
     pub weights: String,
     pub input_size: u32,
     pub created_at_ms: Millis,
+    /// Every worker should load it now (`POST /v1/models/{name}/load`, the original "train"
+    /// phase) rather than on its first batch.
+    #[serde(default)]
+    pub preload: bool,
 }
 
 impl ModelRecord {
@@ -78,21 +82,36 @@ impl State {
         now: Millis,
     ) -> Result<ModelRecord, CommandError> {
         validate(&name, &arch, &weights, input_size)?;
-        let created_at_ms = self
-            .models
-            .get(&name)
-            .map(|m| m.created_at_ms)
-            .unwrap_or(now);
+        let previous = self.models.get(&name);
+        let created_at_ms = previous.map(|m| m.created_at_ms).unwrap_or(now);
+        let preload = previous.is_some_and(|m| m.preload);
         let record = ModelRecord {
             name: name.clone(),
             arch,
             weights,
             input_size,
             created_at_ms,
+            preload,
         };
         self.models.insert(name.clone(), record.clone());
         self.touch(Key::Model(name));
         Ok(record)
+    }
+
+    pub(super) fn preload_model(&mut self, name: &str) -> Result<ModelRecord, CommandError> {
+        let model = self
+            .models
+            .get_mut(name)
+            .ok_or_else(|| CommandError::NotFound(format!("no model named {name:?}")))?;
+        model.preload = true;
+        let record = model.clone();
+        self.touch(Key::Model(name.to_string()));
+        Ok(record)
+    }
+
+    /// Models every worker should have loaded.
+    pub fn preloaded_models(&self) -> impl Iterator<Item = &ModelRecord> {
+        self.models.values().filter(|m| m.preload)
     }
 
     pub(super) fn delete_model(&mut self, name: &str) -> Result<(), CommandError> {
