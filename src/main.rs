@@ -21,6 +21,10 @@ struct Cli {
 enum Command {
     /// Run a coordinator (one Raft voter of the control plane).
     Coordinator(idunno_coordinator::CoordinatorConfig),
+    /// Run an SDFS storage node.
+    SdfsNode(idunno_sdfs::NodeConfig),
+    /// Run an inference worker.
+    Worker(idunno_worker::WorkerConfig),
     /// Inference jobs: add, start, stop, set-batch-size, status, list.
     Job(cli::job::JobArgs),
     /// The model registry: add, list, show, delete.
@@ -35,7 +39,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let server = matches!(cli.command, Command::Coordinator(_) | Command::Bench(_));
+    let server = matches!(
+        cli.command,
+        Command::Coordinator(_) | Command::SdfsNode(_) | Command::Worker(_) | Command::Bench(_)
+    );
     if !server {
         restore_sigpipe();
     }
@@ -53,6 +60,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Coordinator(config) => cli::coordinator::run(config).await,
+            Command::SdfsNode(config) => Ok(idunno_sdfs::run(config).await?),
+            Command::Worker(config) => Ok(idunno_worker::run(config).await?),
             Command::Job(args) => cli::job::run(args).await,
             Command::Model(args) => cli::model::run(args).await,
             Command::Cluster(args) => cli::cluster::run(args).await,

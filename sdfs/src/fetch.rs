@@ -1,0 +1,116 @@
+//! Re-replication: copying a blob from another storage node into this one, streamed straight
+//! into the store and checked against the hash it is asked for. The coordinator decides what
+//! to copy where; this only does one copy.
+
+use futures::StreamExt;
+use idunno_api::client::base_url;
+use idunno_api::file::StoredBlob;
+use idunno_api::ErrorBody;
+use tokio::sync::watch;
+
+use crate::blob_store::BlobStore;
+use crate::error::SdfsError;
+use crate::hash::BlobHash;
+use crate::transfer::{blocking, store_stream};
+use crate::SECRET_HEADER;
+
+/// Copies blob `hash` from the node at `from` (`host:port`), unless it is already here.
+pub async fn fetch_blob(
+    store: &BlobStore,
+    http: &reqwest::Client,
+    from: &str,
+    hash: BlobHash,
+    secret: Option<&str>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<StoredBlob, SdfsError> {
+    validate_addr(from)?;
+    let s = store.clone();
+    if let Some(meta) = blocking(move || s.get(&hash)).await? {
+        return Ok(StoredBlob {
+            hash: hash.to_hex(),
+            size: meta.size,
+        });
+    }
+    let url = format!("{}/internal/blobs/{hash}", base_url(from));
+    let mut request = http.get(&url);
+    if let Some(secret) = secret {
+        request = request.header(SECRET_HEADER, secret);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| SdfsError::Upstream(format!("{from}: {}", describe(&e))))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.bytes().await.unwrap_or_default();
+        let reason = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        return Err(SdfsError::Upstream(format!(
+            "{from} answered {status}: {reason}"
+        )));
+    }
+    let source = from.to_string();
+    let content = response.bytes_stream().map(move |piece| {
+        piece.map_err(|e| SdfsError::Upstream(format!("reading from {source}: {}", describe(&e))))
+    });
+    match store_stream(store, content, Some(hash), shutdown).await {
+        // The source served other bytes than it claims to hold: its fault, not ours.
+        Err(SdfsError::HashMismatch { actual, .. }) => Err(SdfsError::Upstream(format!(
+            "{from} served content hashing to {actual}, not {hash}"
+        ))),
+        other => other,
+    }
+}
+
+/// A node address is `host:port` (or a base URL): no path, no spaces.
+fn validate_addr(from: &str) -> Result<(), SdfsError> {
+    let rest = from
+        .strip_prefix("http://")
+        .or_else(|| from.strip_prefix("https://"))
+        .unwrap_or(from);
+    let ok = !rest.is_empty()
+        && rest.len() <= 255
+        && rest.contains(':')
+        && !rest.contains(['/', '?', '#', '@'])
+        && !rest.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(SdfsError::BadRequest(format!(
+            "{from:?} is not a node address (host:port)"
+        )))
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        "connection refused or unreachable".into()
+    } else if e.is_timeout() {
+        "timed out".into()
+    } else {
+        let mut s = e.to_string();
+        if let Some(url) = e.url() {
+            s = s.replace(&format!(" ({url})"), "");
+        }
+        let mut source = std::error::Error::source(e);
+        while let Some(inner) = source {
+            s = format!("{s}: {inner}");
+            source = inner.source();
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addresses_are_host_and_port() {
+        for ok in ["127.0.0.1:7101", "node-2:80", "http://a:1", "[::1]:7101"] {
+            assert!(super::validate_addr(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "host", "a:1/x", "a b:1", "http://", "u@h:1"] {
+            assert!(super::validate_addr(bad).is_err(), "{bad}");
+        }
+    }
+}

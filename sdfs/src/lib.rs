@@ -1,0 +1,44 @@
+//! IDunno's SDFS storage node: a process that keeps immutable, content-addressed blobs (named
+//! by their BLAKE3) in sled and serves them to coordinators and workers over HTTP. The file
+//! *namespace* — names, versions, which node holds which blob — is not here: it lives in the
+//! coordinators' Raft state, and the coordinators drive uploads, deletions and repairs.
+//!
+//! Layers, bottom up: [`chunk`], [`meta`] and [`content`] (what is on disk), [`blob_store`]
+//! with [`upload`] and [`blob_read`] (the store; blocking), [`transfer`] (async streaming in
+//! and out of the store), [`routes`] and [`fetch`] (HTTP), [`heartbeat`] (registration with
+//! the coordinators), [`node`] (one running node).
+
+pub mod auth;
+pub mod blob_read;
+pub mod blob_store;
+pub mod chunk;
+pub mod config;
+pub mod content;
+pub mod error;
+pub mod fetch;
+pub mod hash;
+pub mod heartbeat;
+pub mod meta;
+pub mod metrics;
+pub mod node;
+pub mod range;
+pub mod routes;
+mod sled_lock;
+pub mod transfer;
+pub mod upload;
+
+pub use blob_read::BlobRead;
+pub use blob_store::{corrupt_byte_for_tests, BlobStore, StoreOptions, Totals};
+pub use config::NodeConfig;
+pub use error::SdfsError;
+pub use hash::BlobHash;
+pub use node::{run, start, NodeHandle};
+pub use range::ByteRange;
+pub use upload::{SealedUpload, Upload};
+
+/// Header carrying the cluster secret on `/internal/…` routes.
+pub const SECRET_HEADER: &str = "x-idunno-secret";
+/// Header of a blob write naming the content hash the writer expects.
+pub const EXPECT_HASH_HEADER: &str = "x-idunno-expect-hash";
+/// Header of a blob read naming the blob's content hash.
+pub const HASH_HEADER: &str = "x-idunno-hash";

@@ -1,0 +1,197 @@
+//! One storage node process: its blob store, its HTTP server and its heartbeat task. [`start`]
+//! brings it up on a bound listener; [`NodeHandle::shutdown`] takes everything down through one
+//! path and closes the store; [`run`] is the `idunno sdfs-node` entry point.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use idunno_api::Client;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::blob_store::BlobStore;
+use crate::config::NodeConfig;
+use crate::error::SdfsError;
+use crate::metrics::Metrics;
+use crate::transfer::blocking;
+
+/// How long shutdown waits for requests in progress (a client reading a large blob) before
+/// giving up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a request handler or a background task of this node needs.
+pub struct Node {
+    pub config: NodeConfig,
+    /// The address registered with the coordinators (advertised, or the bound one).
+    pub addr: String,
+    pub store: BlobStore,
+    /// For fetching blobs from other nodes (its own connection pool).
+    pub http: reqwest::Client,
+    pub metrics: Metrics,
+    /// Turns true once when the node shuts down; long transfers watch it.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A running node.
+pub struct NodeHandle {
+    /// The bound address (`127.0.0.1:port`).
+    pub addr: String,
+    node: Arc<Node>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    heartbeat: Option<JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// The node's shared state.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The node's blob store (for tests and embedding).
+    pub fn store(&self) -> &BlobStore {
+        &self.node.store
+    }
+
+    /// Stops serving (requests in progress get up to 10 s), stops heartbeating, flushes and
+    /// closes the store. When it returns `Ok`, the data folder can be opened again.
+    pub async fn shutdown(self) -> Result<(), SdfsError> {
+        let NodeHandle {
+            node,
+            stop,
+            mut server,
+            heartbeat,
+            ..
+        } = self;
+        let _ = stop.send(true);
+        if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; closing anyway");
+            server.abort();
+        }
+        if let Some(task) = heartbeat {
+            let _ = task.await;
+        }
+        let store = node.store.clone();
+        drop(node);
+        blocking(move || store.close()).await?;
+        tracing::info!("storage node stopped");
+        Ok(())
+    }
+}
+
+/// Starts a node serving on `listener`: opens the store, serves, and (if coordinators are
+/// configured) registers and heartbeats in the background.
+pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<NodeHandle, SdfsError> {
+    config.validate().map_err(SdfsError::Config)?;
+    let bound = listener.local_addr()?.to_string();
+    let addr = config.advertise.clone().unwrap_or_else(|| bound.clone());
+    let coordinators = config.coordinator_list();
+    let client = if coordinators.is_empty() {
+        None
+    } else {
+        Some(
+            Client::new(&coordinators, config.token.clone())
+                .map_err(|e| SdfsError::Config(e.to_string()))?,
+        )
+    };
+
+    let (data, options) = (config.data.clone(), config.store_options());
+    let store = blocking(move || {
+        std::fs::create_dir_all(&data)?;
+        BlobStore::open_with(&data, options)
+    })
+    .await?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .read_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| SdfsError::Internal(format!("http client: {e}")))?;
+
+    let (stop, shutdown) = watch::channel(false);
+    let node = Arc::new(Node {
+        config,
+        addr,
+        store,
+        http,
+        metrics: Metrics::default(),
+        shutdown: shutdown.clone(),
+    });
+
+    let app = crate::routes::router(node.clone());
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let mut server_stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    let heartbeat = match client {
+        Some(client) => Some(tokio::spawn(crate::heartbeat::run(node.clone(), client))),
+        None => {
+            tracing::info!("no coordinators configured: serving without registering");
+            None
+        }
+    };
+    let totals = node.store.totals();
+    tracing::info!(
+        id = %node.config.id,
+        addr = %node.addr,
+        blobs = totals.blobs,
+        bytes = totals.bytes,
+        "storage node started"
+    );
+    Ok(NodeHandle {
+        addr: bound,
+        node,
+        stop,
+        server,
+        heartbeat,
+    })
+}
+
+/// Binds `--listen`, starts the node and runs it until SIGINT or SIGTERM.
+pub async fn run(config: NodeConfig) -> Result<(), SdfsError> {
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| SdfsError::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+    let handle = start(config, listener).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,4 @@
+//! The `idunno` package's library half: what the binary and the system tests share — the
+//! embedded cluster (every role in one process) that `idunno up` runs.
+
+pub mod embedded;

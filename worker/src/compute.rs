@@ -1,0 +1,302 @@
+//! Running batches: the compute pool, the classification of a batch's images, and the
+//! compute loop that takes prepared batches off the prefetch queue.
+//!
+//! All CPU work (model loading, preprocessing, the forward pass) runs on the worker's own
+//! rayon pool, entered from a blocking thread, so the async threads stay free for heartbeats
+//! during a long forward pass. The loop does no network I/O: inputs arrive fetched and
+//! decoded ([`crate::prefetch`]), results leave through the reporter ([`crate::results`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::D;
+use idunno_api::result::Class;
+use image::DynamicImage;
+use rayon::prelude::*;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::error::WorkerError;
+use crate::model_cache::ModelSpec;
+use crate::models::{imagenet_label, Model, ModelError, Tensor};
+use crate::prefetch::{self, PreparedBatch};
+use crate::results::{self, Finished, QueryOutcome};
+use crate::runtime::{stopped, Shared};
+
+/// A batch whose model failed to load for a transient reason is given back, unless it has
+/// already been handed out this many times: then its queries get error results, so a
+/// model that can never load does not bounce its batches between workers for ever.
+const MAX_ATTEMPTS_BEFORE_FAILING: u32 = 3;
+
+/// Pause after giving a batch back, so the same worker does not lease it again at once.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// The worker's compute threads.
+#[derive(Clone)]
+pub struct ComputePool {
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl ComputePool {
+    /// A pool of `threads` threads named `idunno-compute-N`.
+    pub fn new(threads: usize) -> Result<ComputePool, WorkerError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("idunno-compute-{i}"))
+            .build()
+            .map_err(|e| WorkerError::Config(format!("cannot start compute threads: {e}")))?;
+        Ok(ComputePool {
+            pool: Arc::new(pool),
+        })
+    }
+
+    /// Threads in the pool.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Runs `work` on the pool, from a blocking thread, and waits for it without blocking
+    /// the async runtime. A panic in `work` becomes [`WorkerError::Task`].
+    pub async fn run<R, F>(&self, work: F) -> Result<R, WorkerError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || pool.install(work))
+            .await
+            .map_err(|e| WorkerError::Task(e.to_string()))
+    }
+}
+
+/// Classifies images with one batched forward pass: each image is preprocessed on its own
+/// (in parallel on the current rayon pool), the ones that preprocess are stacked and run
+/// through the network at once, and every image gets its top `k` classes (softmax
+/// probabilities, ImageNet labels) or the reason it has none. Results are in image order.
+pub fn classify_images(model: &Model, images: &[DynamicImage], k: usize) -> Vec<QueryOutcome> {
+    let prepared: Vec<Result<Tensor, String>> = images
+        .par_iter()
+        .map(|image| {
+            model
+                .preprocess(image)
+                .map_err(|e| format!("cannot preprocess: {e}"))
+        })
+        .collect();
+    let tensors: Vec<&Tensor> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let mut ranked = match top_classes(model, &tensors, k) {
+        Ok(ranked) => ranked.into_iter(),
+        Err(e) => {
+            let reason = format!("forward pass failed: {e}");
+            return prepared
+                .into_iter()
+                .map(|p| p.and(Err(reason.clone())))
+                .collect();
+        }
+    };
+    prepared
+        .into_iter()
+        .map(|p| match p {
+            Ok(_) => ranked
+                .next()
+                .ok_or_else(|| "the network returned too few rows".to_string()),
+            Err(e) => Err(e),
+        })
+        .collect()
+}
+
+/// Stack, forward, softmax, top-k.
+fn top_classes(
+    model: &Model,
+    tensors: &[&Tensor],
+    k: usize,
+) -> Result<Vec<Vec<Class>>, ModelError> {
+    if tensors.is_empty() {
+        return Ok(Vec::new());
+    }
+    let batch = Tensor::stack(tensors, 0)?;
+    let logits = model.forward(&batch)?;
+    let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+    Ok(probs.iter().map(|row| top_k(row, k)).collect())
+}
+
+/// The `k` most probable classes of one softmax row, most probable first (ties: lower index).
+pub fn top_k(probs: &[f32], k: usize) -> Vec<Class> {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    let k = k.min(order.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let by_prob = |a: &usize, b: &usize| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b));
+    order.select_nth_unstable_by(k - 1, by_prob);
+    order.truncate(k);
+    order.sort_by(by_prob);
+    order
+        .into_iter()
+        .map(|i| Class {
+            index: i,
+            label: imagenet_label(i).to_string(),
+            probability: probs[i],
+        })
+        .collect()
+}
+
+/// One compute slot: takes prepared batches until the worker stops, runs them, and hands
+/// the results to the reporter. It finishes the batch in hand before it returns.
+pub(crate) async fn compute_loop(
+    shared: Arc<Shared>,
+    queue: Arc<Mutex<mpsc::Receiver<PreparedBatch>>>,
+    reports: mpsc::Sender<Finished>,
+) {
+    let mut stop = shared.stop.clone();
+    loop {
+        let next = {
+            let mut queue = queue.lock().await;
+            tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => None,
+                batch = queue.recv() => batch,
+            }
+        };
+        let Some(batch) = next else { return };
+        if let Some(finished) = run_batch(&shared, batch).await {
+            if reports.send(finished).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Runs one batch to its results, or gives it back (`None`) when its model cannot be
+/// loaded now for a reason that may pass.
+async fn run_batch(shared: &Arc<Shared>, batch: PreparedBatch) -> Option<Finished> {
+    let PreparedBatch {
+        lease,
+        images,
+        leased_at,
+    } = batch;
+    tracing::debug!(batch = %lease.batch_id, since_leased_ms = leased_at.elapsed().as_millis() as u64, "batch started");
+    let model = match ModelSpec::from_lease(&lease) {
+        Ok(spec) => shared.models.get(&spec).await,
+        Err(e) => Err(e),
+    };
+    let model = match model {
+        Ok(model) => model,
+        Err(e) if e.is_transient() && lease.attempt < MAX_ATTEMPTS_BEFORE_FAILING => {
+            tracing::warn!(batch = %lease.batch_id, model = %lease.model, error = %e, "model not available now; giving the batch back");
+            prefetch::release(shared, &lease).await;
+            let mut stop = shared.stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                _ = stopped(&mut stop) => {}
+            }
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(batch = %lease.batch_id, model = %lease.model, error = %e, "model cannot be loaded; failing the batch's queries");
+            let reason = format!("model {} cannot be loaded: {e}", lease.model);
+            let outcomes = images.iter().map(|_| Err(reason.clone())).collect();
+            let result = results::assemble(&lease, &shared.worker_id, outcomes, 0);
+            return Some(Finished { lease, result });
+        }
+    };
+
+    // Keep the decodable images (moved, not copied) and where they go back.
+    let mut outcomes: Vec<Option<QueryOutcome>> = Vec::with_capacity(images.len());
+    let mut decoded = Vec::new();
+    for image in images {
+        match image {
+            Ok(image) => {
+                decoded.push(image);
+                outcomes.push(None);
+            }
+            Err(reason) => outcomes.push(Some(Err(reason))),
+        }
+    }
+    let started = Instant::now();
+    let k = shared.config.top_k;
+    let ranked = shared
+        .pool
+        .run(move || classify_images(&model, &decoded, k))
+        .await;
+    let compute_ms = started.elapsed().as_millis() as u64;
+    let mut ranked = match ranked {
+        Ok(ranked) => ranked.into_iter(),
+        Err(e) => {
+            // The compute task died (a panic inside candle): a bug, but the queries still
+            // get an answer and the worker goes on.
+            let reason = e.to_string();
+            Vec::from_iter(outcomes.iter().map(|_| Err(reason.clone()))).into_iter()
+        }
+    };
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                ranked
+                    .next()
+                    .unwrap_or_else(|| Err("no result computed".to_string()))
+            })
+        })
+        .collect();
+    let result = results::assemble(&lease, &shared.worker_id, outcomes, compute_ms);
+    tracing::debug!(batch = %lease.batch_id, queries = result.results.len(), compute_ms, "batch computed");
+    Some(Finished { lease, result })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{weights, Arch, LoadOptions};
+
+    fn sample(name: &str) -> DynamicImage {
+        let path = format!("{}/../samples/{name}", env!("CARGO_MANIFEST_DIR"));
+        image::open(path).unwrap()
+    }
+
+    #[test]
+    fn top_k_orders_truncates_and_labels() {
+        let p = [0.1, 0.5, 0.05, 0.3, 0.05];
+        let top = top_k(&p, 3);
+        let idx: Vec<usize> = top.iter().map(|c| c.index).collect();
+        assert_eq!(idx, vec![1, 3, 0]);
+        assert_eq!(top[0].label, imagenet_label(1));
+        assert_eq!(top[0].probability, 0.5);
+        assert_eq!(top_k(&p, 10).len(), 5);
+        assert!(top_k(&p, 0).is_empty());
+        assert_eq!(top_k(&p, 5)[3].index, 2); // ties: lower index first
+    }
+
+    #[test]
+    fn an_image_that_cannot_be_preprocessed_fails_alone() {
+        let bytes = weights::generate_to_bytes(Arch::EfficientNetLite0, 1).unwrap();
+        let model =
+            Model::from_safetensors_bytes(Arch::EfficientNetLite0, bytes, &LoadOptions::default())
+                .unwrap();
+        // A 1×4000 sliver would resize to 224×896000: refused by preprocessing.
+        let sliver = DynamicImage::ImageRgb8(image::RgbImage::new(1, 4000));
+        let images = vec![sample("chelsea.png"), sliver, sample("rocket.jpg")];
+        let out = classify_images(&model, &images, 5);
+        assert_eq!(out.len(), 3);
+        assert!(out[1].as_ref().unwrap_err().contains("preprocess"));
+        for i in [0, 2] {
+            let top = out[i].as_ref().unwrap();
+            assert_eq!(top.len(), 5);
+            assert!(top.windows(2).all(|w| w[0].probability >= w[1].probability));
+            assert!(top.iter().all(|c| (0.0..=1.0).contains(&c.probability)));
+        }
+        // Same image alone or in a batch: same answer.
+        let alone = classify_images(&model, &images[2..], 5);
+        let (a, b) = (&alone[0].as_ref().unwrap()[0], &out[2].as_ref().unwrap()[0]);
+        assert_eq!(a.index, b.index);
+        assert!((a.probability - b.probability).abs() < 1e-4);
+        assert!(classify_images(&model, &[], 5).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_pool_runs_work_and_reports_panics() {
+        let pool = ComputePool::new(2).unwrap();
+        assert_eq!(pool.threads(), 2);
+        assert_eq!(pool.run(rayon::current_num_threads).await.unwrap(), 2);
+        let err = pool.run(|| -> u32 { panic!("boom") }).await.unwrap_err();
+        assert!(matches!(err, WorkerError::Task(_)));
+    }
+}

@@ -1,0 +1,296 @@
+//! The worker's loaded models, and the weights files they come from.
+//!
+//! A model is known by its registry name, architecture and weights SDFS name
+//! ([`ModelSpec`]). The first request for one reads the weights through the coordinators into
+//! `--cache/<blake3>.safetensors` (kept only if the hash matches; a file already there with
+//! the right hash is reused), memory-maps it with [`Model::load`], runs one warm-up forward
+//! pass (the first pass is 2–3× slower), and keeps the model in memory for good. Concurrent
+//! requests for the same model wait for the one load. Loading runs on the compute pool, off
+//! the async threads, so heartbeats keep flowing. Nothing here is needed after a restart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use idunno_api::worker::Lease;
+use idunno_api::Client;
+use tokio::sync::OnceCell;
+
+use crate::compute::ComputePool;
+use crate::error::WorkerError;
+use crate::models::{Arch, LoadOptions, Model, Tensor};
+use crate::sdfs;
+
+/// Which model, from which weights.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelSpec {
+    /// Registry name (what jobs and heartbeats name).
+    pub name: String,
+    pub arch: Arch,
+    /// SDFS name of the safetensors weights.
+    pub weights: String,
+}
+
+impl ModelSpec {
+    /// The model a lease's batch needs.
+    pub fn from_lease(lease: &Lease) -> Result<ModelSpec, WorkerError> {
+        Self::new(&lease.model, &lease.arch, &lease.weights)
+    }
+
+    /// The model a registry entry describes.
+    pub fn from_registry(model: &idunno_api::model::Model) -> Result<ModelSpec, WorkerError> {
+        Self::new(&model.name, &model.arch, &model.weights)
+    }
+
+    fn new(name: &str, arch: &str, weights: &str) -> Result<ModelSpec, WorkerError> {
+        let arch = arch
+            .parse::<Arch>()
+            .map_err(|e| WorkerError::UnknownModel {
+                model: name.to_string(),
+                reason: e.to_string(),
+            })?;
+        if weights.is_empty() {
+            return Err(WorkerError::UnknownModel {
+                model: name.to_string(),
+                reason: "the registry names no weights file".into(),
+            });
+        }
+        Ok(ModelSpec {
+            name: name.to_string(),
+            arch,
+            weights: weights.to_string(),
+        })
+    }
+}
+
+/// Loaded models by spec; cheap to share behind an `Arc`.
+pub struct ModelCache {
+    client: Client,
+    /// Folder of `<blake3>.safetensors` files.
+    dir: PathBuf,
+    pool: ComputePool,
+    /// One cell per spec ever asked for; a cell is set once its load succeeded. A failed or
+    /// abandoned load leaves it empty for the next request to try again.
+    slots: Mutex<HashMap<ModelSpec, Arc<OnceCell<Arc<Model>>>>>,
+    /// Weights files actually downloaded (not found in the folder).
+    downloads: AtomicU64,
+}
+
+impl ModelCache {
+    pub fn new(client: Client, dir: PathBuf, pool: ComputePool) -> ModelCache {
+        ModelCache {
+            client,
+            dir,
+            pool,
+            slots: Mutex::new(HashMap::new()),
+            downloads: AtomicU64::new(0),
+        }
+    }
+
+    /// The model, loading it first if needed (once, however many callers ask at once).
+    pub async fn get(&self, spec: &ModelSpec) -> Result<Arc<Model>, WorkerError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(spec.clone()).or_default().clone()
+        };
+        let model = slot.get_or_try_init(|| self.load(spec)).await?;
+        Ok(model.clone())
+    }
+
+    /// Registry names of the models loaded now, sorted (what heartbeats report).
+    pub fn loaded(&self) -> Vec<String> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<String> = slots
+            .iter()
+            .filter(|(_, cell)| cell.initialized())
+            .map(|(spec, _)| spec.name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Whether a model of this registry name is loaded.
+    pub fn is_loaded(&self, name: &str) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .any(|(spec, cell)| spec.name == name && cell.initialized())
+    }
+
+    /// How many weights files were downloaded (rather than found in the cache folder).
+    pub fn downloads(&self) -> u64 {
+        self.downloads.load(Ordering::Relaxed)
+    }
+
+    async fn load(&self, spec: &ModelSpec) -> Result<Arc<Model>, WorkerError> {
+        let started = Instant::now();
+        let file =
+            sdfs::read_into_cache(&self.client, &spec.weights, &self.dir, ".safetensors").await?;
+        if !file.reused {
+            self.downloads.fetch_add(1, Ordering::Relaxed);
+        }
+        let (arch, path) = (spec.arch, file.path.clone());
+        let model = self
+            .pool
+            .run(move || -> Result<Model, WorkerError> {
+                let model = Model::load(arch, &path, &LoadOptions::default())?;
+                warm_up(&model)?;
+                Ok(model)
+            })
+            .await??;
+        tracing::info!(
+            model = %spec.name,
+            arch = %spec.arch,
+            weights = %spec.weights,
+            hash = %file.hash,
+            reused = file.reused,
+            ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(Arc::new(model))
+    }
+}
+
+/// One forward pass on a zero image, so the first real batch is not the slow one.
+pub fn warm_up(model: &Model) -> Result<(), WorkerError> {
+    let side = model.arch().input_size();
+    let input = Tensor::zeros((1, 3, side, side), candle_core::DType::F32, model.device())
+        .map_err(crate::models::ModelError::from)?;
+    model.forward(&input)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a stand-in for the coordinators' `GET /v1/files/{name}` (an axum server on
+    //! 127.0.0.1:0), until the coordinator's SDFS routes exist.
+
+    use std::sync::atomic::AtomicUsize;
+
+    use axum::extract::State;
+    use axum::http::header::HeaderName;
+    use axum::routing::get;
+    use axum::Router;
+
+    use super::*;
+    use crate::models::weights;
+
+    struct FileServer {
+        /// What the server says the file hashes to.
+        announced: String,
+        /// What it actually sends.
+        body: Vec<u8>,
+        requests: AtomicUsize,
+    }
+
+    async fn stub_file_server(announced: String, body: Vec<u8>) -> (String, Arc<FileServer>) {
+        let server = Arc::new(FileServer {
+            announced,
+            body,
+            requests: AtomicUsize::new(0),
+        });
+        async fn file(State(s): State<Arc<FileServer>>) -> ([(HeaderName, String); 1], Vec<u8>) {
+            s.requests.fetch_add(1, Ordering::SeqCst);
+            (
+                [(
+                    HeaderName::from_static(sdfs::HASH_HEADER),
+                    s.announced.clone(),
+                )],
+                s.body.clone(),
+            )
+        }
+        let app = Router::new()
+            .route("/v1/files/{*name}", get(file))
+            .with_state(server.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, server)
+    }
+
+    fn cache(addr: &str, dir: PathBuf) -> ModelCache {
+        let client = Client::new(&[addr.to_string()], None).unwrap();
+        ModelCache::new(client, dir, ComputePool::new(2).unwrap())
+    }
+
+    fn spec() -> ModelSpec {
+        ModelSpec {
+            name: "lite0".into(),
+            arch: Arch::EfficientNetLite0,
+            weights: "models/lite0.safetensors".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn models_are_loaded_once_and_weights_files_reused() {
+        let bytes = weights::generate_to_bytes(Arch::EfficientNetLite0, 3).unwrap();
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let dir = tempfile::tempdir().unwrap();
+
+        // First worker: downloads, verifies, keeps `<hash>.safetensors`; the second request
+        // (two at once) is served from memory.
+        let (addr, server) = stub_file_server(hash.clone(), bytes.clone()).await;
+        let first = cache(&addr, dir.path().to_path_buf());
+        assert!(first.loaded().is_empty());
+        let spec = spec();
+        let (a, b) = tokio::join!(first.get(&spec), first.get(&spec));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&a, &first.get(&spec).await.unwrap()));
+        assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+        assert_eq!(first.downloads(), 1);
+        assert_eq!(first.loaded(), vec!["lite0".to_string()]);
+        assert!(first.is_loaded("lite0") && !first.is_loaded("other"));
+        assert!(dir.path().join(format!("{hash}.safetensors")).exists());
+
+        // A restarted worker over the same folder: the file is found by its hash. The server
+        // now sends garbage after the right header, so loading works only if nothing is read.
+        let (addr, _) = stub_file_server(hash.clone(), b"garbage".to_vec()).await;
+        let second = cache(&addr, dir.path().to_path_buf());
+        let model = second.get(&spec).await.unwrap();
+        assert_eq!(model.arch(), Arch::EfficientNetLite0);
+        assert_eq!(second.downloads(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_download_with_the_wrong_hash_is_refused_and_not_kept() {
+        let bytes = weights::generate_to_bytes(Arch::EfficientNetLite0, 4).unwrap();
+        let wrong = blake3::hash(b"something else").to_hex().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, server) = stub_file_server(wrong, bytes).await;
+        let cache = cache(&addr, dir.path().to_path_buf());
+        let err = cache.get(&spec()).await.unwrap_err();
+        assert!(matches!(err, WorkerError::HashMismatch { .. }), "{err}");
+        assert!(err.is_transient());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(cache.loaded().is_empty());
+        // The failed load left the slot empty: the next request tries again.
+        assert!(cache.get(&spec()).await.is_err());
+        assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn specs_come_from_leases_and_refuse_unknown_architectures() {
+        let registry = idunno_api::model::Model {
+            name: "r".into(),
+            arch: "resnet50".into(),
+            weights: "w".into(),
+            input_size: 224,
+            created_at_ms: 0,
+            loaded_on: vec![],
+        };
+        assert_eq!(
+            ModelSpec::from_registry(&registry).unwrap().arch,
+            Arch::ResNet50
+        );
+        let vgg = idunno_api::model::Model {
+            arch: "vgg16".into(),
+            ..registry
+        };
+        let err = ModelSpec::from_registry(&vgg).unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+    }
+}

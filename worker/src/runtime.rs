@@ -1,0 +1,404 @@
+//! The worker process: registration, its named tasks, and its one shutdown path.
+//!
+//! [`start`] registers with the coordinators and spawns:
+//! * `heartbeat` — signs of life and background model loads ([`crate::heartbeat`]);
+//! * `prefetch` — long-polls leases, fetches and decodes inputs ([`crate::prefetch`]);
+//! * `compute` × capacity — runs prepared batches ([`crate::compute`]);
+//! * `reporter` — writes results and reports completions ([`crate::results`]).
+//!
+//! [`WorkerHandle::stop`] is the graceful path (SIGTERM): stop leasing, finish the batch in
+//! hand, give back the prepared one, publish what was computed, deregister.
+//! [`WorkerHandle::kill`] aborts everything at once, as a crash would. The worker keeps no
+//! state that a restart would need.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use idunno_api::worker::{WorkerRegistered, WorkerRegistration};
+use idunno_api::Client;
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::compute::{compute_loop, ComputePool};
+use crate::config::WorkerConfig;
+use crate::coordinator::encode_segment;
+use crate::error::WorkerError;
+use crate::heartbeat::heartbeat_loop;
+use crate::inputs::InputFetcher;
+use crate::model_cache::ModelCache;
+use crate::prefetch::{self, prefetch_loop, PreparedBatch};
+use crate::results::{report_loop, Finished};
+
+/// Computed batches that may wait for the reporter before compute waits for it.
+const REPORT_QUEUE: usize = 4;
+
+/// Shortest heartbeat interval the worker will use, whatever the coordinator says.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// Everything the worker's tasks share.
+pub(crate) struct Shared {
+    pub config: WorkerConfig,
+    /// The coordinators (retries, sticky leader, bearer token).
+    pub client: Client,
+    /// Assigned by the coordinator at registration.
+    pub worker_id: String,
+    pub inputs: InputFetcher,
+    pub models: ModelCache,
+    pub pool: ComputePool,
+    pub stats: Stats,
+    /// Becomes `true` when the worker stops taking work.
+    pub stop: watch::Receiver<bool>,
+    /// How often to heartbeat (from the registration answer).
+    pub heartbeat_interval: Duration,
+}
+
+/// Resolves once the worker stops taking work (at once if it already has).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here, not in a caller's `select!`.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Counters of what the worker did, for tests and logs.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    heartbeats: AtomicU64,
+    leases: AtomicU64,
+    released: AtomicU64,
+    batches: AtomicU64,
+    rejected: AtomicU64,
+    queries: AtomicU64,
+    failed_queries: AtomicU64,
+}
+
+impl Stats {
+    pub fn record_heartbeat(&self) {
+        self.heartbeats.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn record_lease(&self) {
+        self.leases.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn record_release(&self) {
+        self.released.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn record_completion(&self, queries: u64, failed: u64, accepted: bool) {
+        if accepted {
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            self.queries.fetch_add(queries, Ordering::Relaxed);
+            self.failed_queries.fetch_add(failed, Ordering::Relaxed);
+        } else {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn snapshot(&self) -> WorkerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WorkerStats {
+            heartbeats: get(&self.heartbeats),
+            leases: get(&self.leases),
+            released: get(&self.released),
+            batches: get(&self.batches),
+            rejected: get(&self.rejected),
+            queries: get(&self.queries),
+            failed_queries: get(&self.failed_queries),
+        }
+    }
+}
+
+/// What a worker has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Heartbeats the coordinators answered.
+    pub heartbeats: u64,
+    /// Leases received.
+    pub leases: u64,
+    /// Leases given back unstarted.
+    pub released: u64,
+    /// Batches whose completion was accepted.
+    pub batches: u64,
+    /// Completions acknowledged but not counted (the batch was already done).
+    pub rejected: u64,
+    /// Queries in accepted batches, and how many of them have an error result.
+    pub queries: u64,
+    pub failed_queries: u64,
+}
+
+/// A running worker.
+///
+/// End it with [`WorkerHandle::stop`] (graceful) or [`WorkerHandle::kill`] (a crash).
+/// Dropping the handle aborts the worker's tasks like `kill`, without waiting for them.
+pub struct WorkerHandle {
+    // Declared before `stop_tx`: on drop the tasks are aborted before the stop channel
+    // closes (a closed channel reads as "stop", which would start a graceful stop).
+    tasks: Tasks,
+    shared: Arc<Shared>,
+    stop_tx: watch::Sender<bool>,
+    /// The prefetch queue, drained (and its batch released) on stop.
+    queue: Arc<Mutex<mpsc::Receiver<PreparedBatch>>>,
+}
+
+/// The worker's named tasks; whatever is still here when it drops is aborted.
+#[derive(Default)]
+struct Tasks {
+    heartbeat: Option<JoinHandle<()>>,
+    prefetch: Option<JoinHandle<()>>,
+    compute: Vec<JoinHandle<()>>,
+    reporter: Option<JoinHandle<()>>,
+}
+
+impl Tasks {
+    /// Every task left, to abort or await.
+    fn take_all(&mut self) -> Vec<JoinHandle<()>> {
+        let mut all: Vec<JoinHandle<()>> = [
+            self.prefetch.take(),
+            self.reporter.take(),
+            self.heartbeat.take(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        all.append(&mut self.compute);
+        all
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in self.take_all() {
+            task.abort();
+        }
+    }
+}
+
+/// Waits for a task to end (a task that panicked or was aborted has ended too).
+async fn join(task: Option<JoinHandle<()>>) {
+    if let Some(task) = task {
+        let _ = task.await;
+    }
+}
+
+/// Registers with the coordinators and starts the worker's tasks. Fails if the
+/// configuration is invalid or no coordinator accepts the registration within the client's
+/// retry deadline.
+pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
+    config.validate()?;
+    let client = Client::new(&config.coordinators, config.token.clone())
+        .map_err(|e| WorkerError::Config(e.to_string()))?;
+    let pool = ComputePool::new(config.compute_threads())?;
+    let registration = WorkerRegistration {
+        name: config.display_name(),
+        capacity: config.capacity,
+        accepts: config.models.accepts(),
+        loaded: Vec::new(),
+    };
+    let registered: WorkerRegistered = client
+        .post("/v1/workers/register", &registration)
+        .await
+        .map_err(|e| WorkerError::coordinator("POST /v1/workers/register", e))?;
+    let heartbeat_interval = heartbeat_interval(&registered);
+    tracing::info!(
+        worker = %registered.worker_id,
+        name = %registration.name,
+        models = %config.models,
+        threads = pool.threads(),
+        heartbeat_ms = heartbeat_interval.as_millis() as u64,
+        "worker registered"
+    );
+
+    let (stop_tx, stop) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        inputs: InputFetcher::new(client.http().clone(), config.cluster_secret.clone()),
+        models: ModelCache::new(client.clone(), config.cache.clone(), pool.clone()),
+        worker_id: registered.worker_id,
+        client,
+        pool,
+        stats: Stats::default(),
+        stop,
+        heartbeat_interval,
+        config,
+    });
+
+    let (queue_tx, queue_rx) = mpsc::channel::<PreparedBatch>(1);
+    let queue = Arc::new(Mutex::new(queue_rx));
+    let (report_tx, report_rx) = mpsc::channel::<Finished>(REPORT_QUEUE);
+    let heartbeat = tokio::spawn(heartbeat_loop(shared.clone()));
+    let reporter = tokio::spawn(report_loop(shared.clone(), report_rx));
+    let compute = (0..shared.config.capacity)
+        .map(|_| {
+            tokio::spawn(compute_loop(
+                shared.clone(),
+                queue.clone(),
+                report_tx.clone(),
+            ))
+        })
+        .collect();
+    drop(report_tx);
+    let prefetch = tokio::spawn(prefetch_loop(shared.clone(), queue_tx));
+    Ok(WorkerHandle {
+        tasks: Tasks {
+            heartbeat: Some(heartbeat),
+            prefetch: Some(prefetch),
+            compute,
+            reporter: Some(reporter),
+        },
+        shared,
+        stop_tx,
+        queue,
+    })
+}
+
+/// The heartbeat period: the coordinator's, at least three per lease timeout, at least 10 ms.
+fn heartbeat_interval(registered: &WorkerRegistered) -> Duration {
+    let mut interval = Duration::from_millis(registered.heartbeat_interval_ms);
+    if registered.lease_timeout_ms > 0 {
+        interval = interval.min(Duration::from_millis(registered.lease_timeout_ms / 3));
+    }
+    interval.max(MIN_HEARTBEAT)
+}
+
+impl WorkerHandle {
+    /// The id the coordinator assigned.
+    pub fn worker_id(&self) -> &str {
+        &self.shared.worker_id
+    }
+
+    /// Counters of what the worker has done so far.
+    pub fn stats(&self) -> WorkerStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Registry names of the models loaded now.
+    pub fn loaded_models(&self) -> Vec<String> {
+        self.shared.models.loaded()
+    }
+
+    /// Graceful stop: no new leases; the batch in hand is finished and published; a
+    /// prepared batch not yet started is given back; then the worker deregisters. Returns
+    /// once every task has ended. An error means only that deregistration failed (the
+    /// coordinator then forgets the worker when its heartbeats stop).
+    pub async fn stop(mut self) -> Result<(), WorkerError> {
+        let shared = self.shared.clone();
+        let _ = self.stop_tx.send(true);
+        tracing::info!(worker = %shared.worker_id, "stopping: finishing the batch in hand");
+        // The prefetch task gives back a lease it is still preparing.
+        join(self.tasks.prefetch.take()).await;
+        // A prepared batch no compute slot has taken goes back at once, so another worker
+        // can start it while this one finishes. (A slot waiting on the queue holds its lock
+        // only until it sees the stop; a slot computing does not hold it.)
+        {
+            let mut queue = self.queue.lock().await;
+            queue.close();
+            while let Ok(batch) = queue.try_recv() {
+                prefetch::release(&shared, &batch.lease).await;
+            }
+        }
+        for compute in std::mem::take(&mut self.tasks.compute) {
+            let _ = compute.await;
+        }
+        // Every compute slot has ended, so the reporter ends once it has published all.
+        join(self.tasks.reporter.take()).await;
+        // Heartbeats (and background model loads) last, so no lease expired meanwhile.
+        if let Some(heartbeat) = self.tasks.heartbeat.take() {
+            heartbeat.abort();
+            let _ = heartbeat.await;
+        }
+        let path = format!("/v1/workers/{}", encode_segment(&shared.worker_id));
+        shared
+            .client
+            .with_deadline(Duration::from_secs(5))
+            .delete(&path)
+            .await
+            .map_err(|e| WorkerError::coordinator(format!("DELETE {path}"), e))?;
+        tracing::info!(worker = %shared.worker_id, stats = ?shared.stats.snapshot(), "worker stopped and deregistered");
+        Ok(())
+    }
+
+    /// Abrupt end, as if the process died: every task is aborted at its next await point,
+    /// nothing is released, nothing deregistered; the coordinator finds out when heartbeats
+    /// stop. A forward pass already running on a compute thread runs to its end and its
+    /// result is dropped. Returns once every task has ended.
+    pub async fn kill(mut self) {
+        // No stop signal: it would let the prefetch task start a release before the abort.
+        let tasks = self.tasks.take_all();
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        tracing::info!(worker = %self.shared.worker_id, "worker killed");
+    }
+}
+
+/// Runs a worker until SIGINT or SIGTERM, then stops it gracefully. Registration is retried
+/// while no coordinator answers; a configuration the cluster refuses is an error.
+pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+    config.validate()?;
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let handle = loop {
+        tokio::select! {
+            started = start(config.clone()) => match started {
+                Ok(handle) => break handle,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "cannot register yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = &mut signal => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e),
+            },
+            _ = &mut signal => return Ok(()),
+        }
+    };
+    (&mut signal).await;
+    handle.stop().await
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_come_thrice_per_lease_timeout_at_least() {
+        let r = |hb, lease| WorkerRegistered {
+            worker_id: "w".into(),
+            heartbeat_interval_ms: hb,
+            lease_timeout_ms: lease,
+        };
+        assert_eq!(
+            heartbeat_interval(&r(1000, 5000)),
+            Duration::from_millis(1000)
+        );
+        assert_eq!(
+            heartbeat_interval(&r(4000, 6000)),
+            Duration::from_millis(2000)
+        );
+        assert_eq!(heartbeat_interval(&r(0, 0)), MIN_HEARTBEAT);
+        assert_eq!(heartbeat_interval(&r(500, 0)), Duration::from_millis(500));
+    }
+}
