@@ -108,7 +108,9 @@ impl EmbeddedCluster {
                 }
             }
             if started.elapsed() > Duration::from_secs(20) {
-                return Err(EmbeddedError::NotReady(format!("{n} storage nodes never came up")));
+                return Err(EmbeddedError::NotReady(format!(
+                    "{n} storage nodes never came up"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -152,9 +154,15 @@ impl EmbeddedCluster {
     }
 
     /// Starts one more worker (its configuration adjusted by `tweak`); returns its index.
-    pub async fn add_worker(&mut self, tweak: impl Fn(&mut WorkerConfig)) -> Result<usize, EmbeddedError> {
+    pub async fn add_worker(
+        &mut self,
+        tweak: impl Fn(&mut WorkerConfig),
+    ) -> Result<usize, EmbeddedError> {
         let index = self.workers.len();
-        let mut config = WorkerConfig::new(self.coordinator_addrs(), self.dir.join(format!("w{}", index + 1)));
+        let mut config = WorkerConfig::new(
+            self.coordinator_addrs(),
+            self.dir.join(format!("w{}", index + 1)),
+        );
         config.name = Some(format!("worker-{}", index + 1));
         config.batch_wait_ms = 2_000;
         tweak(&mut config);

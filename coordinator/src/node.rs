@@ -291,6 +291,12 @@ pub async fn start(
     tasks.push(tokio::spawn(crate::lease::expire_leases(
         coordinator.clone(),
     )));
+    tasks.push(tokio::spawn(crate::files::monitor::watch_nodes(
+        coordinator.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::files::repair::repair_loop(
+        coordinator.clone(),
+    )));
 
     if !config.join {
         initialize(&raft, &config).await;

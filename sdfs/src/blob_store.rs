@@ -457,7 +457,16 @@ impl BlobStore {
     /// upload's file and checksums. Not flushed.
     pub(crate) fn commit(&self, hash: &BlobHash, meta: &BlobMeta) -> Result<Committed, SdfsError> {
         let guard = self.lock_meta();
-        if self.inner.blobs.contains_key(hash.as_bytes())? {
+        if let Some(existing) = self.get(hash)? {
+            // Stored again: it counts as new for garbage collection, whose grace period keeps
+            // blobs of puts that have not committed their namespace entry yet.
+            let refreshed = BlobMeta {
+                created_ms: meta.created_ms,
+                ..existing
+            };
+            self.inner
+                .blobs
+                .insert(hash.as_bytes(), &refreshed.encode()[..])?;
             drop(guard);
             self.discard_upload(meta.upload, meta.chunk_count())?;
             return Ok(Committed::Duplicate);

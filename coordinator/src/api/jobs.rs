@@ -13,10 +13,10 @@ use idunno_api::result::{BatchResult, QueryResult};
 
 use super::{request_id, ReadOptions};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::node::Coordinator;
-use crate::state::command::{Command, Response};
 use crate::files::download::{read_all, ReadPlan};
 use crate::files::placement::replicas_in_read_order;
+use crate::node::Coordinator;
+use crate::state::command::{Command, Response};
 use crate::state::jobs::{validate_batch_size, validate_weight, BatchState};
 
 pub fn router() -> Router<Arc<Coordinator>> {
@@ -184,17 +184,23 @@ async fn results(
         })
         .flat_map(futures::stream::iter);
     let mut first = true;
-    let body = futures::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"[")) })
-        .chain(items.map(move |r| {
-            let mut line = if first { Vec::new() } else { b",".to_vec() };
-            first = false;
-            line.extend(serde_json::to_vec(&r).unwrap_or_default());
-            Ok(bytes::Bytes::from(line))
-        }))
-        .chain(futures::stream::once(async { Ok(bytes::Bytes::from_static(b"]")) }));
+    let body =
+        futures::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"[")) })
+            .chain(items.map(move |r| {
+                let mut line = if first { Vec::new() } else { b",".to_vec() };
+                first = false;
+                line.extend(serde_json::to_vec(&r).unwrap_or_default());
+                Ok(bytes::Bytes::from(line))
+            }))
+            .chain(futures::stream::once(async {
+                Ok(bytes::Bytes::from_static(b"]"))
+            }));
     let mut resp = axum::response::Response::new(axum::body::Body::from_stream(body));
     let h = resp.headers_mut();
-    h.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
     h.insert(
         "x-idunno-complete",
         axum::http::HeaderValue::from_static(if complete { "true" } else { "false" }),
@@ -203,7 +209,13 @@ async fn results(
 }
 
 /// One batch's query results from its results object; error results if it cannot be read.
-async fn batch_results(c: &Coordinator, job: u64, start: u64, len: u32, name: &str) -> Vec<QueryResult> {
+async fn batch_results(
+    c: &Coordinator,
+    job: u64,
+    start: u64,
+    len: u32,
+    name: &str,
+) -> Vec<QueryResult> {
     let read = async {
         let plan = {
             let applied = c.shared.read();
@@ -223,8 +235,13 @@ async fn batch_results(c: &Coordinator, job: u64, start: u64, len: u32, name: &s
         let bytes = read_all(&c.nodes, plan).await?;
         match serde_json::from_slice::<BatchResult>(&bytes) {
             Ok(batch) if batch.job_id == job => Ok(batch),
-            Ok(batch) => Err(ApiError::Conflict(format!("{name} belongs to job {}", batch.job_id))),
-            Err(e) => Err(ApiError::Internal(format!("{name} is not a batch result: {e}"))),
+            Ok(batch) => Err(ApiError::Conflict(format!(
+                "{name} belongs to job {}",
+                batch.job_id
+            ))),
+            Err(e) => Err(ApiError::Internal(format!(
+                "{name} is not a batch result: {e}"
+            ))),
         }
     };
     match read.await {

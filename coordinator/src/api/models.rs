@@ -101,7 +101,10 @@ async fn load(
     headers: HeaderMap,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Model>, ApiError> {
-    match c.write(request_id(&headers), Command::LoadModel { name }).await? {
+    match c
+        .write(request_id(&headers), Command::LoadModel { name })
+        .await?
+    {
         Response::Model(m) => {
             let loaded = loaded_on(&c, &m.name);
             Ok(Json(m.to_api(loaded)))
