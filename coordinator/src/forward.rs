@@ -40,10 +40,34 @@ fn needs_leader(method: &Method, path: &str) -> bool {
     !reads || path.starts_with("/v1/workers")
 }
 
+/// True if a path has a `.` or `..` segment (also percent-encoded). No route takes one, and
+/// an HTTP client would resolve it away when forwarding, changing what the request names.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase().replace("%2e", ".");
+        lower == "." || lower == ".."
+    })
+}
+
 /// Middleware: serve locally if we lead or the request is a read; otherwise forward.
 pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Next) -> Response {
+    if has_dot_segment(req.uri().path()) {
+        return ApiError::BadRequest(format!("{:?} has a '.' or '..' segment", req.uri().path()))
+            .into_response();
+    }
     if !needs_leader(req.method(), req.uri().path()) || c.is_leader() {
         return next.run(req).await;
+    }
+    // A body the leader would refuse unread is refused here: the leader's early answer would
+    // otherwise race the body still being forwarded and reach the client as a 503.
+    let limit = if req.uri().path().starts_with("/v1/files/") {
+        c.config.max_file_size
+    } else {
+        c.config.body_limit as u64
+    };
+    if declared_length(&req).is_some_and(|len| len > limit) {
+        return ApiError::PayloadTooLarge(format!("the body is over the limit of {limit} bytes"))
+            .into_response();
     }
     if req.headers().contains_key(FORWARDED_HEADER) {
         return ApiError::NoLeader("leadership is changing; retry".into()).into_response();
@@ -60,6 +84,16 @@ pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Ne
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
+}
+
+/// The request's `Content-Length`, if it gave a valid one.
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Sends `req` to the coordinator at `addr` and streams its answer back.
@@ -101,6 +135,14 @@ pub async fn proxy(http: &reqwest::Client, addr: &str, req: Request) -> Result<R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_are_spotted_even_encoded() {
+        assert!(has_dot_segment("/v1/files/../x"));
+        assert!(has_dot_segment("/v1/files/a/%2E%2e/x"));
+        assert!(has_dot_segment("/v1/files/a/."));
+        assert!(!has_dot_segment("/v1/files/a.b/..c/x..y"));
+    }
 
     #[test]
     fn writes_and_worker_calls_go_to_the_leader() {
