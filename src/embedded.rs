@@ -35,6 +35,9 @@ pub struct ClusterSpec {
     pub coordinators: u64,
     pub storage_nodes: usize,
     pub workers: usize,
+    /// The first coordinator's address (the others, and every storage node and worker, take
+    /// free loopback ports); default: a free port too.
+    pub listen: Option<String>,
 }
 
 /// A running in-process cluster.
@@ -53,7 +56,16 @@ impl EmbeddedCluster {
         spec: &ClusterSpec,
         tweak: impl Fn(&mut CoordinatorConfig),
     ) -> Result<EmbeddedCluster, EmbeddedError> {
-        let coordinators = LocalGroup::start(spec.coordinators, dir, tweak).await?;
+        let coordinators = match &spec.listen {
+            None => LocalGroup::start(spec.coordinators, dir, tweak).await?,
+            Some(addr) => {
+                let mut listeners = vec![TcpListener::bind(addr).await?];
+                for _ in 1..spec.coordinators {
+                    listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+                }
+                LocalGroup::start_on(listeners, dir, tweak).await?
+            }
+        };
         coordinators
             .wait_for_leader(Duration::from_secs(20))
             .await

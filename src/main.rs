@@ -33,6 +33,9 @@ enum Command {
     Cluster(cli::cluster::ClusterArgs),
     /// The replicated file system: put, get, delete, ls, store, get-versions, list, put-dir.
     Sdfs(cli::sdfs::SdfsArgs),
+    /// The demo: a whole cluster in this process runs a real inference job on the sample
+    /// photos and prints what it saw (`--serve` keeps it running).
+    Up(cli::up::UpArgs),
     /// Measure the system (not a test: prints figures).
     Bench(bench::BenchArgs),
 }
@@ -41,7 +44,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(
         cli.command,
-        Command::Coordinator(_) | Command::SdfsNode(_) | Command::Worker(_) | Command::Bench(_)
+        Command::Coordinator(_) | Command::SdfsNode(_) | Command::Worker(_)
     );
     if !server {
         restore_sigpipe();
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
             Command::Cluster(args) => cli::cluster::run(args).await,
             Command::Sdfs(args) => cli::sdfs::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Up(args) => cli::up::run(args).await,
         }
     });
     match result {

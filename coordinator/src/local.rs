@@ -27,6 +27,15 @@ impl LocalGroup {
         for _ in 0..n {
             listeners.push(TcpListener::bind("127.0.0.1:0").await?);
         }
+        Self::start_on(listeners, dir, tweak).await
+    }
+
+    /// Starts one coordinator per listener (node ids 1, 2, … in order).
+    pub async fn start_on(
+        listeners: Vec<TcpListener>,
+        dir: &Path,
+        tweak: impl Fn(&mut CoordinatorConfig),
+    ) -> Result<LocalGroup, StartError> {
         let mut peers = Vec::new();
         for (i, l) in listeners.iter().enumerate() {
             peers.push((i as u64 + 1, l.local_addr()?.to_string()));

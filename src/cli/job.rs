@@ -1,8 +1,13 @@
 //! `idunno job …`: the original system's job verbs over the REST API.
 
+use std::time::Duration;
+
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use idunno_api::job::{BatchInfo, BatchStateInfo, Inputs, Job, JobPatch, NewJob};
+use idunno_api::job::{BatchInfo, BatchStateInfo, Inputs, Job, JobPatch, JobState, NewJob};
+use idunno_api::result::QueryResult;
+use idunno_api::Client;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use super::table::{render, time};
 use super::{print_json, Connection};
@@ -56,6 +61,15 @@ enum JobCmd {
     Batches { id: u64 },
     /// Delete a job and its batches.
     Delete { id: u64 },
+    /// Wait for a job to finish, with a progress bar; then show it.
+    Wait { id: u64 },
+    /// A job's results so far, one row per input in input order.
+    Results {
+        id: u64,
+        /// Classes shown per input.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+    },
 }
 
 pub async fn run(args: JobArgs) -> anyhow::Result<()> {
@@ -143,7 +157,87 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
             println!("deleted job {id}");
             Ok(())
         }
+        JobCmd::Wait { id } => {
+            let job = wait_with_progress(&client, id).await?;
+            if json {
+                return print_json(&job);
+            }
+            println!("{}", detail(&job));
+            Ok(())
+        }
+        JobCmd::Results { id, top } => {
+            let results: Vec<QueryResult> = client.get(&format!("/v1/jobs/{id}/results")).await?;
+            if json {
+                return print_json(&results);
+            }
+            println!("{}", results_table(&results, top));
+            Ok(())
+        }
     }
+}
+
+/// Polls a job until it is done (or stopped), drawing its progress; returns its last state.
+pub async fn wait_with_progress(client: &Client, id: u64) -> anyhow::Result<Job> {
+    let path = format!("/v1/jobs/{id}");
+    let mut job: Job = client.get(&path).await?;
+    let bar = ProgressBar::new(job.queries);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} job {prefix} [{bar:40}] {pos}/{len} queries  {msg}  {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(id.to_string());
+    loop {
+        bar.set_position(job.done);
+        bar.set_message(format!("{} failed, {:.1} q/s", job.failed, job.rate_qps));
+        match job.state {
+            JobState::Done => break,
+            JobState::Stopped | JobState::Created => {
+                bar.abandon();
+                bail!(
+                    "job {id} is {} with {}/{} queries done; start it with `idunno job start {id}`",
+                    format!("{:?}", job.state).to_lowercase(),
+                    job.done,
+                    job.queries
+                );
+            }
+            JobState::Running => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        job = client.get(&path).await?;
+    }
+    bar.finish_and_clear();
+    Ok(job)
+}
+
+/// One row per query: input, its top `k` classes with probabilities, or its error.
+pub fn results_table(results: &[QueryResult], k: usize) -> String {
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.index.to_string(), r.input.clone()];
+            match &r.error {
+                Some(e) => {
+                    row.push(format!("error: {e}"));
+                    row.extend(std::iter::repeat_n(String::new(), k.saturating_sub(1)));
+                }
+                None => {
+                    for i in 0..k {
+                        row.push(r.top.get(i).map_or(String::new(), |c| {
+                            format!("{} {:.3}", c.label, c.probability)
+                        }));
+                    }
+                }
+            }
+            row
+        })
+        .collect();
+    let mut header = vec!["#".to_string(), "input".to_string()];
+    header.extend((1..=k).map(|i| format!("top {i}")));
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    render(&header, &rows)
 }
 
 fn show(jobs: &[Job], json: bool) -> anyhow::Result<()> {
@@ -180,7 +274,7 @@ fn show(jobs: &[Job], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn detail(j: &Job) -> String {
+pub fn detail(j: &Job) -> String {
     let mut lines = vec![
         format!("job {} ({})", j.id, j.name),
         format!("  model        {}", j.model),

@@ -7,6 +7,7 @@ pub mod job;
 pub mod model;
 pub mod sdfs;
 pub mod table;
+pub mod up;
 
 use clap::Args;
 use idunno_api::Client;

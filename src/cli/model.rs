@@ -1,7 +1,17 @@
-//! `idunno model …`: register and inspect models.
+//! `idunno model …`: register and inspect models. `model add` first puts the weights into SDFS
+//! (from a local file, the seeded generator, or the Hugging Face hub) after checking that they
+//! load as the architecture, so a registered model is one every worker can run.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use idunno_api::file::FileVersion;
 use idunno_api::model::{Model, NewModel};
+use idunno_api::{Client, ClientError};
+use idunno_worker::models::hub::{self, TensorNames};
+use idunno_worker::models::{weights, Arch, LoadOptions, Model as Network};
 
 use super::table::render;
 use super::{print_json, Connection};
@@ -16,13 +26,16 @@ pub struct ModelArgs {
 
 #[derive(Debug, Subcommand)]
 enum ModelCmd {
-    /// Register (or replace) a model.
+    /// Put a model's weights into SDFS and register it (a new version replaces the old).
     Add {
         name: String,
         /// resnet18|resnet34|resnet50|resnet101|resnet152|inception_v3|efficientnet_lite0
         #[arg(long)]
         arch: String,
-        /// SDFS name of the weights (safetensors).
+        /// Where the weights come from: a local safetensors file; `sdfs:NAME` (already in
+        /// SDFS); `generate[:SEED]` (seeded random weights of the right shapes, for tests);
+        /// `hub[:REPO]` (the Hugging Face hub, e.g. `hub:timm/resnet50.tv_in1k`; needs the
+        /// internet). A bare name that is no local file is taken as an SDFS name.
         #[arg(long)]
         weights: String,
         /// Input side in pixels (default: the architecture's).
@@ -33,6 +46,8 @@ enum ModelCmd {
     List,
     /// Show one model and the workers that have it loaded.
     Show { name: String },
+    /// Ask every worker to load a model now (before its jobs start).
+    Load { name: String },
     /// Remove a model from the registry.
     Delete { name: String },
 }
@@ -47,16 +62,14 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
             weights,
             input_size,
         } => {
-            let body = NewModel {
-                name,
-                arch,
-                weights,
-                input_size,
-            };
-            vec![client.post("/v1/models", &body).await?]
+            let source = WeightsSource::parse(&weights);
+            vec![add(&client, &name, &arch, &source, input_size).await?]
         }
         ModelCmd::List => client.get("/v1/models").await?,
         ModelCmd::Show { name } => vec![client.get(&format!("/v1/models/{name}")).await?],
+        ModelCmd::Load { name } => {
+            vec![client.post(&format!("/v1/models/{name}/load"), &()).await?]
+        }
         ModelCmd::Delete { name } => {
             client.delete(&format!("/v1/models/{name}")).await?;
             println!("deleted model {name}");
@@ -83,4 +96,190 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
         render(&["name", "arch", "input", "weights", "loaded on"], &rows)
     );
     Ok(())
+}
+
+/// Where `model add` takes weights from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsSource {
+    /// A safetensors file on this machine.
+    Local(PathBuf),
+    /// A file already in SDFS.
+    Sdfs(String),
+    /// The seeded generator.
+    Generate(u64),
+    /// A hub repository (`None`: the architecture's default one).
+    Hub(Option<String>),
+    /// A local file if one exists, else an SDFS name.
+    Either(String),
+}
+
+impl WeightsSource {
+    pub fn parse(text: &str) -> WeightsSource {
+        if let Some(name) = text.strip_prefix("sdfs:") {
+            return WeightsSource::Sdfs(name.to_string());
+        }
+        if text == "generate" {
+            return WeightsSource::Generate(0);
+        }
+        if let Some(seed) = text.strip_prefix("generate:") {
+            if let Ok(seed) = seed.parse() {
+                return WeightsSource::Generate(seed);
+            }
+        }
+        if text == "hub" {
+            return WeightsSource::Hub(None);
+        }
+        if let Some(repo) = text.strip_prefix("hub:") {
+            return WeightsSource::Hub(Some(repo.to_string()));
+        }
+        WeightsSource::Either(text.to_string())
+    }
+}
+
+/// Puts the weights of `source` into SDFS (checked to load as `arch`), registers model `name`
+/// over them, and returns the registry entry.
+pub async fn add(
+    client: &Client,
+    name: &str,
+    arch: &str,
+    source: &WeightsSource,
+    input_size: Option<u32>,
+) -> anyhow::Result<Model> {
+    let arch: Arch = arch.parse()?;
+    let stored = format!("models/{name}.safetensors");
+    let tmp = tempfile::tempdir()?;
+    let local: PathBuf = match source {
+        WeightsSource::Sdfs(sdfs) => {
+            require_in_sdfs(client, sdfs).await?;
+            return register(client, name, arch, sdfs, input_size).await;
+        }
+        WeightsSource::Either(text) if !Path::new(text).exists() => {
+            require_in_sdfs(client, text)
+                .await
+                .with_context(|| format!("{text:?} is no local file"))?;
+            return register(client, name, arch, text, input_size).await;
+        }
+        WeightsSource::Either(path) => PathBuf::from(path),
+        WeightsSource::Local(path) => path.clone(),
+        WeightsSource::Generate(seed) => {
+            let path = tmp.path().join("generated.safetensors");
+            let seed = *seed;
+            let out = path.clone();
+            tokio::task::spawn_blocking(move || weights::generate(arch, seed, &out)).await??;
+            path
+        }
+        WeightsSource::Hub(repo) => download_from_hub(arch, repo.as_deref(), tmp.path()).await?,
+    };
+    check_loads(arch, &local).await?;
+    let version = client
+        .upload_file(&stored, &local, None)
+        .await
+        .with_context(|| format!("cannot store the weights as {stored}"))?;
+    register(client, name, arch, &version.name, input_size).await
+}
+
+async fn register(
+    client: &Client,
+    name: &str,
+    arch: Arch,
+    weights: &str,
+    input_size: Option<u32>,
+) -> anyhow::Result<Model> {
+    let body = NewModel {
+        name: name.to_string(),
+        arch: arch.name().to_string(),
+        weights: weights.to_string(),
+        input_size,
+    };
+    Ok(client.post("/v1/models", &body).await?)
+}
+
+/// Fails unless SDFS has a file `name`.
+async fn require_in_sdfs(client: &Client, name: &str) -> anyhow::Result<()> {
+    let path = format!(
+        "/v1/files/{}/versions?n=1",
+        idunno_api::client::encode_path(name)
+    );
+    match client.get::<Vec<FileVersion>>(&path).await {
+        Ok(_) => Ok(()),
+        Err(ClientError::Api { status: 404, .. }) => bail!("SDFS has no file {name:?}"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Loads the weights as the architecture once (off the async threads): a file that lacks a
+/// tensor or has a wrong shape is refused here, with the tensor's name, not on every worker.
+async fn check_loads(arch: Arch, path: &Path) -> anyhow::Result<()> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Network::load(arch, &path, &LoadOptions::default()).map(|_| ())
+    })
+    .await?
+    .with_context(|| format!("the weights do not fit {}", arch.name()))
+}
+
+/// Downloads a hub repository's `model.safetensors` and rewrites it under native names.
+async fn download_from_hub(arch: Arch, repo: Option<&str>, dir: &Path) -> anyhow::Result<PathBuf> {
+    let default = hub::default_weights(arch);
+    let (url, names) = match repo {
+        None => (default.url(), default.tensor_names),
+        Some(repo) => {
+            // timm's EfficientNet-Lite0 ports use timm's names; everything else is native.
+            let names = if arch == Arch::EfficientNetLite0 && repo.starts_with("timm/") {
+                TensorNames::Timm
+            } else {
+                TensorNames::Native
+            };
+            (hub::download_url(repo, "model.safetensors", "main"), names)
+        }
+    };
+    eprintln!("downloading {url}");
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
+    let mut resp = http
+        .get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("cannot download {url}"))?;
+    let raw = dir.join("hub.safetensors");
+    let mut file = tokio::fs::File::create(&raw).await?;
+    while let Some(chunk) = resp.chunk().await? {
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await?;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut file).await?;
+    let native = dir.join("native.safetensors");
+    let (src, dst) = (raw.clone(), native.clone());
+    tokio::task::spawn_blocking(move || hub::to_native(arch, names, &src, &dst)).await??;
+    Ok(native)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_sources_parse() {
+        use WeightsSource::*;
+        assert_eq!(
+            WeightsSource::parse("sdfs:models/a.st"),
+            Sdfs("models/a.st".into())
+        );
+        assert_eq!(WeightsSource::parse("generate"), Generate(0));
+        assert_eq!(WeightsSource::parse("generate:42"), Generate(42));
+        assert_eq!(WeightsSource::parse("hub"), Hub(None));
+        assert_eq!(
+            WeightsSource::parse("hub:timm/x"),
+            Hub(Some("timm/x".into()))
+        );
+        assert_eq!(
+            WeightsSource::parse("w.safetensors"),
+            Either("w.safetensors".into())
+        );
+        assert_eq!(
+            WeightsSource::parse("generate:x"),
+            Either("generate:x".into())
+        );
+    }
 }

@@ -220,7 +220,7 @@ pub async fn run(args: SdfsArgs) -> anyhow::Result<()> {
             prefix,
             replicas,
             parallel,
-        } => put_dir(&client, &local, &prefix, replicas, parallel).await,
+        } => put_dir(&client, &local, &prefix, replicas, parallel, |_| true).await,
     }
 }
 
@@ -323,15 +323,17 @@ fn files_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Uploads a folder under `prefix`; returns the stored versions.
+/// Uploads the files of a folder that `keep` accepts under `prefix`.
 pub async fn put_dir(
     client: &Client,
     dir: &Path,
     prefix: &str,
     replicas: Option<u32>,
     parallel: usize,
+    keep: impl Fn(&Path) -> bool,
 ) -> anyhow::Result<()> {
-    let files = files_in(dir)?;
+    let mut files = files_in(dir)?;
+    files.retain(|f| keep(f));
     if files.is_empty() {
         bail!("{} has no files", dir.display());
     }

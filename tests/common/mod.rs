@@ -25,6 +25,7 @@ pub async fn cluster(
         coordinators,
         storage_nodes,
         workers,
+        listen: None,
     };
     let cluster = EmbeddedCluster::start(dir.path(), &spec, tweak)
         .await

@@ -169,44 +169,70 @@ fn describe(e: &reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    //! Against a stand-in storage node (an axum server on 127.0.0.1:0) serving blobs by hash,
-    //! until the real storage node exists; see `worker/tests/worker_stub_cluster.rs`.
+    //! Against real storage nodes (`idunno_sdfs::start`, each on 127.0.0.1:0 with its own data
+    //! folder, no coordinators): blobs go in through `PUT /internal/blobs`, bit rot comes from
+    //! `idunno_sdfs::corrupt_byte_for_tests` on a stopped node that is then restarted.
 
-    use std::collections::HashMap;
-    use std::sync::Arc;
-
-    use axum::extract::{Path, State};
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::routing::get;
-    use axum::Router;
+    use idunno_sdfs::{NodeConfig, NodeHandle};
+    use tokio::net::TcpListener;
 
     use super::*;
 
-    /// A storage node stand-in: serves `blobs[hash]`, optionally checking the secret.
-    async fn stub_storage_node(
-        blobs: HashMap<String, Vec<u8>>,
-        secret: Option<&'static str>,
-    ) -> String {
-        type Blobs = Arc<HashMap<String, Vec<u8>>>;
-        async fn blob(
-            State((blobs, secret)): State<(Blobs, Option<&'static str>)>,
-            headers: HeaderMap,
-            Path(hash): Path<String>,
-        ) -> Result<Vec<u8>, StatusCode> {
-            if let Some(s) = secret {
-                if headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok()) != Some(s) {
-                    return Err(StatusCode::FORBIDDEN);
-                }
+    /// A real storage node that can be stopped and started again on its address and folder.
+    struct StorageNode {
+        config: NodeConfig,
+        handle: Option<NodeHandle>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl StorageNode {
+        async fn start(secret: Option<&str>) -> StorageNode {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = NodeConfig::new("s1", dir.path().join("data"));
+            config.cluster_secret = secret.map(str::to_string);
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            config.listen = listener.local_addr().unwrap().to_string();
+            let handle = idunno_sdfs::start(config.clone(), listener).await.unwrap();
+            StorageNode {
+                config,
+                handle: Some(handle),
+                _dir: dir,
             }
-            blobs.get(&hash).cloned().ok_or(StatusCode::NOT_FOUND)
         }
-        let app = Router::new()
-            .route("/internal/blobs/{hash}", get(blob))
-            .with_state((Arc::new(blobs), secret));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        addr
+
+        fn addr(&self) -> String {
+            self.config.listen.clone()
+        }
+
+        /// Stores `bytes` through the node's blob route; returns their hash.
+        async fn put(&self, bytes: &[u8]) -> String {
+            let hash = blake3::hash(bytes).to_hex().to_string();
+            let mut request = reqwest::Client::new()
+                .put(format!("http://{}/internal/blobs", self.addr()))
+                .header(idunno_sdfs::EXPECT_HASH_HEADER, &hash)
+                .body(bytes.to_vec());
+            if let Some(secret) = &self.config.cluster_secret {
+                request = request.header(idunno_sdfs::SECRET_HEADER, secret);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+            hash
+        }
+
+        /// Flips the byte at `offset` of each blob on disk (the chunk checksums stay as
+        /// they were), with the node stopped, then starts it again on the same address.
+        async fn rot(&mut self, blobs: &[(&str, u64)]) {
+            self.handle.take().unwrap().shutdown().await.unwrap();
+            for (hash, offset) in blobs {
+                idunno_sdfs::corrupt_byte_for_tests(&self.config.data, hash, *offset).unwrap();
+            }
+            let listener = TcpListener::bind(&self.config.listen).await.unwrap();
+            self.handle = Some(
+                idunno_sdfs::start(self.config.clone(), listener)
+                    .await
+                    .unwrap(),
+            );
+        }
     }
 
     fn input(bytes: &[u8], replicas: Vec<String>) -> LeasedInput {
@@ -219,85 +245,145 @@ mod tests {
         }
     }
 
-    fn png() -> Vec<u8> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../samples/coffee.png");
+    fn sample(name: &str) -> Vec<u8> {
+        let path = format!("{}/../samples/{name}", env!("CARGO_MANIFEST_DIR"));
         std::fs::read(path).unwrap()
     }
 
+    fn png() -> Vec<u8> {
+        sample("coffee.png")
+    }
+
+    /// `len` bytes that depend only on `seed`.
+    fn content(seed: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(&seed.to_le_bytes())
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    }
+
+    /// A port nothing listens on.
+    const DEAD: &str = "127.0.0.1:1";
+
     #[tokio::test]
-    async fn wrong_bytes_are_rejected_and_the_next_replica_serves() {
-        let good = png();
-        let hash = blake3::hash(&good).to_hex().to_string();
-        let mut corrupt = good.clone();
-        corrupt[100] ^= 0xff;
-        let bad_node = stub_storage_node(HashMap::from([(hash.clone(), corrupt)]), None).await;
-        let good_node =
-            stub_storage_node(HashMap::from([(hash.clone(), good.clone())]), None).await;
+    async fn a_rotten_replica_is_an_error_and_the_next_replica_serves() {
+        let (a, b) = (png(), sample("chelsea.png"));
+        let mut bad = StorageNode::start(None).await;
+        let good = StorageNode::start(None).await;
+        let (hash_a, hash_b) = (bad.put(&a).await, bad.put(&b).await);
+        good.put(&b).await;
+        // Inside the first chunk: the node finds the rot before it answers.
+        bad.rot(&[(&hash_a, 100), (&hash_b, 100)]).await;
         let fetcher = InputFetcher::new(reqwest::Client::new(), None);
 
-        // The corrupt replica alone: a hash mismatch, reported as an input error.
-        let only_bad = input(&good, vec![bad_node.clone()]);
-        let err = fetcher.fetch(&only_bad).await.unwrap_err();
-        assert!(err.to_string().contains("hashes to"), "{err}");
+        // The rotten replica alone: an input error naming it, no bytes.
+        let err = fetcher
+            .fetch(&input(&a, vec![bad.addr()]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WorkerError::Input { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&bad.addr()) && text.contains("500"), "{text}");
 
-        // Corrupt first, a dead node second, the good one last: the good bytes come back.
-        let dead = "127.0.0.1:1".to_string();
-        let all = input(&good, vec![bad_node, dead, good_node]);
+        // Rotten first, a dead node second, a good one last: the good bytes come back.
+        let all = input(&b, vec![bad.addr(), DEAD.into(), good.addr()]);
         let bytes = fetcher.fetch(&all).await.unwrap();
-        assert_eq!(&bytes[..], &good[..]);
+        assert_eq!(&bytes[..], &b[..]);
         assert!(decode(&bytes).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_breaks_off_mid_blob_is_not_trusted() {
+        // 5 MiB blobs rotten at 4 MiB: the node has answered 200 and sent megabytes before
+        // it reaches the bad chunk and cuts the stream.
+        let (x, y) = (content(1, 5 << 20), content(2, 5 << 20));
+        let mut bad = StorageNode::start(None).await;
+        let good = StorageNode::start(None).await;
+        let (hash_x, hash_y) = (bad.put(&x).await, bad.put(&y).await);
+        good.put(&y).await;
+        bad.rot(&[(&hash_x, 4 << 20), (&hash_y, 4 << 20)]).await;
+        let fetcher = InputFetcher::new(reqwest::Client::new(), None);
+
+        // Alone, the cut-off replica is an error, not a short blob.
+        let err = fetcher
+            .fetch(&input(&x, vec![bad.addr()]))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, WorkerError::Input { .. }), "{text}");
+        assert!(!text.contains("answered"), "not refused up front: {text}");
+
+        // With a good replica after it, the whole blob comes back; also when the lease gives
+        // no size (the worker's own limit applies then).
+        let mut both = input(&y, vec![bad.addr(), good.addr()]);
+        assert!(fetcher.fetch(&both).await.unwrap() == y);
+        both.size = 0;
+        assert!(fetcher.fetch(&both).await.unwrap() == y);
     }
 
     #[tokio::test]
     async fn the_cluster_secret_is_sent() {
         let good = png();
-        let hash = blake3::hash(&good).to_hex().to_string();
-        let node = stub_storage_node(HashMap::from([(hash, good.clone())]), Some("s3cret")).await;
+        let node = StorageNode::start(Some("s3cret")).await;
+        node.put(&good).await;
         let without = InputFetcher::new(reqwest::Client::new(), None);
+        let wrong = InputFetcher::new(reqwest::Client::new(), Some("guess".into()));
         let with = InputFetcher::new(reqwest::Client::new(), Some("s3cret".into()));
-        let i = input(&good, vec![node]);
-        let err = without.fetch(&i).await.unwrap_err();
-        assert!(err.to_string().contains("403"), "{err}");
+        let i = input(&good, vec![node.addr()]);
+        for fetcher in [without, wrong] {
+            let err = fetcher.fetch(&i).await.unwrap_err();
+            assert!(err.to_string().contains("403"), "{err}");
+        }
         assert_eq!(&with.fetch(&i).await.unwrap()[..], &good[..]);
     }
 
     #[tokio::test]
     async fn missing_files_and_oversized_blobs_are_input_errors() {
         let fetcher = InputFetcher::new(reqwest::Client::new(), None);
-        let mut missing = input(b"x", vec!["127.0.0.1:1".into()]);
+        let mut missing = input(b"x", vec![DEAD.into()]);
         missing.hash = None;
         let err = fetcher.fetch(&missing).await.unwrap_err();
         assert!(err.to_string().contains("no such file"), "{err}");
 
         let no_replica = input(b"x", vec![]);
-        assert!(fetcher.fetch(&no_replica).await.is_err());
+        let err = fetcher.fetch(&no_replica).await.unwrap_err();
+        assert!(err.to_string().contains("no live storage node"), "{err}");
 
+        let node = StorageNode::start(None).await;
         let big = vec![7u8; 1000];
-        let hash = blake3::hash(&big).to_hex().to_string();
-        let node = stub_storage_node(HashMap::from([(hash, big.clone())]), None).await;
-        let mut lying = input(&big, vec![node]);
+        node.put(&big).await;
+        let mut lying = input(&big, vec![node.addr()]);
         lying.size = 10;
         let err = fetcher.fetch(&lying).await.unwrap_err();
         assert!(err.to_string().contains("larger than 10"), "{err}");
+
+        // A node that does not hold the blob says so; the worker passes that on.
+        let absent = input(b"never stored", vec![node.addr()]);
+        let err = fetcher.fetch(&absent).await.unwrap_err();
+        assert!(err.to_string().contains("404"), "{err}");
     }
 
     #[tokio::test]
     async fn a_batch_is_fetched_in_input_order() {
         let a = png();
         let b = b"plain text, not an image".to_vec();
-        let node = stub_storage_node(
-            HashMap::from([
-                (blake3::hash(&a).to_hex().to_string(), a.clone()),
-                (blake3::hash(&b).to_hex().to_string(), b.clone()),
-            ]),
-            None,
-        )
-        .await;
+        let node = StorageNode::start(None).await;
+        node.put(&a).await;
+        node.put(&b).await;
         let fetcher = InputFetcher::new(reqwest::Client::new(), None);
-        let inputs = vec![input(&b, vec![node.clone()]), input(&a, vec![node])];
+        let missing = input(b"not on the node", vec![node.addr()]);
+        let inputs = vec![
+            input(&b, vec![node.addr()]),
+            missing,
+            input(&a, vec![node.addr()]),
+        ];
         let got = fetcher.fetch_all(&inputs).await;
+        assert_eq!(got.len(), 3);
         assert_eq!(&got[0].as_ref().unwrap()[..], &b[..]);
-        assert_eq!(&got[1].as_ref().unwrap()[..], &a[..]);
+        assert!(got[1].is_err(), "one unreadable input fails alone");
+        assert_eq!(&got[2].as_ref().unwrap()[..], &a[..]);
     }
 
     #[test]

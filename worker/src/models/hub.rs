@@ -1,7 +1,7 @@
 //! Where real weights live on the Hugging Face hub, and how their tensors are named.
 //!
-//! Only URLs and name mapping: this file has no HTTP client and is not used to
-//! download anything (the worker fetches files by other means, e.g. SDFS).
+//! URLs, name mapping and [`to_native`]: this file has no HTTP client (`idunno model add
+//! --weights hub` downloads; workers read weights from SDFS only).
 //! Download URLs have the form `https://huggingface.co/{repo}/resolve/{revision}/{file}`.
 //!
 //! Naming: timm's `*.tv_in1k` ResNets and `inception_v3.tv_in1k` are the
@@ -14,7 +14,39 @@
 //! `blocks.3.0.conv_pw`, …). These mappings cannot be exercised offline; the
 //! unit tests only pin them down.
 
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::Device;
+
+use super::error::{ModelError, Result};
 use super::Arch;
+
+/// Rewrites the weights file `src` (tensors named per `names`) as `dst` holding exactly the
+/// tensors `arch` reads, under the native names every worker loads.
+pub fn to_native(arch: Arch, names: TensorNames, src: &Path, dst: &Path) -> Result<()> {
+    let source_name = src.display().to_string();
+    let invalid = |reason: String| ModelError::InvalidWeights {
+        source_name: source_name.clone(),
+        reason,
+    };
+    let tensors =
+        candle_core::safetensors::load(src, &Device::Cpu).map_err(|e| invalid(e.to_string()))?;
+    let theirs = names.mapper(arch);
+    let mut out = HashMap::new();
+    for spec in arch.tensor_specs()? {
+        let name = theirs(&spec.name);
+        let tensor = tensors
+            .get(&name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                source_name: source_name.clone(),
+                arch: arch.name(),
+                tensor: name.clone(),
+            })?;
+        out.insert(spec.name, tensor.clone());
+    }
+    candle_core::safetensors::save(&out, dst).map_err(|e| invalid(e.to_string()))
+}
 
 /// Base of Hugging Face download URLs.
 pub const HF_BASE: &str = "https://huggingface.co";
@@ -145,6 +177,38 @@ mod tests {
             download_url("timm/inception_v3.tv_in1k", "model.safetensors", "abc"),
             "https://huggingface.co/timm/inception_v3.tv_in1k/resolve/abc/model.safetensors"
         );
+    }
+
+    #[test]
+    fn a_timm_named_file_becomes_a_loadable_native_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let arch = Arch::EfficientNetLite0;
+        let native = dir.path().join("native.safetensors");
+        crate::models::weights::generate(arch, 3, &native).unwrap();
+        // The same tensors under timm's names, plus one the network does not read.
+        let mut timm = candle_core::safetensors::load(&native, &Device::Cpu).unwrap();
+        let theirs = TensorNames::Timm.mapper(arch);
+        timm = timm.into_iter().map(|(k, v)| (theirs(&k), v)).collect();
+        let extra = candle_core::Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap();
+        timm.insert("head.extra".into(), extra);
+        let hub_file = dir.path().join("timm.safetensors");
+        candle_core::safetensors::save(&timm, &hub_file).unwrap();
+
+        let back = dir.path().join("back.safetensors");
+        to_native(arch, TensorNames::Timm, &hub_file, &back).unwrap();
+        let want = candle_core::safetensors::load(&native, &Device::Cpu).unwrap();
+        let got = candle_core::safetensors::load(&back, &Device::Cpu).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (name, tensor) in &want {
+            let diff = (got[name].clone() - tensor).unwrap().abs().unwrap();
+            let max = diff.flatten_all().unwrap().max(0).unwrap();
+            assert_eq!(max.to_scalar::<f32>().unwrap(), 0.0, "{name}");
+        }
+        // A file that lacks a tensor is refused with its name.
+        timm.remove("conv_stem.weight");
+        candle_core::safetensors::save(&timm, &hub_file).unwrap();
+        let err = to_native(arch, TensorNames::Timm, &hub_file, &back).unwrap_err();
+        assert!(err.to_string().contains("conv_stem.weight"), "{err}");
     }
 
     #[test]
