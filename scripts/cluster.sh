@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
 # A local IDunno cluster of separate processes on 127.0.0.1:
-#   scripts/cluster.sh up       start 3 coordinators (those not running yet)
-#   scripts/cluster.sh down     stop everything (SIGTERM, then SIGKILL)
-#   scripts/cluster.sh status   which processes run, and the Raft group's view
-# Data under ./data/<role><n>, logs under ./data/logs/, pids under ./data/pids/.
+#   scripts/cluster.sh up       start 3 coordinators, the storage nodes and the workers
+#                               (those not running yet)
+#   scripts/cluster.sh down     stop everything (SIGTERM, then SIGKILL): workers, storage
+#                               nodes, then coordinators
+#   scripts/cluster.sh status   which processes run, the Raft group's view, the storage nodes
+# Processes: coordinator1..3 (ports 7001-7003), storage nodes s1..sN (ports 7101..),
+# workers w1..wM. Data under ./data/<name>, logs under ./data/logs/<name>.log, pids under
+# ./data/pids/<name>.pid.
 # Environment: IDUNNO_DATA (data folder), IDUNNO_BIN (binary; default target/release/idunno,
-# built if missing), COORDINATOR_PORT (first port, default 7001).
+# built if missing), COORDINATOR_PORT (first port, default 7001), STORAGE_NODES (default 4),
+# STORAGE_PORT (first port, default 7101), WORKERS (default 2).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 data=${IDUNNO_DATA:-$root/data}
 bin=${IDUNNO_BIN:-$root/target/release/idunno}
 cport=${COORDINATOR_PORT:-7001}
+sport=${STORAGE_PORT:-7101}
 coordinators=3
+storage_nodes=${STORAGE_NODES:-4}
+workers=${WORKERS:-2}
+
+for n in "$storage_nodes" "$workers" "$cport" "$sport"; do
+  [[ "$n" =~ ^[0-9]+$ ]] || { echo "cluster.sh: $n is not a number" >&2; exit 2; }
+done
 
 coordinator_addr() { echo "127.0.0.1:$((cport + $1 - 1))"; }
+storage_addr() { echo "127.0.0.1:$((sport + $1 - 1))"; }
 coordinator_list() {
   local out="" i
   for i in $(seq 1 "$coordinators"); do out+="${out:+,}$(coordinator_addr "$i")"; done
@@ -67,6 +80,35 @@ wait_ready() {
   return 1
 }
 
+# nodes_json: GET /v1/nodes from the first coordinator that answers (fails if none does).
+nodes_json() {
+  local addr
+  for addr in $(coordinator_list | tr , ' '); do
+    curl -fsS -m 2 "http://$addr/v1/nodes" 2>/dev/null && return 0
+  done
+  return 1
+}
+
+# missing_nodes: the storage nodes s1..sN the namespace does not list as alive.
+missing_nodes() {
+  local body i out=""
+  body=$(nodes_json) || body=""
+  for i in $(seq 1 "$storage_nodes"); do
+    grep -q "\"id\":\"s$i\",\"addr\":\"[^\"]*\",\"alive\":true" <<<"$body" || out+="${out:+ }s$i"
+  done
+  echo "$out"
+}
+
+wait_storage() {
+  local i
+  for i in $(seq 1 100); do
+    [ -z "$(missing_nodes)" ] && return 0
+    sleep 0.1
+  done
+  echo "storage nodes not registered: $(missing_nodes); see $data/logs/" >&2
+  return 1
+}
+
 up() {
   ensure_binary
   mkdir -p "$data/logs" "$data/pids"
@@ -76,34 +118,69 @@ up() {
       --data "$data/coordinator$i" --peers "$(peers)"
   done
   wait_ready
-  echo "cluster is up; try: IDUNNO_COORDINATORS=$(coordinator_list) $bin cluster status"
+  for i in $(seq 1 "$storage_nodes"); do
+    start "s$i" sdfs-node --id "s$i" --listen "$(storage_addr "$i")" \
+      --data "$data/s$i" --coordinators "$(coordinator_list)"
+  done
+  for i in $(seq 1 "$workers"); do
+    start "w$i" worker --coordinators "$(coordinator_list)" --name "w$i" --cache "$data/w$i"
+  done
+  wait_storage
+  echo "cluster is up ($storage_nodes storage nodes alive, $workers workers);" \
+    "try: IDUNNO_COORDINATORS=$(coordinator_list) $bin cluster status"
+}
+
+# pidfiles ROLE…: the pid files of these roles (w: workers, s: storage nodes, coordinator), in
+# the order given, numbers in order within a role.
+pidfiles() {
+  local role f
+  shopt -s nullglob
+  for role in "$@"; do
+    for f in "$data/pids/$role"[0-9]*.pid; do echo "$f"; done | sort -V
+  done
 }
 
 down() {
   local f name
-  shopt -s nullglob
-  for f in "$data"/pids/*.pid; do
+  while read -r f; do
     name=$(basename "$f" .pid)
     if alive "$f"; then
       kill -TERM "$(cat "$f")" 2>/dev/null || true
       for _ in $(seq 1 50); do alive "$f" || break; sleep 0.1; done
-      alive "$f" && kill -KILL "$(cat "$f")" 2>/dev/null || true
+      if alive "$f"; then kill -KILL "$(cat "$f")" 2>/dev/null || true; fi
       echo "stopped $name"
     fi
     rm -f "$f"
-  done
+  done < <(pidfiles w s coordinator)
 }
 
 status() {
-  local f
-  shopt -s nullglob
-  for f in "$data"/pids/*.pid; do
+  local f running=0
+  while read -r f; do
     if alive "$f"; then echo "$(basename "$f" .pid): running (pid $(cat "$f"))"
     else echo "$(basename "$f" .pid): dead"; fi
-  done
+  done < <(pidfiles coordinator s w)
+  while read -r f; do
+    if alive "$f"; then running=1; fi
+  done < <(pidfiles coordinator)
+  if [ "$running" = 0 ]; then
+    echo "no coordinator is running (scripts/cluster.sh up starts the cluster)"
+    return
+  fi
   if [ -x "$bin" ]; then
     "$bin" cluster status --coordinators "$(coordinator_list)" || true
+    echo
+    "$bin" sdfs --coordinators "$(coordinator_list)" store || true
   fi
+  local addr body names
+  for addr in $(coordinator_list | tr , ' '); do
+    if body=$(curl -fsS -m 2 "http://$addr/v1/workers" 2>/dev/null); then
+      echo
+      names=$(grep -o '"name":"[^"]*"' <<<"$body" | cut -d'"' -f4 | paste -sd ' ' -) || true
+      echo "workers registered: ${names:-none}"
+      break
+    fi
+  done
 }
 
 case "${1:-status}" in

@@ -3,6 +3,8 @@
 
 mod processes;
 mod raft;
+mod sdfs;
+mod worker;
 
 use clap::{Args, Subcommand};
 
@@ -16,11 +18,18 @@ pub struct BenchArgs {
 enum BenchCmd {
     /// Coordinator group: lease+complete commit throughput, and leader failover time.
     Raft(raft::RaftBench),
+    /// SDFS: put/get throughput of a large file (R=3), and repair time after a storage node's
+    /// SIGKILL, split into detection and copy.
+    Sdfs(sdfs::SdfsBench),
+    /// Workers: images/s per model and batch size standalone, and through the cluster.
+    Worker(worker::WorkerBench),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.cmd {
         BenchCmd::Raft(b) => raft::run(b).await,
+        BenchCmd::Sdfs(b) => sdfs::run(b).await,
+        BenchCmd::Worker(b) => worker::run(b).await,
     }
 }
 

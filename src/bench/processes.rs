@@ -1,5 +1,6 @@
-//! Real `idunno` child processes for benchmarks: a coordinator group on free loopback ports,
-//! each with its own data folder and log file, killable with SIGKILL and restartable.
+//! Real `idunno` child processes for benchmarks: a coordinator group and storage nodes on free
+//! loopback ports, each with its own data folder and log file, killable with SIGKILL and
+//! restartable.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,32 +17,27 @@ pub struct CoordinatorProcess {
     data: PathBuf,
     log: PathBuf,
     peers: String,
+    /// More flags (e.g. timings), passed on every start.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl CoordinatorProcess {
     /// Starts (or restarts) the process.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("cannot find the idunno binary")?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(exe)
-            .args([
-                "coordinator",
-                "--id",
-                &self.id.to_string(),
-                "--listen",
-                &self.addr,
-            ])
-            .arg("--data")
-            .arg(&self.data)
-            .args(["--peers", &self.peers])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start a coordinator process")?;
+        let mut cmd = idunno_command(&self.log)?;
+        cmd.args([
+            "coordinator",
+            "--id",
+            &self.id.to_string(),
+            "--listen",
+            &self.addr,
+        ])
+        .arg("--data")
+        .arg(&self.data)
+        .args(["--peers", &self.peers])
+        .args(&self.extra);
+        let child = cmd.spawn().context("cannot start a coordinator process")?;
         self.child = Some(child);
         Ok(())
     }
@@ -74,6 +70,15 @@ pub struct CoordinatorGroup {
 impl CoordinatorGroup {
     /// Starts `n` coordinators that form one Raft group.
     pub fn start(n: u64, under: Option<&Path>) -> anyhow::Result<CoordinatorGroup> {
+        CoordinatorGroup::start_with(n, under, &[])
+    }
+
+    /// Starts `n` coordinators that form one Raft group, each with the `extra` flags.
+    pub fn start_with(
+        n: u64,
+        under: Option<&Path>,
+        extra: &[String],
+    ) -> anyhow::Result<CoordinatorGroup> {
         let dir = match under {
             Some(p) => tempfile::tempdir_in(p)?,
             None => tempfile::tempdir()?,
@@ -94,12 +99,18 @@ impl CoordinatorGroup {
                 data: dir.path().join(format!("c{id}")),
                 log: dir.path().join(format!("c{id}.log")),
                 peers: peers.clone(),
+                extra: extra.to_vec(),
                 child: None,
             };
             node.start()?;
             nodes.push(node);
         }
         Ok(CoordinatorGroup { nodes, _dir: dir })
+    }
+
+    /// The group's temporary folder (removed when the group is dropped).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     pub fn addrs(&self) -> Vec<String> {
@@ -129,6 +140,70 @@ impl CoordinatorGroup {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// One SDFS storage node process (`idunno sdfs-node`).
+pub struct StorageNodeProcess {
+    pub id: String,
+    pub addr: String,
+    data: PathBuf,
+    log: PathBuf,
+    /// Coordinator addresses, `host:port,…`.
+    coordinators: String,
+    child: Option<Child>,
+}
+
+impl StorageNodeProcess {
+    /// A node `id` on a free loopback port with its data folder and log under `dir`; not
+    /// started yet.
+    pub fn new(id: &str, dir: &Path, coordinators: &[String]) -> anyhow::Result<Self> {
+        Ok(StorageNodeProcess {
+            id: id.to_string(),
+            addr: format!("127.0.0.1:{}", free_port()?),
+            data: dir.join(id),
+            log: dir.join(format!("{id}.log")),
+            coordinators: coordinators.join(","),
+            child: None,
+        })
+    }
+
+    /// Starts (or restarts, on the same port and data) the process.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let mut cmd = idunno_command(&self.log)?;
+        cmd.args(["sdfs-node", "--id", &self.id, "--listen", &self.addr])
+            .arg("--data")
+            .arg(&self.data)
+            .args(["--coordinators", &self.coordinators]);
+        let child = cmd.spawn().context("cannot start a storage node process")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for StorageNodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `idunno` (this very binary) with stdout discarded and stderr appended to `log`.
+fn idunno_command(log: &Path) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("cannot find the idunno binary")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut cmd = Command::new(exe);
+    cmd.stdout(Stdio::null()).stderr(log);
+    Ok(cmd)
 }
 
 /// A port that was free a moment ago.

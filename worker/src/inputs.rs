@@ -109,7 +109,13 @@ impl InputFetcher {
         let response = request.send().await.map_err(|e| fail(describe(&e)))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(fail(format!("answered {status}")));
+            // The node's own `{"error": …}` says more than the status (e.g. a corrupt blob).
+            let said = response
+                .json::<idunno_api::ErrorBody>()
+                .await
+                .map(|b| format!(": {}", b.error))
+                .unwrap_or_default();
+            return Err(fail(format!("answered {status}{said}")));
         }
         if response.content_length().is_some_and(|n| n > limit) {
             return Err(fail(format!("blob is larger than {limit} bytes")));

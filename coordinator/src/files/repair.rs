@@ -35,6 +35,10 @@ pub enum Action {
         node: String,
         addr: String,
     },
+    /// Take dead `nodes` out of the replica set of `hash`: it is fully replicated on live
+    /// nodes again. (A node that comes back then holds an extra copy, which reconciliation
+    /// deletes, or counts again if the blob has fallen short meanwhile.)
+    Forget { hash: String, nodes: Vec<String> },
 }
 
 /// What to do now, from the namespace alone.
@@ -95,6 +99,18 @@ pub fn plan(state: &State) -> Vec<Action> {
                     *l = l.saturating_sub(blob.size);
                 }
             }
+        }
+        if live.len() >= blob.target as usize && live.len() < blob.replicas.len() {
+            let dead: Vec<String> = blob
+                .replicas
+                .iter()
+                .filter(|r| !alive.contains_key(r.as_str()))
+                .cloned()
+                .collect();
+            actions.push(Action::Forget {
+                hash: blob.hash.clone(),
+                nodes: dead,
+            });
         }
     }
     actions
@@ -191,6 +207,10 @@ async fn execute(c: &Coordinator, action: Action) -> bool {
                 false
             }
         },
+        Action::Forget { hash, nodes } => {
+            let cmd = Command::DropReplicas { hash, nodes };
+            c.write(String::new(), cmd).await.is_ok()
+        }
         Action::Trim { hash, node, addr } => {
             let cmd = Command::DropReplicas {
                 hash: hash.clone(),
@@ -370,6 +390,25 @@ mod tests {
         let actions = plan(&s);
         assert_eq!(actions.len(), 1);
         assert!(matches!(actions[0], Action::Trim { .. }));
+    }
+
+    #[test]
+    fn dead_holders_leave_the_set_only_once_live_copies_suffice() {
+        // Back to 3 live copies: the dead holder is forgotten.
+        let s = state(
+            &[("a", true), ("b", true), ("c", false), ("d", true)],
+            &[("f", &["a", "b", "c", "d"], 3)],
+        );
+        match plan(&s).as_slice() {
+            [Action::Forget { nodes, .. }] => assert_eq!(nodes, &["c".to_string()]),
+            other => panic!("{other:?}"),
+        }
+        // Short of 3 with nowhere to copy: the dead copy stays listed (it may come back).
+        let s = state(
+            &[("a", true), ("b", true), ("c", false)],
+            &[("f", &["a", "b", "c"], 3)],
+        );
+        assert!(plan(&s).is_empty());
     }
 
     #[test]

@@ -45,7 +45,7 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
 ];
 
 fn relu6(xs: &Tensor) -> Result<Tensor> {
-    xs.clamp(0f32, 6f32)
+    super::layers::prof("relu6", || xs.clamp(0f32, 6f32))
 }
 
 /// Inverted-residual (MBConv) block without squeeze-excitation.
@@ -121,7 +121,7 @@ impl Module for MbConv {
         x = relu6(&self.depthwise.forward(&x)?)?;
         x = self.project.forward(&x)?;
         if self.residual {
-            x = (x + xs)?;
+            x = super::layers::prof("residual", || x + xs)?;
         }
         Ok(x)
     }
@@ -187,5 +187,53 @@ impl Module for EfficientNetLite0 {
         }
         x = relu6(&self.head.forward(&x)?)?;
         global_avg_pool(&x)?.apply(&self.fc)
+    }
+}
+
+#[cfg(test)]
+mod prof_tmp {
+    use crate::models::{Arch, LoadOptions, Model};
+    use candle_core::{DType, Device, Tensor};
+    #[test]
+    #[ignore]
+    fn prof_tmp() {
+        let arch: Arch = std::env::var("ARCH")
+            .unwrap_or("efficientnet_lite0".into())
+            .parse()
+            .unwrap();
+        let bytes = crate::models::weights::generate_to_bytes(arch, 1).unwrap();
+        let model = Model::from_safetensors_bytes(arch, bytes, &LoadOptions::default()).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for n in [1usize, 8] {
+            let x = Tensor::randn(0f32, 1f32, (n, 3, 224, 224), &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            pool.install(|| model.forward(&x).unwrap());
+            super::super::layers::PROF.lock().unwrap().clear();
+            let reps = if n == 1 { 8 } else { 2 };
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                pool.install(|| model.forward(&x).unwrap());
+            }
+            let total = t.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "batch {n}: forward {:.1} ms ({:.1} img/s)",
+                total * 1e3,
+                n as f64 / total
+            );
+            let mut p = super::super::layers::PROF.lock().unwrap().clone();
+            p.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for (k, t, c) in p {
+                println!(
+                    "  {k:<24} {:8.1} ms  ({} calls/rep)",
+                    t * 1e3 / reps as f64,
+                    c / reps
+                );
+            }
+        }
     }
 }

@@ -176,14 +176,43 @@ impl ConvBn {
     }
 }
 
+pub static PROF: std::sync::Mutex<Vec<(String, f64, usize)>> = std::sync::Mutex::new(Vec::new());
+pub fn prof<R>(name: &str, f: impl FnOnce() -> R) -> R {
+    let t = std::time::Instant::now();
+    let r = f();
+    let dt = t.elapsed().as_secs_f64();
+    let mut p = PROF.lock().unwrap();
+    if let Some(e) = p.iter_mut().find(|e| e.0 == name) {
+        e.1 += dt;
+        e.2 += 1;
+    } else {
+        p.push((name.to_string(), dt, 1));
+    }
+    r
+}
 impl Module for ConvBn {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (xs, pad) = self.pad(xs)?;
+        let (xs, pad) = prof("pad", || self.pad(xs))?;
+        let (c_out, c_in, kh, _kw) = self.weight.dims4()?;
         match &self.taps {
-            Some(taps) => self.depthwise(&xs, taps),
-            None => xs
-                .conv2d(&self.weight, pad, self.stride, 1, 1)?
-                .broadcast_add(&self.bias),
+            Some(taps) => prof(&format!("dw k{kh} s{}", self.stride), || {
+                self.depthwise(&xs, taps)
+            }),
+            None => {
+                let y = prof(
+                    &format!(
+                        "conv k{kh} s{} {}",
+                        self.stride,
+                        if kh == 1 {
+                            format!("{c_in}->{c_out}")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    || xs.conv2d(&self.weight, pad, self.stride, 1, 1),
+                )?;
+                prof("bias", || y.broadcast_add(&self.bias))
+            }
         }
     }
 }
