@@ -43,6 +43,12 @@ pub struct Heartbeat {
     pub loaded: Vec<String>,
     #[serde(default = "one")]
     pub capacity: u32,
+    /// The worker's name and the models it runs (`None` = any), as at registration: a
+    /// leader that took over after the registration learns them from here.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub accepts: Option<Vec<String>>,
 }
 
 /// What a heartbeat answer tells the worker.

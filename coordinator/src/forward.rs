@@ -37,7 +37,8 @@ fn needs_leader(method: &Method, path: &str) -> bool {
         return false;
     }
     let reads = *method == Method::GET || *method == Method::HEAD;
-    !reads || path.starts_with("/v1/workers")
+    // Workers and which models they loaded are the leader's soft state.
+    !reads || path.starts_with("/v1/workers") || path.starts_with("/v1/models")
 }
 
 /// True if a path has a `.` or `..` segment (also percent-encoded). No route takes one, and
@@ -149,6 +150,7 @@ mod tests {
         assert!(needs_leader(&Method::POST, "/v1/jobs"));
         assert!(needs_leader(&Method::DELETE, "/v1/jobs/3"));
         assert!(needs_leader(&Method::GET, "/v1/workers"));
+        assert!(needs_leader(&Method::GET, "/v1/models/lite0"));
         assert!(!needs_leader(&Method::GET, "/v1/jobs"));
         assert!(!needs_leader(&Method::POST, "/raft/vote"));
         assert!(!needs_leader(&Method::GET, "/healthz"));

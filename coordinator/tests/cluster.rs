@@ -479,6 +479,48 @@ async fn a_silent_workers_lease_expires_and_a_late_completion_still_counts_once(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_learns_a_workers_name_and_models_from_its_heartbeats() {
+    let (mut group, _dir) = group(3, |_| {}).await;
+    let c = client(&group.addrs());
+    add_model(&c).await;
+    let w: WorkerRegistered = c
+        .post(
+            "/v1/workers/register",
+            &json!({"name": "gpu-less-1", "accepts": ["other"]}),
+        )
+        .await
+        .unwrap();
+    let old = group.wait_for_leader(WAIT).await.unwrap();
+    group.stop(old).await;
+    group.wait_for_leader(WAIT).await.expect("a new leader");
+    // What a worker sends (idunno_worker's heartbeat loop): its registration's name and models.
+    let beat = json!({"loaded": [], "capacity": 1, "name": "gpu-less-1", "accepts": ["other"]});
+    let _: Value = c
+        .post(&format!("/v1/workers/{}/heartbeat", w.worker_id), &beat)
+        .await
+        .unwrap();
+    let workers: Vec<Value> = c.get("/v1/workers").await.unwrap();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert_eq!(workers[0]["name"], "gpu-less-1");
+    assert_eq!(workers[0]["accepts"], json!(["other"]));
+    // So it is still not handed a job of a model it does not run.
+    let _: Job = c.post("/v1/jobs", &new_job("j", 2, 1)).await.unwrap();
+    let resp = c
+        .http()
+        .post(format!(
+            "http://{}/v1/workers/{}/lease",
+            group.addrs()[(group.running()[0] - 1) as usize],
+            w.worker_id
+        ))
+        .json(&LeaseRequest { wait_ms: 300 })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeating_worker_keeps_its_lease() {
     let (group, _dir) = group(1, |c| c.lease_timeout_ms = 400).await;
     let c = client(&group.addrs());

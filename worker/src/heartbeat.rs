@@ -43,6 +43,8 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>) {
         let beat = Heartbeat {
             loaded: shared.models.loaded(),
             capacity: shared.config.capacity,
+            name: shared.config.display_name(),
+            accepts: shared.config.models.accepts(),
         };
         match shared.client.post::<_, HeartbeatAck>(&path, &beat).await {
             Ok(ack) => {

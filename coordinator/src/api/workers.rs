@@ -62,7 +62,9 @@ async fn register(
         let w = leader.workers.seen(&id);
         w.name = body.name;
         w.capacity = body.capacity.max(1);
-        w.accepts = body.accepts;
+        if body.accepts.is_some() {
+            w.accepts = body.accepts;
+        }
         w.loaded = body.loaded;
     }
     tracing::info!(worker = %id, "worker registered");
@@ -97,6 +99,12 @@ async fn heartbeat(
     let w = leader.workers.seen(&id);
     w.loaded = body.loaded;
     w.capacity = body.capacity.max(1);
+    if !body.name.is_empty() {
+        w.name = body.name;
+    }
+    if body.accepts.is_some() {
+        w.accepts = body.accepts;
+    }
     let load = applied
         .state
         .preloaded_models()
