@@ -14,7 +14,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::labels::NUM_CLASSES;
-use super::layers::{global_avg_pool, ConvBn, Padding};
+use super::layers::{global_avg_pool, Activation, ConvBn, Padding};
 use super::preprocess::{Normalize, Preprocess, Resample};
 
 /// Eval transform of the TF-Lite-trained weights: shorter side 256 (bicubic),
@@ -43,10 +43,6 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ];
-
-fn relu6(xs: &Tensor) -> Result<Tensor> {
-    super::layers::prof("relu6", || xs.clamp(0f32, 6f32))
-}
 
 /// Inverted-residual (MBConv) block without squeeze-excitation.
 struct MbConv {
@@ -114,16 +110,16 @@ impl MbConv {
 
 impl Module for MbConv {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut x = match &self.expand {
-            Some(e) => relu6(&e.forward(xs)?)?,
+        let hidden = match &self.expand {
+            Some(e) => e.forward_with(xs, None, Activation::Relu6)?,
             None => xs.clone(),
         };
-        x = relu6(&self.depthwise.forward(&x)?)?;
-        x = self.project.forward(&x)?;
-        if self.residual {
-            x = super::layers::prof("residual", || x + xs)?;
-        }
-        Ok(x)
+        let hidden = self
+            .depthwise
+            .forward_with(&hidden, None, Activation::Relu6)?;
+        let residual = self.residual.then_some(xs);
+        self.project
+            .forward_with(&hidden, residual, Activation::Identity)
     }
 }
 
@@ -181,59 +177,11 @@ impl EfficientNetLite0 {
 
 impl Module for EfficientNetLite0 {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut x = relu6(&self.stem.forward(xs)?)?;
+        let mut x = self.stem.forward_with(xs, None, Activation::Relu6)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        x = relu6(&self.head.forward(&x)?)?;
+        x = self.head.forward_with(&x, None, Activation::Relu6)?;
         global_avg_pool(&x)?.apply(&self.fc)
-    }
-}
-
-#[cfg(test)]
-mod prof_tmp {
-    use crate::models::{Arch, LoadOptions, Model};
-    use candle_core::{DType, Device, Tensor};
-    #[test]
-    #[ignore]
-    fn prof_tmp() {
-        let arch: Arch = std::env::var("ARCH")
-            .unwrap_or("efficientnet_lite0".into())
-            .parse()
-            .unwrap();
-        let bytes = crate::models::weights::generate_to_bytes(arch, 1).unwrap();
-        let model = Model::from_safetensors_bytes(arch, bytes, &LoadOptions::default()).unwrap();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for n in [1usize, 8] {
-            let x = Tensor::randn(0f32, 1f32, (n, 3, 224, 224), &Device::Cpu)
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap();
-            pool.install(|| model.forward(&x).unwrap());
-            super::super::layers::PROF.lock().unwrap().clear();
-            let reps = if n == 1 { 8 } else { 2 };
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                pool.install(|| model.forward(&x).unwrap());
-            }
-            let total = t.elapsed().as_secs_f64() / reps as f64;
-            println!(
-                "batch {n}: forward {:.1} ms ({:.1} img/s)",
-                total * 1e3,
-                n as f64 / total
-            );
-            let mut p = super::super::layers::PROF.lock().unwrap().clone();
-            p.sort_by(|a, b| b.1.total_cmp(&a.1));
-            for (k, t, c) in p {
-                println!(
-                    "  {k:<24} {:8.1} ms  ({} calls/rep)",
-                    t * 1e3 / reps as f64,
-                    c / reps
-                );
-            }
-        }
     }
 }

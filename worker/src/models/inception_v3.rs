@@ -11,8 +11,9 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
+use super::kernels::max_pool;
 use super::labels::NUM_CLASSES;
-use super::layers::{avg_pool_3x3_same, global_avg_pool, ConvBn, Padding};
+use super::layers::{avg_pool_3x3_same, global_avg_pool, Activation, ConvBn, Padding};
 use super::preprocess::{Preprocess, IMAGENET_MEAN, IMAGENET_STD};
 
 /// torchvision's eval transform for Inception V3 weights: resize 342, crop 299, mean/std.
@@ -59,7 +60,7 @@ impl Basic {
 
 impl Module for Basic {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.0.forward(xs)?.relu()
+        self.0.forward_with(xs, None, Activation::Relu)
     }
 }
 
@@ -122,7 +123,7 @@ impl BlockB {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let a = self.b3x3.forward(xs)?;
         let b = chain(xs, &self.b3x3dbl)?;
-        let c = xs.max_pool2d_with_stride(3, 2)?;
+        let c = max_pool(xs, 3, 2, 0)?;
         Tensor::cat(&[a, b, c], 1)
     }
 }
@@ -191,7 +192,7 @@ impl BlockD {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let a = chain(xs, &self.b3x3)?;
         let b = chain(xs, &self.b7x7x3)?;
-        let c = xs.max_pool2d_with_stride(3, 2)?;
+        let c = max_pool(xs, 3, 2, 0)?;
         Tensor::cat(&[a, b, c], 1)
     }
 }
@@ -316,9 +317,9 @@ impl Module for InceptionV3 {
         };
         let [c1a, c2a, c2b, c3b, c4a] = &self.stem;
         x = c2b.forward(&c2a.forward(&c1a.forward(&x)?)?)?;
-        x = x.max_pool2d_with_stride(3, 2)?;
+        x = max_pool(&x, 3, 2, 0)?;
         x = c4a.forward(&c3b.forward(&x)?)?;
-        x = x.max_pool2d_with_stride(3, 2)?;
+        x = max_pool(&x, 3, 2, 0)?;
         for block in &self.mixed_5 {
             x = block.forward(&x)?;
         }

@@ -1,19 +1,25 @@
-//! Shared building blocks for the hand-written networks (Inception V3, EfficientNet-Lite0).
+//! Shared building blocks for the hand-written networks (ResNet, Inception V3,
+//! EfficientNet-Lite0).
 //!
 //! * [`ConvBn`]: a bias-free convolution followed by an inference-mode
 //!   BatchNorm, folded at load time into one convolution with bias, with
 //!   arbitrary rectangular kernels, per-side zero padding (fixed or TensorFlow
-//!   "SAME") and an optional depthwise mode.
+//!   "SAME") and an optional depthwise mode. [`ConvBn::forward_with`] also
+//!   fuses the activation and a residual sum into the convolution's epilogue.
 //! * Pooling helpers with PyTorch semantics.
 //!
-//! candle's grouped convolution runs one convolution per group, which is far
-//! too slow for depthwise layers with ~1000 groups, so depthwise convolutions
-//! here are computed as a sum of k×k shifted, per-channel-scaled views.
+//! The arithmetic runs in [`super::kernels`]: depthwise convolutions in a
+//! direct kernel, the others as im2col (skipped for 1×1 stride-1 layers,
+//! whose input already is the matrix) times the folded weight matrix with
+//! candle's matmul, then one in-place pass for bias, residual and activation.
 //! Nothing here knows tensor names beyond `<prefix>.weight` and the BatchNorm
 //! quartet; the architecture files own the layouts.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+
+pub use super::kernels::Activation;
+use super::kernels::{avg_pool, bias_act, depthwise_conv, im2col, Window};
 
 /// Zero padding of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +41,11 @@ pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize
 /// Convolution (no bias) + BatchNorm in eval mode, folded into one conv with bias.
 #[derive(Debug, Clone)]
 pub struct ConvBn {
-    /// Folded weight `(out, in/groups, kh, kw)`.
+    /// Folded weight: `(C, 1, kh, kw)` when depthwise, else the `(C_out, C_in·kh·kw)` matrix.
     weight: Tensor,
-    /// Folded bias, shaped `(1, out, 1, 1)`.
+    /// Folded bias, `(C_out)`.
     bias: Tensor,
-    /// For depthwise convs: the kh·kw per-channel weights, each `(1, C, 1, 1)`.
-    taps: Option<Vec<Tensor>>,
+    depthwise: bool,
     kernel: (usize, usize),
     stride: usize,
     padding: Padding,
@@ -62,6 +67,9 @@ impl ConvBn {
         conv: VarBuilder,
         bn: VarBuilder,
     ) -> Result<Self> {
+        if stride == 0 || kernel.0 == 0 || kernel.1 == 0 {
+            candle_core::bail!("convolution with a zero stride or kernel size");
+        }
         let in_per_group = if depthwise { 1 } else { c_in };
         let w = conv.get((c_out, in_per_group, kernel.0, kernel.1), "weight")?;
         let gamma = bn.get(c_out, "weight")?;
@@ -70,158 +78,95 @@ impl ConvBn {
         let var = bn.get(c_out, "running_var")?;
         let scale = gamma.div(&(var + eps)?.sqrt()?)?;
         let weight = w.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
-        let bias = beta.sub(&mean.mul(&scale)?)?.reshape((1, c_out, 1, 1))?;
-        let taps = if depthwise {
-            let mut taps = Vec::with_capacity(kernel.0 * kernel.1);
-            for i in 0..kernel.0 {
-                for j in 0..kernel.1 {
-                    let tap = weight
-                        .narrow(2, i, 1)?
-                        .narrow(3, j, 1)?
-                        .reshape((1, c_out, 1, 1))?;
-                    taps.push(tap);
-                }
-            }
-            Some(taps)
+        let weight = if depthwise {
+            weight.contiguous()?
         } else {
-            None
+            weight
+                .reshape((c_out, in_per_group * kernel.0 * kernel.1))?
+                .contiguous()?
         };
+        let bias = beta.sub(&mean.mul(&scale)?)?.contiguous()?;
         Ok(ConvBn {
             weight,
             bias,
-            taps,
+            depthwise,
             kernel,
             stride,
             padding,
         })
     }
 
-    /// Zero-pad `xs` as this layer's padding asks; returns the padding left for
-    /// candle's symmetric `conv2d` argument.
-    fn pad(&self, xs: &Tensor) -> Result<(Tensor, usize)> {
-        let (h, w) = (xs.dim(D::Minus2)?, xs.dim(D::Minus1)?);
-        let ((top, bottom), (left, right)) = match self.padding {
-            Padding::Fixed(ph, pw) => ((ph, ph), (pw, pw)),
-            Padding::Same => (
-                same_padding(h, self.kernel.0, self.stride),
-                same_padding(w, self.kernel.1, self.stride),
-            ),
-        };
-        if self.taps.is_none() && top == bottom && left == right && top == left {
-            return Ok((xs.clone(), top));
-        }
-        let mut xs = xs.clone();
-        if top + bottom > 0 {
-            xs = xs.pad_with_zeros(D::Minus2, top, bottom)?;
-        }
-        if left + right > 0 {
-            xs = xs.pad_with_zeros(D::Minus1, left, right)?;
-        }
-        Ok((xs, 0))
-    }
-
-    fn depthwise(&self, xs: &Tensor, taps: &[Tensor]) -> Result<Tensor> {
+    /// The window of this layer on an `h × w` input.
+    fn window(&self, h: usize, w: usize) -> Result<Window> {
         let (kh, kw) = self.kernel;
         let s = self.stride;
-        let (_, _, h, w) = xs.dims4()?;
-        if h < kh || w < kw {
-            candle_core::bail!("depthwise input {h}x{w} smaller than kernel {kh}x{kw}");
-        }
-        let (oh, ow) = ((h - kh) / s + 1, (w - kw) / s + 1);
-        // Split the padded input into stride×stride phases so that every tap
-        // is a plain (contiguous-stride) window of one phase.
-        let phases = if s == 1 {
-            vec![xs.clone()]
-        } else {
-            let (hp, wp) = (h.div_ceil(s) * s, w.div_ceil(s) * s);
-            let padded =
-                xs.pad_with_zeros(D::Minus2, 0, hp - h)?
-                    .pad_with_zeros(D::Minus1, 0, wp - w)?;
-            let (n, c) = (padded.dim(0)?, padded.dim(1)?);
-            let split = padded.reshape((n, c, hp / s, s, wp / s, s))?;
-            let mut phases = Vec::with_capacity(s * s);
-            for a in 0..s {
-                for b in 0..s {
-                    phases.push(split.narrow(3, a, 1)?.narrow(5, b, 1)?.reshape((
-                        n,
-                        c,
-                        hp / s,
-                        wp / s,
-                    ))?);
-                }
-            }
-            phases
+        let ((top, bottom), (left, right)) = match self.padding {
+            Padding::Fixed(ph, pw) => ((ph, ph), (pw, pw)),
+            Padding::Same => (same_padding(h, kh, s), same_padding(w, kw, s)),
         };
-        let mut acc: Option<Tensor> = None;
-        for i in 0..kh {
-            for j in 0..kw {
-                let phase = &phases[(i % s) * s + (j % s)];
-                // A contiguous copy first: candle's broadcast multiply is only
-                // fast when the non-broadcast operand is contiguous.
-                let window = phase
-                    .narrow(2, i / s, oh)?
-                    .narrow(3, j / s, ow)?
-                    .contiguous()?;
-                let term = window.broadcast_mul(&taps[i * kw + j])?;
-                acc = Some(match acc {
-                    None => term,
-                    Some(a) => (a + term)?,
-                });
-            }
+        let (hp, wp) = (h + top + bottom, w + left + right);
+        if hp < kh || wp < kw {
+            candle_core::bail!("convolution input {h}x{w} smaller than its kernel {kh}x{kw}");
         }
-        match acc {
-            Some(a) => a.broadcast_add(&self.bias),
-            None => candle_core::bail!("depthwise conv with an empty kernel"),
+        Ok(Window {
+            kernel: self.kernel,
+            stride: s,
+            pad_before: (top, left),
+            out: ((hp - kh) / s + 1, (wp - kw) / s + 1),
+        })
+    }
+
+    /// `act(conv(xs) + bias + residual)`, the sum, residual and activation
+    /// fused into the convolution. `residual` must have the output's shape.
+    pub fn forward_with(
+        &self,
+        xs: &Tensor,
+        residual: Option<&Tensor>,
+        act: Activation,
+    ) -> Result<Tensor> {
+        let (n, c_in, h, w) = xs.dims4()?;
+        let win = self.window(h, w)?;
+        let (oh, ow) = win.out;
+        if self.depthwise {
+            return match residual {
+                None => depthwise_conv(xs, &self.weight, &self.bias, win, act),
+                Some(r) => {
+                    let zero = self.bias.zeros_like()?;
+                    let y =
+                        depthwise_conv(xs, &self.weight, &self.bias, win, Activation::Identity)?;
+                    bias_act(y, &zero, Some(r), act)
+                }
+            };
         }
+        let (c_out, k) = self.weight.dims2()?;
+        let pointwise = self.kernel == (1, 1) && self.stride == 1 && win.pad_before == (0, 0);
+        let cols = if pointwise {
+            xs.reshape((n, c_in, h * w))?
+        } else {
+            im2col(xs, win)?
+        };
+        if cols.dim(1)? != k {
+            candle_core::bail!("convolution expects {k} input rows, got {}", cols.dim(1)?);
+        }
+        // A stride-0 batch dimension: the weight matrix is not copied per image.
+        let y = self
+            .weight
+            .broadcast_as((n, c_out, k))?
+            .matmul(&cols.contiguous()?)?
+            .reshape((n, c_out, oh, ow))?;
+        bias_act(y, &self.bias, residual, act)
     }
 }
 
-pub static PROF: std::sync::Mutex<Vec<(String, f64, usize)>> = std::sync::Mutex::new(Vec::new());
-pub fn prof<R>(name: &str, f: impl FnOnce() -> R) -> R {
-    let t = std::time::Instant::now();
-    let r = f();
-    let dt = t.elapsed().as_secs_f64();
-    let mut p = PROF.lock().unwrap();
-    if let Some(e) = p.iter_mut().find(|e| e.0 == name) {
-        e.1 += dt;
-        e.2 += 1;
-    } else {
-        p.push((name.to_string(), dt, 1));
-    }
-    r
-}
 impl Module for ConvBn {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (xs, pad) = prof("pad", || self.pad(xs))?;
-        let (c_out, c_in, kh, _kw) = self.weight.dims4()?;
-        match &self.taps {
-            Some(taps) => prof(&format!("dw k{kh} s{}", self.stride), || {
-                self.depthwise(&xs, taps)
-            }),
-            None => {
-                let y = prof(
-                    &format!(
-                        "conv k{kh} s{} {}",
-                        self.stride,
-                        if kh == 1 {
-                            format!("{c_in}->{c_out}")
-                        } else {
-                            String::new()
-                        }
-                    ),
-                    || xs.conv2d(&self.weight, pad, self.stride, 1, 1),
-                )?;
-                prof("bias", || y.broadcast_add(&self.bias))
-            }
-        }
+        self.forward_with(xs, None, Activation::Identity)
     }
 }
 
 /// PyTorch `F.avg_pool2d(x, 3, stride=1, padding=1)` (zero padding counted).
 pub fn avg_pool_3x3_same(xs: &Tensor) -> Result<Tensor> {
-    xs.pad_with_zeros(D::Minus2, 1, 1)?
-        .pad_with_zeros(D::Minus1, 1, 1)?
-        .avg_pool2d_with_stride(3, 1)
+    avg_pool(xs, 3, 1, 1)
 }
 
 /// Global average pooling `(N, C, H, W) -> (N, C)`.
@@ -232,7 +177,7 @@ pub fn global_avg_pool(xs: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::{DType, Device, D};
     use std::collections::HashMap;
 
     #[test]
@@ -244,57 +189,197 @@ mod tests {
         assert_eq!(same_padding(225, 3, 2), (1, 1));
     }
 
-    /// The shifted-window depthwise path must agree with candle's grouped conv.
+    /// A layer whose BatchNorm folds to `weight`, `bias` exactly (eps 0, var 1, mean 0).
+    fn layer(
+        w: &Tensor,
+        bias: &Tensor,
+        stride: usize,
+        padding: Padding,
+        depthwise: bool,
+    ) -> Result<ConvBn> {
+        let dev = Device::Cpu;
+        let (c_out, in_per_group, kh, kw) = w.dims4()?;
+        let mut map = HashMap::new();
+        map.insert("c.weight".to_string(), w.clone());
+        map.insert(
+            "b.weight".to_string(),
+            Tensor::ones(c_out, DType::F32, &dev)?,
+        );
+        map.insert("b.bias".to_string(), bias.clone());
+        map.insert(
+            "b.running_mean".to_string(),
+            Tensor::zeros(c_out, DType::F32, &dev)?,
+        );
+        map.insert(
+            "b.running_var".to_string(),
+            Tensor::ones(c_out, DType::F32, &dev)?,
+        );
+        let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
+        let c_in = if depthwise { c_out } else { in_per_group };
+        ConvBn::load(
+            c_in,
+            c_out,
+            (kh, kw),
+            stride,
+            padding,
+            depthwise,
+            0.0,
+            vb.pp("c"),
+            vb.pp("b"),
+        )
+    }
+
+    /// Deterministic, sign-varying values of shape `dims`.
+    fn wave(dims: &[usize], step: f64, offset: f64) -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        Tensor::arange(0f32, n as f32, &Device::Cpu)?
+            .affine(step, offset)?
+            .sin()?
+            .reshape(dims)
+    }
+
+    /// candle's conv2d on an explicitly padded input, plus bias, residual, activation.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        stride: usize,
+        padding: Padding,
+        groups: usize,
+        residual: Option<&Tensor>,
+        act: Activation,
+    ) -> Result<Tensor> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let ((pt, pb), (pl, pr)) = match padding {
+            Padding::Fixed(ph, pw) => ((ph, ph), (pw, pw)),
+            Padding::Same => (same_padding(h, kh, stride), same_padding(wd, kw, stride)),
+        };
+        let xp = x
+            .pad_with_zeros(D::Minus2, pt, pb)?
+            .pad_with_zeros(D::Minus1, pl, pr)?;
+        let mut y = xp
+            .conv2d(w, 0, stride, 1, groups)?
+            .broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
+        if let Some(r) = residual {
+            y = (y + r)?;
+        }
+        match act {
+            Activation::Identity => Ok(y),
+            Activation::Relu => y.relu(),
+            Activation::Relu6 => y.clamp(0f32, 6f32),
+        }
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// The direct depthwise kernel must agree with candle's grouped conv, for
+    /// SAME and fixed padding, strides 1 and 2, odd/even and non-square inputs,
+    /// batches, and with the bias and activations fused.
     #[test]
     fn depthwise_matches_grouped_conv() -> Result<()> {
-        let dev = Device::Cpu;
         let c = 3;
-        for (k, s, hw) in [(3, 1, 7), (3, 2, 8), (5, 2, 9), (5, 1, 6)] {
-            let w = Tensor::arange(0f32, (c * k * k) as f32, &dev)?
-                .affine(0.01, -0.1)?
-                .reshape((c, 1, k, k))?;
-            let mut map = HashMap::new();
-            map.insert("c.weight".to_string(), w.clone());
-            map.insert("b.weight".to_string(), Tensor::ones(c, DType::F32, &dev)?);
-            map.insert("b.bias".to_string(), Tensor::zeros(c, DType::F32, &dev)?);
-            map.insert(
-                "b.running_mean".to_string(),
-                Tensor::zeros(c, DType::F32, &dev)?,
-            );
-            map.insert(
-                "b.running_var".to_string(),
-                Tensor::ones(c, DType::F32, &dev)?,
-            );
-            let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
-            let layer = ConvBn::load(
-                c,
-                c,
-                (k, k),
-                s,
-                Padding::Same,
-                true,
-                0.0,
-                vb.pp("c"),
-                vb.pp("b"),
-            )?;
-            let x = Tensor::arange(0f32, (2 * c * hw * hw) as f32, &dev)?
-                .affine(0.003, -0.5)?
-                .sin()?
-                .reshape((2, c, hw, hw))?;
-            let got = layer.forward(&x)?;
-            let (pt, pb) = same_padding(hw, k, s);
-            let xp = x
-                .pad_with_zeros(D::Minus2, pt, pb)?
-                .pad_with_zeros(D::Minus1, pt, pb)?;
-            let want = xp.conv2d(&w, 0, s, 1, c)?;
-            assert_eq!(got.dims(), want.dims());
-            let diff = (got - want)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
-            assert!(diff < 1e-5, "k={k} s={s}: diff {diff}");
+        let cases = [
+            (3, 1, (7, 7), 2, Padding::Same, Activation::Identity),
+            (3, 2, (8, 8), 2, Padding::Same, Activation::Relu6),
+            (5, 2, (9, 9), 2, Padding::Same, Activation::Relu6),
+            (5, 1, (6, 6), 1, Padding::Same, Activation::Identity),
+            (5, 2, (10, 7), 3, Padding::Same, Activation::Relu),
+            (3, 2, (9, 6), 1, Padding::Fixed(1, 1), Activation::Identity),
+            (3, 1, (5, 8), 2, Padding::Fixed(0, 0), Activation::Relu6),
+            (5, 3, (11, 9), 2, Padding::Fixed(2, 1), Activation::Identity),
+            (3, 1, (1, 1), 2, Padding::Same, Activation::Identity),
+            (5, 1, (3, 2), 1, Padding::Fixed(2, 2), Activation::Relu),
+            (5, 1, (1, 1), 1, Padding::Same, Activation::Relu6),
+            (5, 2, (2, 1), 2, Padding::Same, Activation::Identity),
+            (3, 3, (1, 2), 1, Padding::Fixed(1, 1), Activation::Identity),
+        ];
+        for (k, s, (h, wd), n, padding, act) in cases {
+            let w = wave(&[c, 1, k, k], 0.37, 0.1)?.affine(0.5, 0.0)?;
+            let bias = wave(&[c], 1.3, 0.2)?;
+            let l = layer(&w, &bias, s, padding, true)?;
+            let x = wave(&[n, c, h, wd], 0.013, -0.5)?.affine(4.0, 0.0)?;
+            let got = l.forward_with(&x, None, act)?;
+            let want = reference(&x, &w, &bias, s, padding, c, None, act)?;
+            let diff = max_diff(&got, &want)?;
+            assert!(diff < 1e-5, "k={k} s={s} {h}x{wd} {padding:?}: diff {diff}");
         }
+        Ok(())
+    }
+
+    /// im2col + matmul (and the pointwise shortcut) must agree with candle's
+    /// conv2d, with the bias, a residual and the activations fused.
+    #[test]
+    fn convolution_matches_candle_conv2d() -> Result<()> {
+        let cases = [
+            ((1, 1), 1, (6, 5), 2, Padding::Fixed(0, 0)),
+            ((1, 1), 2, (7, 6), 2, Padding::Fixed(0, 0)),
+            ((3, 3), 1, (6, 6), 2, Padding::Fixed(1, 1)),
+            ((3, 3), 2, (9, 8), 1, Padding::Fixed(1, 1)),
+            ((3, 3), 2, (8, 9), 2, Padding::Same),
+            ((3, 3), 1, (7, 7), 1, Padding::Fixed(0, 0)),
+            ((7, 7), 2, (12, 11), 2, Padding::Fixed(3, 3)),
+            ((1, 7), 1, (5, 9), 2, Padding::Fixed(0, 3)),
+            ((7, 1), 1, (9, 5), 1, Padding::Fixed(3, 0)),
+            ((1, 3), 1, (4, 4), 2, Padding::Fixed(0, 1)),
+            // Inputs smaller than the kernel's reach into the padding.
+            ((7, 7), 1, (2, 2), 1, Padding::Fixed(3, 3)),
+            ((7, 7), 2, (1, 3), 1, Padding::Fixed(3, 3)),
+            ((1, 7), 1, (3, 1), 1, Padding::Fixed(0, 3)),
+            ((3, 3), 1, (1, 1), 2, Padding::Fixed(1, 1)),
+        ];
+        let (c_in, c_out) = (5, 4);
+        for ((kh, kw), s, (h, wd), n, padding) in cases {
+            let w = wave(&[c_out, c_in, kh, kw], 0.71, 0.3)?.affine(0.3, 0.0)?;
+            let bias = wave(&[c_out], 0.9, 0.4)?;
+            let l = layer(&w, &bias, s, padding, false)?;
+            let x = wave(&[n, c_in, h, wd], 0.029, 0.1)?.affine(2.0, 0.0)?;
+            let plain = reference(&x, &w, &bias, s, padding, 1, None, Activation::Identity)?;
+            let residual = wave(plain.dims(), 0.05, 1.0)?;
+            for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+                for r in [None, Some(&residual)] {
+                    let got = l.forward_with(&x, r, act)?;
+                    let want = reference(&x, &w, &bias, s, padding, 1, r, act)?;
+                    let diff = max_diff(&got, &want)?;
+                    assert!(
+                        diff < 1e-5,
+                        "{kh}x{kw} s={s} {h}x{wd} {padding:?} {act:?} residual={}: diff {diff}",
+                        r.is_some()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The fused epilogue works in place: it must never touch the layer's input.
+    #[test]
+    fn forward_leaves_its_inputs_alone() -> Result<()> {
+        let w = wave(&[2, 2, 1, 1], 0.3, 0.0)?;
+        let bias = wave(&[2], 0.5, 0.1)?;
+        let l = layer(&w, &bias, 1, Padding::Fixed(0, 0), false)?;
+        let x = wave(&[1, 2, 3, 3], 0.2, 0.0)?;
+        let r = wave(&[1, 2, 3, 3], 0.4, 0.0)?;
+        let (x0, r0) = (x.copy()?, r.copy()?);
+        let y = l.forward_with(&x, Some(&r), Activation::Relu)?;
+        assert_eq!(max_diff(&x, &x0)?, 0.0);
+        assert_eq!(max_diff(&r, &r0)?, 0.0);
+        assert!(y.flatten_all()?.min(0)?.to_scalar::<f32>()? >= 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn kernels_refuse_other_dtypes() -> Result<()> {
+        let w = wave(&[2, 1, 3, 3], 0.3, 0.0)?;
+        let bias = wave(&[2], 0.5, 0.1)?;
+        let l = layer(&w, &bias, 1, Padding::Same, true)?;
+        let x = wave(&[1, 2, 4, 4], 0.2, 0.0)?.to_dtype(DType::F64)?;
+        let err = l.forward(&x).unwrap_err().to_string();
+        assert!(err.contains("f32"), "{err}");
         Ok(())
     }
 }

@@ -21,6 +21,7 @@ mod efficientnet_lite0;
 mod error;
 pub mod hub;
 mod inception_v3;
+mod kernels;
 mod labels;
 mod layers;
 mod model;

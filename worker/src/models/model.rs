@@ -10,6 +10,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use image::DynamicImage;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::efficientnet_lite0::EfficientNetLite0;
@@ -151,7 +152,7 @@ impl Model {
             }
         }
         let input = input.to_dtype(DType::F32)?;
-        let logits = self.net.forward(&input)?;
+        let logits = forward_per_image(self.net.as_ref(), &input)?;
         if logits.dims() != [dims[0], NUM_CLASSES] {
             return Err(ModelError::InvalidInput(format!(
                 "network produced logits of shape {:?}",
@@ -173,6 +174,28 @@ impl Model {
         let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
         Ok(probs.iter().map(|p| top_k(p, k)).collect())
     }
+}
+
+/// `net` on each image of the batch on its own, the images in parallel on the
+/// current rayon pool (each one's layers parallel inside too), logits stacked.
+///
+/// Batching buys no arithmetic here (candle's matmul runs one gemm per image
+/// either way) but multiplies every activation by N: at N = 8 the early
+/// layers' tensors and im2col matrices (tens of MB) no longer fit in the
+/// caches, while one image's mostly do. Running images side by side also keeps
+/// both cores busy through the small late layers, which split poorly within
+/// one image. Measured on 2 cores, batch 8: EfficientNet-Lite0 44 → 70–84
+/// images/s, ResNet-18 16 → 25 (AVX2 gemm). Results are the same.
+fn forward_per_image(net: &(dyn Module + Send + Sync), input: &Tensor) -> Result<Tensor> {
+    let n = input.dim(0)?;
+    if n <= 1 {
+        return Ok(net.forward(input)?);
+    }
+    let rows = (0..n)
+        .into_par_iter()
+        .map(|i| net.forward(&input.narrow(0, i, 1)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&rows, 0)?)
 }
 
 /// The `k` largest entries of `probs`, descending (ties: lower index first).

@@ -6,9 +6,11 @@
 //! 0..255 pixels to the network's input range. It is not data augmentation
 //! and does not batch; [`crate::models::Model::classify`] stacks the results.
 
-use candle_core::{DType, Device, Tensor};
-use image::imageops::FilterType;
-use image::DynamicImage;
+use std::borrow::Cow;
+
+use candle_core::{Device, Tensor};
+use image::{DynamicImage, RgbImage};
+use rayon::prelude::*;
 
 use super::error::{ModelError, Result};
 
@@ -31,12 +33,140 @@ pub enum Resample {
 }
 
 impl Resample {
-    fn filter(self) -> FilterType {
+    /// The filter's support radius and its kernel, as `image::imageops` defines them.
+    fn kernel(self) -> (f32, fn(f32) -> f32) {
         match self {
-            Resample::Bilinear => FilterType::Triangle,
-            Resample::Bicubic => FilterType::CatmullRom,
+            Resample::Bilinear => (1.0, triangle_kernel),
+            Resample::Bicubic => (2.0, catmull_rom_kernel),
         }
     }
+}
+
+/// `image::imageops`' triangle (bilinear) kernel.
+fn triangle_kernel(x: f32) -> f32 {
+    if x.abs() < 1.0 {
+        1.0 - x.abs()
+    } else {
+        0.0
+    }
+}
+
+/// `image::imageops`' Catmull-Rom kernel (`bc_cubic_spline(x, 0, 0.5)`), term for term.
+fn catmull_rom_kernel(x: f32) -> f32 {
+    let (b, c) = (0.0f32, 0.5f32);
+    let a = x.abs();
+    let k = if a < 1.0 {
+        (12.0 - 9.0 * b - 6.0 * c) * a.powi(3)
+            + (-18.0 + 12.0 * b + 6.0 * c) * a.powi(2)
+            + (6.0 - 2.0 * b)
+    } else if a < 2.0 {
+        (-b - 6.0 * c) * a.powi(3)
+            + (6.0 * b + 30.0 * c) * a.powi(2)
+            + (-12.0 * b - 48.0 * c) * a
+            + (8.0 * b + 24.0 * c)
+    } else {
+        0.0
+    };
+    k / 6.0
+}
+
+/// The resampling of one axis for a window of output indices: for each, the
+/// first input index and the normalised weights of the inputs from there on.
+///
+/// Computed exactly as `image::imageops::resize` does (same f32 operations in
+/// the same order), so that [`resample_crop`] reproduces `resize` followed by
+/// `crop_imm` bit for bit while computing only the cropped pixels.
+struct Taps(Vec<(usize, Vec<f32>)>);
+
+impl Taps {
+    /// Output indices `first..first + count` of a resize from `input` to `output`.
+    fn new(input: u32, output: u32, resample: Resample, first: u32, count: u32) -> Taps {
+        let (support, kernel) = resample.kernel();
+        let ratio = input as f32 / output as f32;
+        let sratio = if ratio < 1.0 { 1.0 } else { ratio };
+        let src_support = support * sratio;
+        let clamp = |v: i64, lo: i64, hi: i64| v.max(lo).min(hi);
+        let taps = (first..first + count)
+            .map(|out| {
+                let center = (out as f32 + 0.5) * ratio;
+                let left = clamp((center - src_support).floor() as i64, 0, input as i64 - 1);
+                let right = clamp((center + src_support).ceil() as i64, left + 1, input as i64);
+                let center = center - 0.5;
+                let mut weights: Vec<f32> = (left..right)
+                    .map(|i| kernel((i as f32 - center) / sratio))
+                    .collect();
+                let sum = weights.iter().fold(0.0f32, |s, w| s + w);
+                weights.iter_mut().for_each(|w| *w /= sum);
+                (left as usize, weights)
+            })
+            .collect();
+        Taps(taps)
+    }
+
+    /// No resize: output `first + k` is input `first + k`.
+    fn identity(first: u32, count: u32) -> Taps {
+        Taps(
+            (first..first + count)
+                .map(|i| (i as usize, vec![1.0]))
+                .collect(),
+        )
+    }
+
+    /// The input indices any output reads: `lo..hi`.
+    fn span(&self) -> (usize, usize) {
+        let lo = self.0.iter().map(|t| t.0).min().unwrap_or(0);
+        let hi = self.0.iter().map(|t| t.0 + t.1.len()).max().unwrap_or(lo);
+        (lo, hi)
+    }
+}
+
+/// Resample `rgb` to the crop window `rows × cols` — the vertical pass into f32,
+/// then the horizontal pass rounded to u8, as `image::imageops::resize` does —
+/// and return the normalised `(3, rows, cols)` planes, `x · m + a` per channel.
+/// Output rows are computed in parallel on the current rayon pool.
+fn resample_crop(rgb: &RgbImage, rows: &Taps, cols: &Taps, coeff: [(f32, f32); 3]) -> Vec<f32> {
+    let width = rgb.width() as usize;
+    let src = rgb.as_raw();
+    let (x0, x1) = cols.span();
+    let (out_h, out_w) = (rows.0.len(), cols.0.len());
+    let mut hwc = vec![0f32; out_h * out_w * 3];
+    hwc.par_chunks_mut(out_w * 3).zip(&rows.0).for_each_init(
+        Vec::new,
+        |line, (dst, (y, weights))| {
+            // Vertical pass over the input columns the crop needs.
+            line.clear();
+            line.resize((x1 - x0) * 3, 0f32);
+            for (i, w) in weights.iter().enumerate() {
+                let start = ((y + i) * width + x0) * 3;
+                let src_row = &src[start..start + (x1 - x0) * 3];
+                for (t, p) in line.iter_mut().zip(src_row) {
+                    *t += *p as f32 * w;
+                }
+            }
+            // Horizontal pass, rounded to u8 values.
+            for (px, (x, weights)) in dst.chunks_exact_mut(3).zip(&cols.0) {
+                for (c, out) in px.iter_mut().enumerate() {
+                    let mut t = 0f32;
+                    for (i, w) in weights.iter().enumerate() {
+                        t += line[(x - x0 + i) * 3 + c] * w;
+                    }
+                    // `t` is finite: the same as `image`'s own clamp.
+                    *out = t.clamp(0.0, 255.0).round();
+                }
+            }
+        },
+    );
+    let plane = out_h * out_w;
+    let mut chw = vec![0f32; 3 * plane];
+    for (c, (m, a)) in coeff.iter().enumerate() {
+        for (o, px) in chw[c * plane..(c + 1) * plane]
+            .iter_mut()
+            .zip(hwc.chunks_exact(3))
+        {
+            *o = px[c] * m + a;
+        }
+    }
+    chw
 }
 
 /// How 0..255 pixel values become network inputs.
@@ -107,22 +237,25 @@ impl Preprocess {
                 "image {w}x{h} is too elongated: resizing would make it {rw}x{rh}"
             )));
         }
-        let rgb = image.to_rgb8();
-        let resized = if (rw, rh) == (w, h) {
-            rgb
-        } else {
-            image::imageops::resize(&rgb, rw, rh, self.resample.filter())
+        let rgb: Cow<'_, RgbImage> = match image {
+            DynamicImage::ImageRgb8(rgb) => Cow::Borrowed(rgb),
+            other => Cow::Owned(other.to_rgb8()),
         };
         let (left, top) = (crop_offset(rw, self.crop), crop_offset(rh, self.crop));
-        let cropped =
-            image::imageops::crop_imm(&resized, left, top, self.crop, self.crop).to_image();
+        let (cols, rows) = if (rw, rh) == (w, h) {
+            (
+                Taps::identity(left, self.crop),
+                Taps::identity(top, self.crop),
+            )
+        } else {
+            (
+                Taps::new(w, rw, self.resample, left, self.crop),
+                Taps::new(h, rh, self.resample, top, self.crop),
+            )
+        };
         let side = self.crop as usize;
-        let hwc = Tensor::from_vec(cropped.into_raw(), (side, side, 3), device)?;
-        let chw = hwc.to_dtype(DType::F32)?.permute((2, 0, 1))?;
-        let coeff = self.normalize.coefficients();
-        let mul = Tensor::from_iter(coeff.iter().map(|c| c.0), device)?.reshape((3, 1, 1))?;
-        let add = Tensor::from_iter(coeff.iter().map(|c| c.1), device)?.reshape((3, 1, 1))?;
-        Ok(chw.broadcast_mul(&mul)?.broadcast_add(&add)?.contiguous()?)
+        let chw = resample_crop(&rgb, &rows, &cols, self.normalize.coefficients());
+        Ok(Tensor::from_vec(chw, (3, side, side), device)?)
     }
 
     /// Preprocess several images into one `(N, 3, crop, crop)` batch.
@@ -157,7 +290,130 @@ fn crop_offset(len: u32, crop: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{Rgb, RgbImage};
+    use candle_core::DType;
+    use image::imageops::FilterType;
+    use image::{Rgb, Rgba, RgbaImage};
+
+    /// The straightforward recipe: `image`'s full resize, crop, then tensor ops.
+    fn reference(p: &Preprocess, image: &DynamicImage) -> Tensor {
+        let dev = Device::Cpu;
+        let (w, h) = (image.width(), image.height());
+        let (rw, rh) = resized_dims(w, h, p.resize_shorter);
+        let rgb = image.to_rgb8();
+        let filter = match p.resample {
+            Resample::Bilinear => FilterType::Triangle,
+            Resample::Bicubic => FilterType::CatmullRom,
+        };
+        let resized = if (rw, rh) == (w, h) {
+            rgb
+        } else {
+            image::imageops::resize(&rgb, rw, rh, filter)
+        };
+        let (left, top) = (crop_offset(rw, p.crop), crop_offset(rh, p.crop));
+        let cropped = image::imageops::crop_imm(&resized, left, top, p.crop, p.crop).to_image();
+        let side = p.crop as usize;
+        let hwc = Tensor::from_vec(cropped.into_raw(), (side, side, 3), &dev).unwrap();
+        let chw = hwc
+            .to_dtype(DType::F32)
+            .unwrap()
+            .permute((2, 0, 1))
+            .unwrap();
+        let coeff = p.normalize.coefficients();
+        let mul = Tensor::from_iter(coeff.iter().map(|c| c.0), &dev)
+            .unwrap()
+            .reshape((3, 1, 1))
+            .unwrap();
+        let add = Tensor::from_iter(coeff.iter().map(|c| c.1), &dev)
+            .unwrap()
+            .reshape((3, 1, 1))
+            .unwrap();
+        chw.broadcast_mul(&mul)
+            .unwrap()
+            .broadcast_add(&add)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    }
+
+    /// A deterministic, busy test picture.
+    fn noise(w: u32, h: u32) -> RgbImage {
+        let mut state = 0x2545_f491_u32 ^ (w * 7919 + h);
+        RgbImage::from_fn(w, h, |x, y| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let n = (state >> 24) as u8;
+            Rgb([n, (x * 255 / w.max(1)) as u8, n.wrapping_add((y * 3) as u8)])
+        })
+    }
+
+    /// The crop-only resampler must reproduce `image`'s resize + crop bit for bit.
+    #[test]
+    fn matches_full_resize_then_crop_exactly() {
+        let samples = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"];
+        let mut images: Vec<DynamicImage> = samples
+            .iter()
+            .map(|f| image::open(format!("{}/../samples/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap())
+            .collect();
+        for (w, h) in [
+            (451, 300),
+            (300, 451),
+            (257, 256),
+            (40, 30),
+            (7, 5),
+            (256, 256),
+            (1000, 333),
+        ] {
+            images.push(DynamicImage::ImageRgb8(noise(w, h)));
+        }
+        // Another pixel format goes through `to_rgb8` first.
+        images.push(DynamicImage::ImageRgba8(RgbaImage::from_fn(
+            90,
+            70,
+            |x, y| Rgba([(x * 2) as u8, (y * 3) as u8, (x ^ y) as u8, 128]),
+        )));
+        let recipes = [
+            Preprocess::imagenet(256, 224),
+            Preprocess::imagenet(342, 299),
+            Preprocess::imagenet(36, 32),
+            Preprocess {
+                resize_shorter: 256,
+                crop: 224,
+                resample: Resample::Bicubic,
+                normalize: Normalize::Affine {
+                    offset: 127.0,
+                    scale: 128.0,
+                },
+            },
+            Preprocess {
+                resize_shorter: 5,
+                crop: 5,
+                resample: Resample::Bicubic,
+                normalize: Normalize::Affine {
+                    offset: 0.0,
+                    scale: 1.0,
+                },
+            },
+        ];
+        for p in &recipes {
+            for image in &images {
+                let got = p.apply(image, &Device::Cpu).unwrap();
+                let want = reference(p, image);
+                let (got, want) = (
+                    got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                );
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same && got.len() == want.len(),
+                    "{}x{} with {p:?}",
+                    image.width(),
+                    image.height()
+                );
+            }
+        }
+    }
 
     #[test]
     fn resize_keeps_aspect_like_torchvision() {

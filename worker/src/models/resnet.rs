@@ -1,20 +1,26 @@
-//! ResNet-18/34/50/101/152 — thin glue over `candle_transformers::models::resnet`.
+//! ResNet-18/34/50/101/152 (torchvision v1.5 layout), on the shared [`ConvBn`] layers.
 //!
-//! candle's ResNet reads exactly torchvision's tensor names (`conv1`, `bn1`,
-//! `layerN.M.{conv,bn}K`, `layerN.M.downsample.{0,1}`, `fc`) and matches
-//! torchvision's v1.5 layout (stride on the 3×3 conv of a bottleneck), so this
-//! file only picks the depth and states the eval preprocessing. It is not an
-//! implementation of the network itself.
+//! Tensor names are torchvision's (`conv1`, `bn1`, `layerN.M.{conv,bn}K`,
+//! `layerN.M.downsample.{0,1}`, `fc`), the same set candle-transformers'
+//! ResNet reads, and the layout is the same: stride on the 3×3 conv of a
+//! bottleneck, a 1×1 strided projection shortcut where the shape changes,
+//! BatchNorm eps 1e-5. The network is written here rather than taken from
+//! candle-transformers so that BatchNorm is folded into the convolutions at
+//! load time and the ReLU and the residual sum run in the convolution's
+//! epilogue (one pass over memory instead of four).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Func, VarBuilder};
-use candle_transformers::models::resnet;
+use candle_nn::{Linear, VarBuilder};
 
+use super::kernels::max_pool;
 use super::labels::NUM_CLASSES;
+use super::layers::{global_avg_pool, Activation, ConvBn, Padding};
 use super::preprocess::Preprocess;
 
 /// torchvision's eval transform for ResNet weights: resize 256, crop 224, mean/std.
 pub const PREPROCESS: Preprocess = Preprocess::imagenet(256, 224);
+
+const BN_EPS: f64 = 1e-5;
 
 /// ResNet depth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,27 +32,156 @@ pub enum Depth {
     D152,
 }
 
+impl Depth {
+    /// Blocks per stage, and whether the blocks are bottlenecks.
+    fn layout(self) -> ([usize; 4], bool) {
+        match self {
+            Depth::D18 => ([2, 2, 2, 2], false),
+            Depth::D34 => ([3, 4, 6, 3], false),
+            Depth::D50 => ([3, 4, 6, 3], true),
+            Depth::D101 => ([3, 4, 23, 3], true),
+            Depth::D152 => ([3, 8, 36, 3], true),
+        }
+    }
+}
+
+/// `conv<name>` + `bn<name>` of a block, square kernel, padding `k / 2`.
+fn conv_bn(
+    vb: &VarBuilder,
+    conv: &str,
+    bn: &str,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+) -> Result<ConvBn> {
+    ConvBn::load(
+        c_in,
+        c_out,
+        (k, k),
+        stride,
+        Padding::Fixed(k / 2, k / 2),
+        false,
+        BN_EPS,
+        vb.pp(conv),
+        vb.pp(bn),
+    )
+}
+
+/// A basic block (two 3×3 convs) or a bottleneck (1×1, 3×3, 1×1 ×4), with its shortcut.
+struct Block {
+    /// All convolutions of the residual branch; every one but the last is followed by ReLU.
+    convs: Vec<ConvBn>,
+    /// The projection shortcut, when the shape changes.
+    downsample: Option<ConvBn>,
+}
+
+impl Block {
+    fn load(
+        vb: VarBuilder,
+        c_in: usize,
+        width: usize,
+        stride: usize,
+        bottleneck: bool,
+    ) -> Result<(Self, usize)> {
+        let (convs, c_out) = if bottleneck {
+            let c_out = 4 * width;
+            let convs = vec![
+                conv_bn(&vb, "conv1", "bn1", c_in, width, 1, 1)?,
+                conv_bn(&vb, "conv2", "bn2", width, width, 3, stride)?,
+                conv_bn(&vb, "conv3", "bn3", width, c_out, 1, 1)?,
+            ];
+            (convs, c_out)
+        } else {
+            let convs = vec![
+                conv_bn(&vb, "conv1", "bn1", c_in, width, 3, stride)?,
+                conv_bn(&vb, "conv2", "bn2", width, width, 3, 1)?,
+            ];
+            (convs, width)
+        };
+        let downsample = if stride != 1 || c_in != c_out {
+            let vb = vb.pp("downsample");
+            Some(ConvBn::load(
+                c_in,
+                c_out,
+                (1, 1),
+                stride,
+                Padding::Fixed(0, 0),
+                false,
+                BN_EPS,
+                vb.pp("0"),
+                vb.pp("1"),
+            )?)
+        } else {
+            None
+        };
+        Ok((Block { convs, downsample }, c_out))
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(xs)?,
+            None => xs.clone(),
+        };
+        let (last, first) = self
+            .convs
+            .split_last()
+            .ok_or_else(|| candle_core::Error::Msg("empty residual block".into()))?;
+        let mut x = xs.clone();
+        for conv in first {
+            x = conv.forward_with(&x, None, Activation::Relu)?;
+        }
+        last.forward_with(&x, Some(&shortcut), Activation::Relu)
+    }
+}
+
 /// A loaded ResNet classifier (`(N, 3, H, W) -> (N, 1000)` logits).
 pub struct ResNet {
-    net: Func<'static>,
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    fc: Linear,
 }
 
 impl ResNet {
     /// Build the network from a `VarBuilder` rooted at the state dict's top.
     pub fn load(depth: Depth, vb: VarBuilder<'static>) -> Result<Self> {
-        let net = match depth {
-            Depth::D18 => resnet::resnet18(NUM_CLASSES, vb)?,
-            Depth::D34 => resnet::resnet34(NUM_CLASSES, vb)?,
-            Depth::D50 => resnet::resnet50(NUM_CLASSES, vb)?,
-            Depth::D101 => resnet::resnet101(NUM_CLASSES, vb)?,
-            Depth::D152 => resnet::resnet152(NUM_CLASSES, vb)?,
-        };
-        Ok(ResNet { net })
+        let (counts, bottleneck) = depth.layout();
+        let stem = ConvBn::load(
+            3,
+            64,
+            (7, 7),
+            2,
+            Padding::Fixed(3, 3),
+            false,
+            BN_EPS,
+            vb.pp("conv1"),
+            vb.pp("bn1"),
+        )?;
+        let mut blocks = Vec::new();
+        let mut c_in = 64;
+        for (stage, &count) in counts.iter().enumerate() {
+            let width = 64 << stage;
+            let vb_stage = vb.pp(format!("layer{}", stage + 1));
+            for index in 0..count {
+                let stride = if index == 0 && stage > 0 { 2 } else { 1 };
+                let (block, c_out) =
+                    Block::load(vb_stage.pp(index), c_in, width, stride, bottleneck)?;
+                blocks.push(block);
+                c_in = c_out;
+            }
+        }
+        let fc = candle_nn::linear(c_in, NUM_CLASSES, vb.pp("fc"))?;
+        Ok(ResNet { stem, blocks, fc })
     }
 }
 
 impl Module for ResNet {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.net.forward(xs)
+        let x = self.stem.forward_with(xs, None, Activation::Relu)?;
+        let mut x = max_pool(&x, 3, 2, 1)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        global_avg_pool(&x)?.apply(&self.fc)
     }
 }

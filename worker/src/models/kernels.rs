@@ -1,0 +1,702 @@
+//! Hand-written CPU kernels (f32, NCHW) for the convolution layers in [`super::layers`].
+//!
+//! candle's own CPU paths are slow for what these networks do most:
+//! * depthwise convolutions (candle runs one convolution per group; the
+//!   earlier workaround, a sum of k×k shifted copies, made ~25 full passes
+//!   over memory per layer) — [`depthwise_conv`] is a direct per-plane kernel
+//!   with the taps in the inner loop, padding and stride handled in place, the
+//!   bias and activation fused;
+//! * the layout shuffles around candle's conv2d (NCHW→NHWC copies, a scalar
+//!   strided im2col, a scattered output copy, then separate passes for the
+//!   bias, the residual and the activation) — [`im2col`] builds the
+//!   `(C·kh·kw, OH·OW)` matrix row by row (contiguous copies, per-side zero
+//!   padding, no padded copy), candle's matmul (gemm) does the arithmetic,
+//!   and [`bias_act`] adds the bias and the residual and applies the
+//!   activation in one in-place pass.
+//!
+//! No matrix multiplication is written here. Every kernel runs on the calling
+//! thread's rayon pool (the worker's compute pool), f32 only; other dtypes and
+//! non-CPU devices are refused with an error.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp3, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Elementwise function applied after a convolution's bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// None.
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+}
+
+impl Activation {
+    /// Apply to every element of `xs`, in place.
+    #[inline]
+    fn apply(self, xs: &mut [f32]) {
+        match self {
+            Activation::Identity => {}
+            Activation::Relu => xs.iter_mut().for_each(|x| *x = x.max(0.0)),
+            Activation::Relu6 => xs.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
+        }
+    }
+}
+
+/// Geometry of a 2-D convolution window: kernel, stride and the zero padding
+/// before the first row/column (the padding after is implied by the output size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Kernel `(height, width)`.
+    pub kernel: (usize, usize),
+    /// Stride (same along both axes).
+    pub stride: usize,
+    /// Zero padding `(top, left)`.
+    pub pad_before: (usize, usize),
+    /// Output `(height, width)`.
+    pub out: (usize, usize),
+}
+
+impl Window {
+    /// The output columns `lo..hi` whose input column `ox·s + j − left` lies inside
+    /// `0..w`, and that input column for `ox = lo`.
+    #[inline]
+    fn valid_cols(&self, j: usize, w: usize) -> (usize, usize, usize) {
+        valid_range(j, self.stride, self.pad_before.1, w, self.out.1)
+    }
+
+    /// Refuses a zero kernel or stride.
+    fn check(&self, op: &str) -> Result<()> {
+        if self.kernel.0 == 0 || self.kernel.1 == 0 || self.stride == 0 {
+            bail!("{op}: zero kernel size or stride in {self:?}")
+        }
+        Ok(())
+    }
+
+    /// Input row of output row `oy` and kernel row `i`, if inside `0..h`.
+    #[inline]
+    fn input_row(&self, oy: usize, i: usize, h: usize) -> Option<usize> {
+        (oy * self.stride + i)
+            .checked_sub(self.pad_before.0)
+            .filter(|&iy| iy < h)
+    }
+}
+
+/// The f32 data of a contiguous CPU tensor.
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!(
+            "{op}: only f32 tensors are supported, got {:?}",
+            storage.dtype()
+        )
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: the tensor must be contiguous"),
+    }
+}
+
+/// Mutable f32 data of a contiguous CPU tensor.
+fn f32_slice_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a mut [f32]> {
+    let dtype = storage.dtype();
+    let CpuStorage::F32(data) = storage else {
+        bail!("{op}: only f32 tensors are supported, got {dtype:?}")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
+        None => bail!("{op}: the tensor must be contiguous"),
+    }
+}
+
+/// Depthwise convolution (`groups == channels`) with bias and activation.
+///
+/// Per `(n, c)` plane: the zero-padded input is split into `stride × stride`
+/// phases (`P_ab[r][c] = padded[s·r + a][s·c + b]`), after which every tap
+/// `(i, j)` is one long contiguous multiply-add of a phase into a block of
+/// output rows kept `Cq` wide (the few extra columns are computed and dropped),
+/// so the inner loop vectorises whatever the plane width. Blocks stay in L1.
+struct Depthwise {
+    window: Window,
+    act: Activation,
+}
+
+/// One task's scratch: the phases of the padded input plane and an output block.
+#[derive(Default)]
+struct DepthwiseScratch {
+    phases: Vec<f32>,
+    block: Vec<f32>,
+}
+
+/// Output floats per accumulator block (32 KiB).
+const DEPTHWISE_BLOCK: usize = 8 * 1024;
+
+/// `a + w·x`, fused when the caller was compiled with FMA.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, w: f32, x: f32) -> f32 {
+    if FMA {
+        w.mul_add(x, a)
+    } else {
+        a + w * x
+    }
+}
+
+impl Depthwise {
+    /// One output plane: `dst` (OH·OW) from the input plane `src` (H·W).
+    #[inline(always)]
+    fn plane_impl<const FMA: bool>(
+        &self,
+        src: &[f32],
+        (h, w): (usize, usize),
+        taps: &[f32],
+        bias: f32,
+        dst: &mut [f32],
+        scratch: &mut DepthwiseScratch,
+    ) {
+        let Window {
+            kernel: (kh, kw),
+            stride: s,
+            pad_before: (top, left),
+            out: (oh, ow),
+        } = self.window;
+        let rq = oh + (kh - 1) / s;
+        let cq = ow + (kw - 1) / s;
+        // The last tap of the last row reads (kw − 1) / s floats past rq·cq.
+        let phase_len = rq * cq + (kw - 1) / s;
+        let DepthwiseScratch { phases, block } = scratch;
+        phases.resize(s * s * phase_len, 0.0);
+        for (ab, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
+            let (a, b) = (ab / s, ab % s);
+            let (lo, hi, ix) = valid_range(b, s, left, w, cq);
+            for (r, row) in phase.chunks_exact_mut(cq).enumerate() {
+                let Some(iy) = (s * r + a).checked_sub(top).filter(|&iy| iy < h) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+                let src_row = &src[iy * w + ix..(iy + 1) * w];
+                if s == 1 {
+                    row[lo..hi].copy_from_slice(&src_row[..hi - lo]);
+                } else {
+                    for (o, x) in row[lo..hi].iter_mut().zip(src_row.iter().step_by(s)) {
+                        *o = *x;
+                    }
+                }
+            }
+            phase[rq * cq..].fill(0.0);
+        }
+        let rows_per_block = (DEPTHWISE_BLOCK / cq).max(1);
+        block.resize(rows_per_block * cq, 0.0);
+        let mut oy0 = 0;
+        while oy0 < oh {
+            let rows = rows_per_block.min(oh - oy0);
+            let acc = &mut block[..rows * cq];
+            acc.fill(bias);
+            for i in 0..kh {
+                for j in 0..kw {
+                    let tap = taps[i * kw + j];
+                    let phase = &phases[((i % s) * s + j % s) * phase_len..];
+                    let from = (oy0 + i / s) * cq + j / s;
+                    for (o, x) in acc.iter_mut().zip(&phase[from..from + rows * cq]) {
+                        *o = madd::<FMA>(*o, tap, *x);
+                    }
+                }
+            }
+            for (r, out) in dst[oy0 * ow..(oy0 + rows) * ow]
+                .chunks_exact_mut(ow)
+                .enumerate()
+            {
+                out.copy_from_slice(&acc[r * cq..r * cq + ow]);
+                self.act.apply(out);
+            }
+            oy0 += rows;
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn plane_avx2(
+        &self,
+        src: &[f32],
+        hw: (usize, usize),
+        taps: &[f32],
+        bias: f32,
+        dst: &mut [f32],
+        scratch: &mut DepthwiseScratch,
+    ) {
+        self.plane_impl::<true>(src, hw, taps, bias, dst, scratch)
+    }
+
+    fn plane(
+        &self,
+        src: &[f32],
+        hw: (usize, usize),
+        taps: &[f32],
+        bias: f32,
+        dst: &mut [f32],
+        scratch: &mut DepthwiseScratch,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            return unsafe { self.plane_avx2(src, hw, taps, bias, dst, scratch) };
+        }
+        self.plane_impl::<false>(src, hw, taps, bias, dst, scratch)
+    }
+}
+
+/// Whether the CPU has AVX2 and FMA (the depthwise kernel then uses them).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// Along one axis, with input index `o·s + j − pad` for output index `o`: the
+/// outputs `lo..hi` (within `0..n_out`) whose input lies inside `0..n_in`, and
+/// the input index of `lo` (0 when the range is empty, so it always indexes
+/// `0..=n_in`).
+#[inline]
+fn valid_range(j: usize, s: usize, pad: usize, n_in: usize, n_out: usize) -> (usize, usize, usize) {
+    let lo = pad.saturating_sub(j).div_ceil(s).min(n_out);
+    // o·s + j − pad ≤ n_in − 1  ⇔  o ≤ (n_in − 1 + pad − j) / s
+    let hi = if n_in + pad > j {
+        ((n_in - 1 + pad - j) / s + 1).min(n_out)
+    } else {
+        0
+    };
+    if hi > lo {
+        // lo·s ≥ pad − j by construction, and lo·s + j − pad < n_in as lo < hi.
+        (lo, hi, lo * s + j - pad)
+    } else {
+        (lo, lo, 0)
+    }
+}
+
+impl CustomOp3 for Depthwise {
+    fn name(&self) -> &'static str {
+        "idunno-depthwise-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_l: &Layout,
+        ws: &CpuStorage,
+        ws_l: &Layout,
+        bs: &CpuStorage,
+        bs_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (n, c, h, w) = xs_l.shape().dims4()?;
+        self.window.check(op)?;
+        let (kh, kw) = self.window.kernel;
+        let (oh, ow) = self.window.out;
+        if ws_l.shape().dims() != [c, 1, kh, kw] || bs_l.shape().dims() != [c] {
+            bail!(
+                "{op}: weight {:?} / bias {:?} do not fit {c} channels and a {kh}x{kw} kernel",
+                ws_l.shape(),
+                bs_l.shape()
+            )
+        }
+        let (xs, ws, bs) = (
+            f32_slice(xs, xs_l, op)?,
+            f32_slice(ws, ws_l, op)?,
+            f32_slice(bs, bs_l, op)?,
+        );
+        let mut out = vec![0f32; n * c * oh * ow];
+        if !out.is_empty() {
+            out.par_chunks_mut(oh * ow).enumerate().for_each_init(
+                DepthwiseScratch::default,
+                |scratch, (plane, dst)| {
+                    let ch = plane % c;
+                    let src = &xs[plane * h * w..(plane + 1) * h * w];
+                    let taps = &ws[ch * kh * kw..(ch + 1) * kh * kw];
+                    self.plane(src, (h, w), taps, bs[ch], dst, scratch);
+                },
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+/// `act(depthwise_conv(xs, weight) + bias)`: `xs (N, C, H, W)`, `weight (C, 1, kh, kw)`,
+/// `bias (C)`, output `(N, C, OH, OW)` as `window` says.
+pub fn depthwise_conv(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    window: Window,
+    act: Activation,
+) -> Result<Tensor> {
+    xs.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        &Depthwise { window, act },
+    )
+}
+
+/// im2col: `(N, C, H, W)` → `(N, C·kh·kw, OH·OW)`, rows ordered like a
+/// `(C_out, C, kh, kw)` weight flattened to `(C_out, C·kh·kw)`.
+struct Im2col {
+    window: Window,
+}
+
+impl CustomOp1 for Im2col {
+    fn name(&self) -> &'static str {
+        "idunno-im2col"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xs_l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = xs_l.shape().dims4()?;
+        let xs = f32_slice(xs, xs_l, self.name())?;
+        let win = self.window;
+        win.check(self.name())?;
+        let (kh, kw) = win.kernel;
+        let (oh, ow) = win.out;
+        let (s, p) = (win.stride, oh * ow);
+        let len = n * c * kh * kw * p;
+        // Every element is written below (padding included): no zeroing pass first,
+        // the matrix is the largest buffer of a forward pass.
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        if len > 0 {
+            // One task per input plane: it writes that plane's kh·kw rows.
+            out.spare_capacity_mut()[..len]
+                .par_chunks_mut(kh * kw * p)
+                .enumerate()
+                .for_each(|(plane, dst)| {
+                    let src = &xs[plane * h * w..(plane + 1) * h * w];
+                    for (tap, rows) in dst.chunks_exact_mut(p).enumerate() {
+                        let (i, j) = (tap / kw, tap % kw);
+                        let (lo, hi, ix) = win.valid_cols(j, w);
+                        for (oy, row) in rows.chunks_exact_mut(ow).enumerate() {
+                            let zero = |r: &mut [MaybeUninit<f32>]| {
+                                r.iter_mut().for_each(|o| {
+                                    o.write(0.0);
+                                })
+                            };
+                            let Some(iy) = win.input_row(oy, i, h) else {
+                                zero(row);
+                                continue;
+                            };
+                            zero(&mut row[..lo]);
+                            zero(&mut row[hi..]);
+                            let src_row = &src[iy * w + ix..(iy + 1) * w];
+                            let row = &mut row[lo..hi];
+                            if s == 1 {
+                                for (o, x) in row.iter_mut().zip(&src_row[..hi - lo]) {
+                                    o.write(*x);
+                                }
+                            } else {
+                                for (o, x) in row.iter_mut().zip(src_row.iter().step_by(s)) {
+                                    o.write(*x);
+                                }
+                            }
+                        }
+                    }
+                });
+            // SAFETY: the loop above wrote all `len` elements (each output row is
+            // either zeroed whole, or zeroed outside `lo..hi` and copied inside).
+            unsafe { out.set_len(len) };
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, c * kh * kw, p))))
+    }
+}
+
+/// The im2col matrix of `xs (N, C, H, W)`: `(N, C·kh·kw, OH·OW)`.
+pub fn im2col(xs: &Tensor, window: Window) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1_no_bwd(&Im2col { window })
+}
+
+/// In-place epilogue of a convolution: `x = act(x + bias[c] (+ residual))`.
+struct BiasAct {
+    act: Activation,
+}
+
+impl BiasAct {
+    /// `dst` and `residual` are `(N, C, P)` with `P = plane`, `bias` is `(C)`.
+    fn run(&self, dst: &mut [f32], plane: usize, bias: &[f32], residual: Option<&[f32]>) {
+        let channels = bias.len();
+        if dst.is_empty() || channels == 0 || plane == 0 {
+            return;
+        }
+        // Tasks of at least ~16k elements: small planes are grouped.
+        let per_task = (16 * 1024 / plane).max(1);
+        dst.par_chunks_mut(plane * per_task)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                for (k, row) in chunk.chunks_mut(plane).enumerate() {
+                    let index = task * per_task + k;
+                    let b = bias[index % channels];
+                    match residual {
+                        Some(r) => {
+                            let r = &r[index * plane..index * plane + row.len()];
+                            row.iter_mut().zip(r).for_each(|(x, r)| *x = *x + b + r);
+                        }
+                        None => row.iter_mut().for_each(|x| *x += b),
+                    }
+                    self.act.apply(row);
+                }
+            });
+    }
+
+    /// The plane size `P` of `dst (N, C, …)`, after checking that `bias` is `(C)`.
+    fn plane(&self, dst_l: &Layout, bias_l: &Layout) -> Result<usize> {
+        let dims = dst_l.shape().dims();
+        if dims.len() < 2 || bias_l.shape().dims() != [dims[1]] {
+            bail!(
+                "bias-activation: bias {:?} does not fit {:?}",
+                bias_l.shape(),
+                dst_l.shape()
+            )
+        }
+        Ok(dims[2..].iter().product())
+    }
+}
+
+impl InplaceOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "idunno-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        bias: &CpuStorage,
+        bias_l: &Layout,
+    ) -> Result<()> {
+        let op = InplaceOp2::name(self);
+        let plane = self.plane(dst_l, bias_l)?;
+        let bias = f32_slice(bias, bias_l, op)?;
+        self.run(f32_slice_mut(dst, dst_l, op)?, plane, bias, None);
+        Ok(())
+    }
+}
+
+impl InplaceOp3 for BiasAct {
+    fn name(&self) -> &'static str {
+        "idunno-bias-residual-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        bias: &CpuStorage,
+        bias_l: &Layout,
+        residual: &CpuStorage,
+        residual_l: &Layout,
+    ) -> Result<()> {
+        let plane = self.plane(dst_l, bias_l)?;
+        if residual_l.shape() != dst_l.shape() {
+            bail!(
+                "bias-activation: residual {:?} does not match {:?}",
+                residual_l.shape(),
+                dst_l.shape()
+            )
+        }
+        let op = InplaceOp3::name(self);
+        let bias = f32_slice(bias, bias_l, op)?;
+        let residual = f32_slice(residual, residual_l, op)?;
+        self.run(f32_slice_mut(dst, dst_l, op)?, plane, bias, Some(residual));
+        Ok(())
+    }
+}
+
+/// `act(xs + bias[c] + residual)` on `xs (N, C, …)`, in place when `xs` is
+/// contiguous (it must not be shared with a tensor still in use).
+pub fn bias_act(
+    xs: Tensor,
+    bias: &Tensor,
+    residual: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
+    let xs = xs.contiguous()?;
+    let bias = bias.contiguous()?;
+    let op = BiasAct { act };
+    match residual {
+        Some(r) => xs.inplace_op3(&bias, &r.contiguous()?, &op)?,
+        None => xs.inplace_op2(&bias, &op)?,
+    }
+    Ok(xs)
+}
+
+/// What a pooling window computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolKind {
+    /// The maximum (padding is `-inf`, i.e. ignored).
+    Max,
+    /// The mean over the whole window, padding included (PyTorch's
+    /// `count_include_pad=True`).
+    Avg,
+}
+
+/// 2-D pooling with PyTorch semantics (floor output size), separably: a
+/// horizontal pass over each input row, then a vertical pass over whole rows.
+struct Pool {
+    kind: PoolKind,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl Pool {
+    #[inline]
+    fn combine(&self, a: f32, b: f32) -> f32 {
+        match self.kind {
+            PoolKind::Max => a.max(b),
+            PoolKind::Avg => a + b,
+        }
+    }
+
+    /// One output plane (OH·OW) from one input plane (H·W); `rows` is H·OW scratch.
+    fn plane(&self, src: &[f32], (h, w): (usize, usize), dst: &mut [f32], rows: &mut Vec<f32>) {
+        let (k, s, pad) = (self.kernel, self.stride, self.pad);
+        let ow = (w + 2 * pad - k) / s + 1;
+        let start = match self.kind {
+            PoolKind::Max => f32::NEG_INFINITY,
+            PoolKind::Avg => 0.0,
+        };
+        rows.clear();
+        rows.resize(h * ow, start);
+        for (row, out) in src.chunks_exact(w).zip(rows.chunks_exact_mut(ow)) {
+            for j in 0..k {
+                let (lo, hi, ix) = valid_range(j, s, pad, w, ow);
+                let out = &mut out[lo..hi];
+                if s == 1 {
+                    for (o, x) in out.iter_mut().zip(&row[ix..ix + (hi - lo)]) {
+                        *o = self.combine(*o, *x);
+                    }
+                } else {
+                    for (o, x) in out.iter_mut().zip(row[ix..].iter().step_by(s)) {
+                        *o = self.combine(*o, *x);
+                    }
+                }
+            }
+        }
+        let scale = 1.0 / (k * k) as f32;
+        for (oy, out) in dst.chunks_exact_mut(ow).enumerate() {
+            out.fill(start);
+            for i in 0..k {
+                let Some(iy) = (oy * s + i).checked_sub(pad).filter(|&iy| iy < h) else {
+                    continue;
+                };
+                for (o, x) in out.iter_mut().zip(&rows[iy * ow..(iy + 1) * ow]) {
+                    *o = self.combine(*o, *x);
+                }
+            }
+            if self.kind == PoolKind::Avg {
+                out.iter_mut().for_each(|o| *o *= scale);
+            }
+        }
+    }
+}
+
+impl CustomOp1 for Pool {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            PoolKind::Max => "idunno-max-pool2d",
+            PoolKind::Avg => "idunno-avg-pool2d",
+        }
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xs_l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = xs_l.shape().dims4()?;
+        let xs = f32_slice(xs, xs_l, self.name())?;
+        let (k, s, pad) = (self.kernel, self.stride, self.pad);
+        if k == 0 || s == 0 || pad > k / 2 || h + 2 * pad < k || w + 2 * pad < k {
+            bail!(
+                "{}: kernel {k}, stride {s}, padding {pad} do not fit {h}x{w}",
+                self.name()
+            )
+        }
+        let (oh, ow) = ((h + 2 * pad - k) / s + 1, (w + 2 * pad - k) / s + 1);
+        let mut out = vec![0f32; n * c * oh * ow];
+        if !out.is_empty() {
+            out.par_chunks_mut(oh * ow).enumerate().for_each_init(
+                Vec::new,
+                |rows, (plane, dst)| {
+                    let src = &xs[plane * h * w..(plane + 1) * h * w];
+                    self.plane(src, (h, w), dst, rows);
+                },
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+/// PyTorch `F.max_pool2d(xs, kernel, stride, padding)` on `(N, C, H, W)`.
+pub fn max_pool(xs: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1_no_bwd(&Pool {
+        kind: PoolKind::Max,
+        kernel,
+        stride,
+        pad,
+    })
+}
+
+/// PyTorch `F.avg_pool2d(xs, kernel, stride, padding)` (`count_include_pad=True`)
+/// on `(N, C, H, W)`.
+pub fn avg_pool(xs: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1_no_bwd(&Pool {
+        kind: PoolKind::Avg,
+        kernel,
+        stride,
+        pad,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, D};
+
+    fn wave(dims: &[usize]) -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        Tensor::arange(0f32, n as f32, &Device::Cpu)?
+            .affine(0.37, 0.2)?
+            .sin()?
+            .reshape(dims)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// Pooling agrees with candle's pools on explicitly padded inputs (edge
+    /// replication is neutral for a max, zeros are what PyTorch's average counts).
+    #[test]
+    fn pools_match_candle() -> Result<()> {
+        for (h, w) in [(9, 9), (8, 11), (3, 3), (17, 16), (1, 5), (2, 2)] {
+            let x = wave(&[2, 3, h, w])?;
+            if h >= 3 && w >= 3 {
+                let want = x.max_pool2d_with_stride(3, 2)?;
+                assert_eq!(max_diff(&max_pool(&x, 3, 2, 0)?, &want)?, 0.0);
+            }
+            let want = x
+                .pad_with_same(D::Minus1, 1, 1)?
+                .pad_with_same(D::Minus2, 1, 1)?
+                .max_pool2d_with_stride(3, 2)?;
+            assert_eq!(max_diff(&max_pool(&x, 3, 2, 1)?, &want)?, 0.0);
+            let want = x
+                .pad_with_zeros(D::Minus2, 1, 1)?
+                .pad_with_zeros(D::Minus1, 1, 1)?
+                .avg_pool2d_with_stride(3, 1)?;
+            assert!(max_diff(&avg_pool(&x, 3, 1, 1)?, &want)? < 1e-6);
+        }
+        assert!(max_pool(&wave(&[1, 1, 2, 2])?, 3, 2, 0).is_err());
+        let err = max_pool(&wave(&[1, 1, 4, 4])?.to_dtype(DType::F64)?, 3, 2, 0).unwrap_err();
+        assert!(err.to_string().contains("f32"), "{err}");
+        Ok(())
+    }
+}
