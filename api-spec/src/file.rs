@@ -124,8 +124,12 @@ pub struct NodeHeartbeat {
 pub struct BlobInfo {
     pub hash: String,
     pub size: u64,
-    /// Milliseconds since it was stored.
+    /// Milliseconds since it was stored (or last stored again).
     pub age_ms: u64,
+    /// Changes whenever the blob is stored again; `DELETE …?stamp=` deletes only a blob that
+    /// still has the stamp given (0 from a node that predates stamps).
+    #[serde(default)]
+    pub stamp: u64,
 }
 
 /// What a storage node answers to a blob write.

@@ -85,10 +85,17 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 64 << 30)]
     pub max_file_size: u64,
 
-    /// Blobs on a node that no file uses are deleted once they are this old (in-flight puts
-    /// are younger).
+    /// Grace period of SDFS garbage collection: a blob no version uses any more is deleted
+    /// this long after it was freed (reads in flight finish), and a blob on a node that no
+    /// file uses once it is this old (in-flight puts are younger).
     #[arg(long, default_value_t = 60_000)]
     pub gc_grace_ms: u64,
+
+    /// Longest a storage node may make no progress on a coordinator's call (take a piece of a
+    /// put, send a piece of a read, answer) before the coordinator gives up on it: a put goes
+    /// on with the other replicas, a read resumes on the next one, repair moves on.
+    #[arg(long, default_value_t = 10_000)]
+    pub storage_timeout_ms: u64,
 
     /// Largest JSON request body (bytes).
     #[arg(long, default_value_t = 16 << 20)]
@@ -126,10 +133,15 @@ impl CoordinatorConfig {
             node_timeout_ms: 600,
             max_file_size: 64 << 30,
             gc_grace_ms: 60_000,
+            storage_timeout_ms: 10_000,
             body_limit: 16 << 20,
             token: None,
             cluster_secret: None,
         }
+    }
+
+    pub fn storage_timeout(&self) -> Duration {
+        Duration::from_millis(self.storage_timeout_ms.max(1))
     }
 
     pub fn lease_timeout(&self) -> Duration {

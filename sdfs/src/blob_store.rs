@@ -134,6 +134,18 @@ pub(crate) struct Inner {
     orphan_chunks_deleted: AtomicU64,
 }
 
+/// What a conditional delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Deleted,
+    /// The blob was not there.
+    Absent,
+    /// The blob was stored again since: it now has this stamp, and it was kept.
+    Changed {
+        stamp: u64,
+    },
+}
+
 /// What committing an upload's metadata did.
 pub(crate) enum Committed {
     /// The blob is new.
@@ -327,6 +339,46 @@ impl BlobStore {
         Ok(true)
     }
 
+    /// Deletes a blob only if its stamp is still `stamp`: one stored again since the caller
+    /// looked (a put of the same content, which will refer to it) is kept. Serialised with
+    /// commits, so a store of the same content lands either before (and the delete is
+    /// refused) or after (and stores the blob anew). Durable when it returns.
+    pub fn delete_if(&self, hash: &BlobHash, stamp: u64) -> Result<Deleted, SdfsError> {
+        let meta = {
+            let _guard = self.lock_meta();
+            let Some(meta) = self.get(hash)? else {
+                return Ok(Deleted::Absent);
+            };
+            if meta.stamp != stamp {
+                return Ok(Deleted::Changed { stamp: meta.stamp });
+            }
+            self.unlink(hash, &meta)?;
+            meta
+        };
+        self.remove_owned_chunks(&meta)?;
+        self.inner.db.flush()?;
+        Ok(Deleted::Deleted)
+    }
+
+    /// Marks a blob as stored again (a copy asked for that is already here) without
+    /// touching its content: a new stamp and creation time. `None` if it is absent.
+    pub fn touch(&self, hash: &BlobHash) -> Result<Option<BlobMeta>, SdfsError> {
+        let stamp = self.inner.db.generate_id()?;
+        let _guard = self.lock_meta();
+        let Some(existing) = self.get(hash)? else {
+            return Ok(None);
+        };
+        let touched = BlobMeta {
+            created_ms: now_ms(),
+            stamp,
+            ..existing
+        };
+        self.inner
+            .blobs
+            .insert(hash.as_bytes(), &touched.encode()[..])?;
+        Ok(Some(touched))
+    }
+
     /// Every stored blob.
     pub fn list(&self) -> Result<Vec<BlobInfo>, SdfsError> {
         let now = now_ms();
@@ -341,6 +393,7 @@ impl BlobStore {
                 hash: hash.to_hex(),
                 size: meta.size,
                 age_ms: now.saturating_sub(meta.created_ms),
+                stamp: meta.stamp,
             });
         }
         Ok(out)
@@ -460,8 +513,10 @@ impl BlobStore {
         if let Some(existing) = self.get(hash)? {
             // Stored again: it counts as new for garbage collection, whose grace period keeps
             // blobs of puts that have not committed their namespace entry yet.
+            // Its new stamp makes a conditional delete issued before this store fail.
             let refreshed = BlobMeta {
                 created_ms: meta.created_ms,
+                stamp: meta.stamp,
                 ..existing
             };
             self.inner

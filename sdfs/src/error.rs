@@ -33,6 +33,9 @@ pub enum SdfsError {
     /// The node a blob is fetched from failed or answered with an error.
     #[error("fetching from another node failed: {0}")]
     Upstream(String),
+    /// A conditional delete named a stamp the blob no longer has: it was stored again since.
+    #[error("the blob was stored again since (its stamp is now {stamp}); it was kept")]
+    StampChanged { stamp: u64 },
     #[error("missing or wrong cluster secret")]
     Forbidden,
     #[error("{0}")]
@@ -67,6 +70,7 @@ impl SdfsError {
             SdfsError::NotFound(_) => StatusCode::NOT_FOUND,
             SdfsError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             SdfsError::Forbidden => StatusCode::FORBIDDEN,
+            SdfsError::StampChanged { .. } => StatusCode::PRECONDITION_FAILED,
             SdfsError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             SdfsError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             SdfsError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -91,6 +95,7 @@ impl SdfsError {
             SdfsError::Corrupt { .. } => "corrupt",
             SdfsError::Upstream(_) => "bad_gateway",
             SdfsError::Forbidden => "forbidden",
+            SdfsError::StampChanged { .. } => "stamp_changed",
             SdfsError::MethodNotAllowed(_) => "method_not_allowed",
             SdfsError::PayloadTooLarge(_) => "payload_too_large",
             SdfsError::UnsupportedMediaType(_) => "unsupported_media_type",

@@ -25,7 +25,9 @@ pub async fn fetch_blob(
 ) -> Result<StoredBlob, SdfsError> {
     validate_addr(from)?;
     let s = store.clone();
-    if let Some(meta) = blocking(move || s.get(&hash)).await? {
+    // Already here: counted as stored again, so a delete of it issued before this copy was
+    // asked for is refused (the coordinator is about to list this node as a holder).
+    if let Some(meta) = blocking(move || s.touch(&hash)).await? {
         return Ok(StoredBlob {
             hash: hash.to_hex(),
             size: meta.size,

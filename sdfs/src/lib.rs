@@ -28,7 +28,7 @@ pub mod transfer;
 pub mod upload;
 
 pub use blob_read::BlobRead;
-pub use blob_store::{corrupt_byte_for_tests, BlobStore, StoreOptions, Totals};
+pub use blob_store::{corrupt_byte_for_tests, BlobStore, Deleted, StoreOptions, Totals};
 pub use config::NodeConfig;
 pub use error::SdfsError;
 pub use hash::BlobHash;
@@ -42,3 +42,5 @@ pub const SECRET_HEADER: &str = "x-idunno-secret";
 pub const EXPECT_HASH_HEADER: &str = "x-idunno-expect-hash";
 /// Header of a blob read naming the blob's content hash.
 pub const HASH_HEADER: &str = "x-idunno-hash";
+/// Header of a blob read giving the blob's stamp (see [`meta::BlobMeta::stamp`]).
+pub const STAMP_HEADER: &str = "x-idunno-stamp";

@@ -4,15 +4,15 @@
 //! | route | answer |
 //! |---|---|
 //! | `PUT /internal/blobs` (optional `x-idunno-expect-hash`) | `201` [`StoredBlob`], once durable |
-//! | `GET`/`HEAD /internal/blobs/{hash}` (optional `Range`) | `200`/`206` content, `x-idunno-hash` |
-//! | `DELETE /internal/blobs/{hash}` | `204` |
+//! | `GET`/`HEAD /internal/blobs/{hash}` (optional `Range`) | `200`/`206` content, `x-idunno-hash`, `x-idunno-stamp` |
+//! | `DELETE /internal/blobs/{hash}` (optional `?stamp=N`) | `204`; `412` if stored again since stamp `N` |
 //! | `GET /internal/blobs` | `200` `[BlobInfo]` |
 //! | `POST /internal/blobs/{hash}/fetch` [`FetchBlob`] | `201` [`StoredBlob`] |
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,12 +23,13 @@ use idunno_api::file::{BlobInfo, FetchBlob, StoredBlob};
 use serde_json::{json, Value};
 
 use crate::blob_read::BlobRead;
+use crate::blob_store::Deleted;
 use crate::error::{ApiJson, ApiPath, SdfsError};
 use crate::hash::BlobHash;
 use crate::node::Node;
 use crate::range::ByteRange;
 use crate::transfer::{blocking, store_stream, BlobStream};
-use crate::{EXPECT_HASH_HEADER, HASH_HEADER};
+use crate::{EXPECT_HASH_HEADER, HASH_HEADER, STAMP_HEADER};
 
 /// Largest JSON request body (only `fetch` has one).
 const JSON_LIMIT: usize = 64 << 10;
@@ -122,7 +123,8 @@ async fn get_blob(
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, span.len())
         .header(header::ACCEPT_RANGES, "bytes")
-        .header(HASH_HEADER, hash.to_hex());
+        .header(HASH_HEADER, hash.to_hex())
+        .header(STAMP_HEADER, meta.stamp);
     if range.is_some() {
         response = response.header(header::CONTENT_RANGE, span.content_range(meta.size));
     }
@@ -138,19 +140,46 @@ async fn get_blob(
         .map_err(|e| SdfsError::Internal(format!("building a response: {e}")))
 }
 
-/// `DELETE /internal/blobs/{hash}`.
+/// `DELETE /internal/blobs/{hash}`, with `?stamp=N` only if the blob was not stored again
+/// since it had stamp `N`.
 async fn delete_blob(
     State(node): State<Arc<Node>>,
     ApiPath(hash): ApiPath<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<StatusCode, SdfsError> {
     let hash = BlobHash::parse(&hash)?;
+    let stamp = parse_stamp(query.as_deref())?;
     let store = node.store.clone();
-    if blocking(move || store.delete(&hash)).await? {
-        tracing::debug!(%hash, "blob deleted");
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(no_blob(&hash))
+    let outcome = blocking(move || match stamp {
+        Some(stamp) => store.delete_if(&hash, stamp),
+        None => Ok(if store.delete(&hash)? {
+            Deleted::Deleted
+        } else {
+            Deleted::Absent
+        }),
+    })
+    .await?;
+    match outcome {
+        Deleted::Deleted => {
+            tracing::debug!(%hash, "blob deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Deleted::Absent => Err(no_blob(&hash)),
+        Deleted::Changed { stamp } => {
+            tracing::debug!(%hash, stamp, "blob stored again since; not deleted");
+            Err(SdfsError::StampChanged { stamp })
+        }
     }
+}
+
+/// The `stamp` of a delete's query string (`stamp=N`; nothing else is accepted).
+fn parse_stamp(query: Option<&str>) -> Result<Option<u64>, SdfsError> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(None);
+    };
+    let bad = || SdfsError::BadRequest(format!("bad query {query:?} (expected stamp=N)"));
+    let value = query.strip_prefix("stamp=").ok_or_else(bad)?;
+    value.parse().map(Some).map_err(|_| bad())
 }
 
 /// `GET /internal/blobs`.

@@ -147,6 +147,8 @@ impl Upload {
                 upload: self.id,
                 chunk_size: self.chunk_size as u32,
                 created_ms: now_ms(),
+                // Upload ids are unique, so they serve as stamps.
+                stamp: self.id,
             },
             committed: false,
         })

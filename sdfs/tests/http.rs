@@ -224,6 +224,73 @@ async fn deleted_blobs_are_gone() {
     node.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_conditional_delete_of_a_blob_stored_again_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node("s1", dir.path(), |_| {}).await;
+    let client = http();
+    let data = random_bytes(CHUNK_SIZE * 2 + 3, 11);
+    let blob_url = url(&node.addr, &format!("/internal/blobs/{}", hash_hex(&data)));
+    let stamp_of = |resp: &reqwest::Response| -> u64 {
+        resp.headers()["x-idunno-stamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    put_blob(&client, &node.addr, &data, None).await;
+    let first = stamp_of(&client.head(&blob_url).send().await.unwrap());
+    // A put of the same content (deduplicated) stores it again: a new stamp.
+    assert_eq!(put_blob(&client, &node.addr, &data, None).await.0, 201);
+    let second = stamp_of(&client.head(&blob_url).send().await.unwrap());
+    assert_ne!(first, second);
+    let listed: Vec<BlobInfo> = client
+        .get(url(&node.addr, "/internal/blobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0].stamp, second);
+
+    // A delete decided before that second store is refused, and the blob stays whole.
+    let stale = client
+        .delete(format!("{blob_url}?stamp={first}"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(stale, 412, "stamp_changed").await;
+    assert_eq!(
+        get_blob(&client, &node.addr, &hash_hex(&data))
+            .await
+            .unwrap(),
+        data
+    );
+    let bad = client
+        .delete(format!("{blob_url}?stamp=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad, 400, "bad_request").await;
+
+    // With the current stamp it goes.
+    let resp = client
+        .delete(format!("{blob_url}?stamp={second}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_error(
+        client.get(&blob_url).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    assert_eq!(node.store().chunk_records(), 0);
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_fetches_a_blob_from_another_node() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

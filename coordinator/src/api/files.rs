@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::request_id;
 use crate::error::{ApiError, ApiPath, ApiQuery};
 use crate::files::download::{parse_range, serve, ReadPlan};
+use crate::files::node_client::storage;
 use crate::files::placement::replicas_in_read_order;
 use crate::files::repair::collect_garbage;
 use crate::files::upload;
@@ -119,7 +120,7 @@ async fn read(
             return Ok(resp);
         }
     };
-    serve(&c.nodes, plan, range).await
+    serve(&storage(&c), plan, range).await
 }
 
 fn replica_set(c: &Coordinator, name: &str, version: Option<u64>) -> Result<ReplicaSet, ApiError> {

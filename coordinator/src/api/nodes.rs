@@ -57,6 +57,8 @@ async fn register(
 ) -> Result<(StatusCode, Json<StorageNode>), ApiError> {
     validate_node_id(&body.id)?;
     let id = body.id.clone();
+    // Before it is alive: repair must not copy to it what it may already hold.
+    c.leader_state().storage.to_reconcile.insert(id.clone());
     c.write(
         String::new(),
         Command::RegisterNode {
@@ -68,7 +70,6 @@ async fn register(
     {
         let mut leader = c.leader_state();
         leader.storage.heard(&id, 0, 0);
-        leader.storage.to_reconcile.insert(id.clone());
     }
     c.repair_wake.notify_one();
     tracing::info!(node = %id, "storage node registered");

@@ -1,7 +1,9 @@
 //! The read path of SDFS: any coordinator streams a version's bytes from one of its replicas,
-//! verifying the content hash on the way. If a replica fails or breaks off (a dead node, a
-//! corrupt chunk the node refuses to send), the read resumes at the same offset on the next
-//! replica, so the client sees one unbroken, correct stream. Byte ranges are supported.
+//! verifying the content hash on the way. If a replica fails, breaks off or stalls (a dead
+//! or hung node, a corrupt chunk the node refuses to send), the read resumes at the same
+//! offset on the next replica, so the client sees one unbroken, correct stream. The last
+//! piece of a whole-file read is held back until the content hash checks out: on a mismatch
+//! the client gets a cut-off body, never a complete wrong one. Byte ranges are supported.
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -67,8 +69,19 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<ByteRange>,
     Ok(Some(ByteRange { start, end }))
 }
 
-/// Reads a whole (small) file into memory, verified, with the same replica fallback.
+/// The largest file [`read_all`] loads into a coordinator's memory (job results are far
+/// smaller; anything bigger is refused rather than allocated).
+pub const READ_ALL_LIMIT: u64 = 64 << 20;
+
+/// Reads a whole small file (at most [`READ_ALL_LIMIT`]) into memory, verified, with the
+/// same replica fallback. The buffer grows as bytes arrive, not by the recorded size.
 pub async fn read_all(nodes: &NodeClient, plan: ReadPlan) -> Result<Bytes, ApiError> {
+    if plan.size > READ_ALL_LIMIT {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{:?} is {} bytes; at most {READ_ALL_LIMIT} bytes are read into memory",
+            plan.name, plan.size
+        )));
+    }
     let mut reader = Reader {
         nodes: nodes.clone(),
         hash: plan.hash.clone(),
@@ -80,7 +93,7 @@ pub async fn read_all(nodes: &NodeClient, plan: ReadPlan) -> Result<Bytes, ApiEr
         hasher: Some(blake3::Hasher::new()),
         errors: Vec::new(),
     };
-    let mut out = Vec::with_capacity(plan.size as usize);
+    let mut out = Vec::new();
     while let Some(chunk) = reader.next_chunk().await {
         let chunk = chunk.map_err(|e| ApiError::Unavailable(format!("{}: {e}", plan.name)))?;
         out.extend_from_slice(&chunk);
@@ -150,7 +163,8 @@ pub async fn serve(
     Ok(resp)
 }
 
-/// Reads `[pos, end)` of a blob, moving to the next replica when one fails.
+/// Reads `[pos, end)` of a blob, moving to the next replica when one fails or stalls for the
+/// client's progress timeout.
 struct Reader {
     nodes: NodeClient,
     hash: String,
@@ -181,13 +195,20 @@ impl Reader {
                     header::RANGE.as_str(),
                     format!("bytes={}-{}", self.pos, self.end - 1),
                 );
-            match req.send().await {
-                Ok(resp) if resp.status().is_success() => {
+            match tokio::time::timeout(self.nodes.timeout(), req.send()).await {
+                Ok(Ok(resp)) if resp.status().is_success() => {
                     self.current = Some(resp.bytes_stream().boxed());
                     return true;
                 }
-                Ok(resp) => self.errors.push(format!("{addr}: {}", resp.status())),
-                Err(e) => self.errors.push(format!("{addr}: {e}")),
+                Ok(Ok(resp)) => self.errors.push(format!("{addr}: {}", resp.status())),
+                Ok(Err(e)) => self.errors.push(format!("{addr}: {e}")),
+                Err(_) => {
+                    tracing::warn!(%addr, hash = %self.hash, "replica did not answer in time; trying the next");
+                    self.errors.push(format!(
+                        "{addr}: no answer within {:?}",
+                        self.nodes.timeout()
+                    ));
+                }
             }
         }
         false
@@ -196,13 +217,6 @@ impl Reader {
     async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
         loop {
             if self.pos >= self.end {
-                if let Some(hasher) = self.hasher.take() {
-                    let got = hasher.finalize().to_hex().to_string();
-                    if got != self.hash {
-                        tracing::error!(hash = %self.hash, %got, "content hash mismatch on read");
-                        return Some(Err(std::io::Error::other("content hash mismatch")));
-                    }
-                }
                 return None;
             }
             let Some(stream) = self.current.as_mut() else {
@@ -214,8 +228,8 @@ impl Reader {
                 self.hasher = None;
                 return Some(Err(std::io::Error::other(why)));
             };
-            match stream.next().await {
-                Some(Ok(mut chunk)) => {
+            match tokio::time::timeout(self.nodes.timeout(), stream.next()).await {
+                Ok(Some(Ok(mut chunk))) => {
                     let room = (self.end - self.pos) as usize;
                     if chunk.len() > room {
                         chunk.truncate(room);
@@ -227,17 +241,36 @@ impl Reader {
                     if let Some(h) = self.hasher.as_mut() {
                         h.update(&chunk);
                     }
+                    if self.pos >= self.end {
+                        // The last piece goes out only once the whole content checks out.
+                        if let Some(hasher) = self.hasher.take() {
+                            let got = hasher.finalize().to_hex().to_string();
+                            if got != self.hash {
+                                tracing::error!(hash = %self.hash, %got, "content hash mismatch on read");
+                                return Some(Err(std::io::Error::other("content hash mismatch")));
+                            }
+                        }
+                    }
                     return Some(Ok(chunk));
                 }
-                Some(Err(e)) => {
+                Ok(Some(Err(e))) => {
                     tracing::warn!(hash = %self.hash, pos = self.pos, error = %e, "replica broke off; trying the next");
                     self.errors.push(e.to_string());
                     self.current = None;
                 }
-                None => {
+                Ok(None) => {
                     // Ended early: that replica did not have all of it.
                     self.errors
                         .push(format!("a replica ended at byte {}", self.pos));
+                    self.current = None;
+                }
+                Err(_) => {
+                    tracing::warn!(hash = %self.hash, pos = self.pos, "replica stalled; resuming on the next");
+                    self.errors.push(format!(
+                        "a replica sent nothing for {:?} at byte {}",
+                        self.nodes.timeout(),
+                        self.pos
+                    ));
                     self.current = None;
                 }
             }

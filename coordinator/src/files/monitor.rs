@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::repair::FAILED_TARGET_BACKOFF;
 use crate::node::Coordinator;
 use crate::state::command::Command;
 
@@ -19,8 +20,11 @@ pub struct StorageMonitor {
     last_seen: HashMap<String, Instant>,
     /// (blobs, bytes) each node last reported.
     reported: HashMap<String, (u64, u64)>,
-    /// Nodes whose holdings should be compared with the namespace.
+    /// Nodes whose holdings should be compared with the namespace. A node is added before
+    /// it is marked alive, so repair never copies to it what it may already hold.
     pub to_reconcile: HashSet<String>,
+    /// When a copy to a node last failed.
+    failed_copies: HashMap<String, Instant>,
 }
 
 impl StorageMonitor {
@@ -33,6 +37,23 @@ impl StorageMonitor {
     /// When this leader last heard from the node.
     pub fn last_seen(&self, id: &str) -> Option<Instant> {
         self.last_seen.get(id).copied()
+    }
+
+    /// Records that a copy to `id` failed: repair avoids it as a target for a while.
+    pub fn copy_failed(&mut self, id: &str) {
+        self.failed_copies.insert(id.to_string(), Instant::now());
+    }
+
+    /// Nodes repair must not copy to now: those waiting to be reconciled and those a copy
+    /// failed on within [`FAILED_TARGET_BACKOFF`].
+    pub fn avoid_as_targets(&mut self) -> HashSet<String> {
+        self.failed_copies
+            .retain(|_, at| at.elapsed() < FAILED_TARGET_BACKOFF);
+        self.to_reconcile
+            .iter()
+            .chain(self.failed_copies.keys())
+            .cloned()
+            .collect()
     }
 
     /// What the node last reported holding.
@@ -55,6 +76,9 @@ pub async fn watch_nodes(c: Arc<Coordinator>) {
             continue;
         }
         for (id, alive) in liveness_changes(&c) {
+            if alive {
+                c.leader_state().storage.to_reconcile.insert(id.clone());
+            }
             let cmd = Command::SetNodeAlive {
                 id: id.clone(),
                 alive,
@@ -63,7 +87,6 @@ pub async fn watch_nodes(c: Arc<Coordinator>) {
                 Ok(_) => {
                     if alive {
                         tracing::info!(node = %id, "storage node is back");
-                        c.leader_state().storage.to_reconcile.insert(id);
                     } else {
                         tracing::warn!(node = %id, "storage node is dead");
                     }

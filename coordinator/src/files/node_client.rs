@@ -1,5 +1,7 @@
 //! Calls from a coordinator to a storage node's internal routes (`/internal/blobs…`), with
-//! the cluster secret: write, read, copy, list and delete blobs.
+//! the cluster secret: write, read, copy, list and delete blobs. Every call that waits on a
+//! node is bounded by the client's progress timeout (`storage_timeout_ms`), so a hung node
+//! costs a caller at most that long.
 
 use std::time::Duration;
 
@@ -7,9 +9,17 @@ use idunno_api::client::base_url;
 use idunno_api::file::{BlobInfo, FetchBlob, StoredBlob};
 
 use crate::auth::SECRET_HEADER;
+use crate::node::Coordinator;
 
 /// Header a blob writer may send: the node refuses the blob if its hash differs.
 pub const EXPECT_HASH_HEADER: &str = "x-idunno-expect-hash";
+/// Header of a node's blob answer carrying the blob's stamp (changes when it is stored again).
+pub const STAMP_HEADER: &str = "x-idunno-stamp";
+
+/// Progress timeout of a client built without one.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The slowest copy rate assumed when bounding a node-to-node copy by the blob's size.
+const MIN_COPY_BYTES_PER_SEC: u64 = 4 << 20;
 
 /// A failed call to a storage node.
 #[derive(Debug, thiserror::Error)]
@@ -19,19 +29,52 @@ pub struct NodeError {
     pub reason: String,
 }
 
+/// What a conditional delete did on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Deleted, or already gone.
+    Gone,
+    /// Stored again since the stamp was read: kept.
+    Kept,
+}
+
 /// A client for storage nodes sharing one connection pool.
 #[derive(Clone)]
 pub struct NodeClient {
     http: reqwest::Client,
     secret: Option<String>,
+    timeout: Duration,
+}
+
+/// The coordinator's storage-node client with its configured progress timeout.
+pub fn storage(c: &Coordinator) -> NodeClient {
+    c.nodes.with_timeout(c.config.storage_timeout())
 }
 
 impl NodeClient {
     pub fn new(http: reqwest::Client, secret: Option<String>) -> NodeClient {
-        NodeClient { http, secret }
+        NodeClient {
+            http,
+            secret,
+            timeout: DEFAULT_TIMEOUT,
+        }
     }
 
-    /// A request to `addr` + `path` with the cluster secret.
+    /// The same client with another progress timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> NodeClient {
+        NodeClient {
+            timeout,
+            ..self.clone()
+        }
+    }
+
+    /// How long a node may make no progress on a call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A request to `addr` + `path` with the cluster secret (and no timeout: streaming callers
+    /// bound each step themselves).
     pub fn request(
         &self,
         method: reqwest::Method,
@@ -63,7 +106,8 @@ impl NodeClient {
         Err(Self::err(addr, format!("{status}: {body}")))
     }
 
-    /// Streams `body` into a new blob on `addr`.
+    /// Streams `body` into a new blob on `addr`. Unbounded in time (the body's length is not
+    /// known): the caller times each piece and the answer.
     pub async fn put_blob(&self, addr: &str, body: reqwest::Body) -> Result<StoredBlob, NodeError> {
         let resp = self
             .request(reqwest::Method::PUT, addr, "/internal/blobs")
@@ -78,19 +122,23 @@ impl NodeClient {
             .map_err(|e| Self::err(addr, e))
     }
 
-    /// Has `target` copy blob `hash` from the node at `from`.
+    /// Has `target` copy blob `hash` (of `size` bytes) from the node at `from`; bounded by
+    /// the progress timeout plus the time the copy takes at a slow rate.
     pub async fn fetch_blob(
         &self,
         target: &str,
         hash: &str,
         from: &str,
+        size: u64,
     ) -> Result<StoredBlob, NodeError> {
+        let limit = self.timeout + Duration::from_secs(size / MIN_COPY_BYTES_PER_SEC);
         let resp = self
             .request(
                 reqwest::Method::POST,
                 target,
                 &format!("/internal/blobs/{hash}/fetch"),
             )
+            .timeout(limit)
             .json(&FetchBlob {
                 from: from.to_string(),
             })
@@ -108,7 +156,7 @@ impl NodeClient {
     pub async fn list_blobs(&self, addr: &str) -> Result<Vec<BlobInfo>, NodeError> {
         let resp = self
             .request(reqwest::Method::GET, addr, "/internal/blobs")
-            .timeout(Duration::from_secs(10))
+            .timeout(self.timeout)
             .send()
             .await
             .map_err(|e| Self::err(addr, e))?;
@@ -119,21 +167,52 @@ impl NodeClient {
             .map_err(|e| Self::err(addr, e))
     }
 
-    /// Deletes a blob from a node; a blob already gone is fine.
-    pub async fn delete_blob(&self, addr: &str, hash: &str) -> Result<(), NodeError> {
+    /// The stamp of a blob on a node (`None`: the node does not hold it).
+    pub async fn blob_stamp(&self, addr: &str, hash: &str) -> Result<Option<u64>, NodeError> {
         let resp = self
             .request(
-                reqwest::Method::DELETE,
+                reqwest::Method::HEAD,
                 addr,
                 &format!("/internal/blobs/{hash}"),
             )
-            .timeout(Duration::from_secs(10))
+            .timeout(self.timeout)
             .send()
             .await
             .map_err(|e| Self::err(addr, e))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(());
+            return Ok(None);
         }
-        Self::check(addr, resp).await.map(|_| ())
+        let resp = Self::check(addr, resp).await?;
+        resp.headers()
+            .get(STAMP_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Self::err(addr, "the answer has no blob stamp"))
+    }
+
+    /// Deletes a blob from a node if it still has `stamp` (any copy, without one); a blob
+    /// already gone is fine.
+    pub async fn delete_blob(
+        &self,
+        addr: &str,
+        hash: &str,
+        stamp: Option<u64>,
+    ) -> Result<Deletion, NodeError> {
+        let mut path = format!("/internal/blobs/{hash}");
+        if let Some(stamp) = stamp {
+            path.push_str(&format!("?stamp={stamp}"));
+        }
+        let resp = self
+            .request(reqwest::Method::DELETE, addr, &path)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| Self::err(addr, e))?;
+        match resp.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(Deletion::Gone),
+            reqwest::StatusCode::PRECONDITION_FAILED => Ok(Deletion::Kept),
+            _ => Self::check(addr, resp).await.map(|_| Deletion::Gone),
+        }
     }
 }

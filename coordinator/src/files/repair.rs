@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 
+use super::node_client::{storage, Deletion};
 use crate::node::Coordinator;
 use crate::state::command::Command;
 use crate::state::files::FreedBlob;
@@ -18,13 +19,17 @@ use crate::state::State;
 const PARALLEL: usize = 8;
 /// How often every live node's holdings are reconciled even without a reason.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// How long a node a copy to failed (hung, full, broken) is not chosen as a copy target,
+/// so that one bad node cannot hold a blob under-replicated while others could take it.
+pub const FAILED_TARGET_BACKOFF: Duration = Duration::from_secs(30);
 
 /// One step toward the wanted replication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Copy `hash` from the node at `from` to node `to`.
+    /// Copy `hash` (`size` bytes) from the node at `from` to node `to`.
     Copy {
         hash: String,
+        size: u64,
         from: String,
         to: String,
         to_addr: String,
@@ -37,12 +42,13 @@ pub enum Action {
     },
     /// Take dead `nodes` out of the replica set of `hash`: it is fully replicated on live
     /// nodes again. (A node that comes back then holds an extra copy, which reconciliation
-    /// deletes, or counts again if the blob has fallen short meanwhile.)
+    /// counts again and trimming removes.)
     Forget { hash: String, nodes: Vec<String> },
 }
 
-/// What to do now, from the namespace alone.
-pub fn plan(state: &State) -> Vec<Action> {
+/// What to do now, from the namespace alone; no copy goes to a node in `avoid` (one being
+/// reconciled, whose copies are not counted yet, or one a copy recently failed on).
+pub fn plan(state: &State, avoid: &HashSet<String>) -> Vec<Action> {
     let alive: BTreeMap<&str, &str> = state
         .alive_nodes()
         .map(|n| (n.id.as_str(), n.addr.as_str()))
@@ -70,7 +76,7 @@ pub fn plan(state: &State) -> Vec<Action> {
         if live.len() < want {
             let mut targets: Vec<(&str, u64)> = alive
                 .keys()
-                .filter(|id| !blob.replicas.contains(**id))
+                .filter(|id| !blob.replicas.contains(**id) && !avoid.contains(**id))
                 .map(|id| (*id, load[id]))
                 .collect();
             targets.sort_by_key(|(id, l)| (*l, *id));
@@ -78,6 +84,7 @@ pub fn plan(state: &State) -> Vec<Action> {
                 let from = live[i % live.len()];
                 actions.push(Action::Copy {
                     hash: blob.hash.clone(),
+                    size: blob.size,
                     from: alive[from].to_string(),
                     to: to.to_string(),
                     to_addr: alive[to].to_string(),
@@ -149,7 +156,8 @@ pub async fn repair_loop(c: Arc<Coordinator>) {
         }
         // Repeat while there is work: each round commits what it did, then re-plans.
         loop {
-            let actions = plan(&c.shared.read().state);
+            let avoid = c.leader_state().storage.avoid_as_targets();
+            let actions = plan(&c.shared.read().state, &avoid);
             if actions.is_empty() || !c.is_leader() {
                 break;
             }
@@ -161,7 +169,8 @@ pub async fn repair_loop(c: Arc<Coordinator>) {
     }
 }
 
-/// Runs actions concurrently; returns how many succeeded.
+/// Runs actions concurrently; returns how many succeeded. Every call to a node is bounded in
+/// time, so a hung node delays a round, never stops it.
 async fn run(c: &Arc<Coordinator>, actions: Vec<Action>) -> usize {
     let started = Instant::now();
     let count = actions.len();
@@ -184,13 +193,15 @@ async fn run(c: &Arc<Coordinator>, actions: Vec<Action>) -> usize {
 }
 
 async fn execute(c: &Coordinator, action: Action) -> bool {
+    let nodes = storage(c);
     match action {
         Action::Copy {
             hash,
+            size,
             from,
             to,
             to_addr,
-        } => match c.nodes.fetch_blob(&to_addr, &hash, &from).await {
+        } => match nodes.fetch_blob(&to_addr, &hash, &from, size).await {
             Ok(stored) if stored.hash == hash => {
                 let cmd = Command::AddReplicas {
                     hash,
@@ -200,10 +211,12 @@ async fn execute(c: &Coordinator, action: Action) -> bool {
             }
             Ok(stored) => {
                 tracing::warn!(%hash, got = %stored.hash, "a copy came back with another hash");
+                c.leader_state().storage.copy_failed(&to);
                 false
             }
             Err(e) => {
                 tracing::warn!(error = %e, "copy failed");
+                c.leader_state().storage.copy_failed(&to);
                 false
             }
         },
@@ -212,6 +225,15 @@ async fn execute(c: &Coordinator, action: Action) -> bool {
             c.write(String::new(), cmd).await.is_ok()
         }
         Action::Trim { hash, node, addr } => {
+            // The stamp first: a put of the same content that stores it on this node again
+            // after this point (and will list the node) keeps the copy.
+            let stamp = match nodes.blob_stamp(&addr, &hash).await {
+                Ok(stamp) => stamp,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot trim a copy now");
+                    return false;
+                }
+            };
             let cmd = Command::DropReplicas {
                 hash: hash.clone(),
                 nodes: vec![node],
@@ -219,8 +241,16 @@ async fn execute(c: &Coordinator, action: Action) -> bool {
             if c.write(String::new(), cmd).await.is_err() {
                 return false;
             }
-            if let Err(e) = c.nodes.delete_blob(&addr, &hash).await {
-                tracing::debug!(error = %e, "trimmed copy not deleted; reconciliation will");
+            if let Some(stamp) = stamp {
+                match nodes.delete_blob(&addr, &hash, Some(stamp)).await {
+                    Ok(Deletion::Gone) => {}
+                    Ok(Deletion::Kept) => {
+                        tracing::debug!(%hash, "trimmed copy stored again; reconciliation counts it")
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "trimmed copy not deleted; reconciliation will")
+                    }
+                }
             }
             true
         }
@@ -228,13 +258,15 @@ async fn execute(c: &Coordinator, action: Action) -> bool {
 }
 
 /// Compares what `node` holds with what the namespace says it holds, and fixes the namespace
-/// (lost copies dropped, surviving copies counted again) and the node (orphans deleted).
+/// (lost copies dropped, surviving copies counted again — trimming then removes any surplus)
+/// and the node (copies of blobs no file uses, once older than the grace period, deleted).
 pub async fn reconcile(c: &Coordinator, node: &str) -> Result<(), String> {
     let addr = match c.shared.read().state.node(node) {
         Some(n) if n.alive => n.addr.clone(),
         _ => return Ok(()),
     };
-    let held = c.nodes.list_blobs(&addr).await.map_err(|e| e.to_string())?;
+    let nodes = storage(c);
+    let held = nodes.list_blobs(&addr).await.map_err(|e| e.to_string())?;
     let grace = c.config.gc_grace_ms;
     let mut commands = Vec::new();
     let mut orphans = Vec::new();
@@ -242,7 +274,6 @@ pub async fn reconcile(c: &Coordinator, node: &str) -> Result<(), String> {
         let applied = c.shared.read();
         let state = &applied.state;
         let held_set: HashSet<&str> = held.iter().map(|b| b.hash.as_str()).collect();
-        let alive: HashSet<&str> = state.alive_nodes().map(|n| n.id.as_str()).collect();
         for blob in state.blobs() {
             if blob.replicas.contains(node) && !held_set.contains(blob.hash.as_str()) {
                 commands.push(Command::DropReplicas {
@@ -254,22 +285,11 @@ pub async fn reconcile(c: &Coordinator, node: &str) -> Result<(), String> {
         for info in &held {
             match state.blob(&info.hash) {
                 Some(blob) if blob.replicas.contains(node) => {}
-                Some(blob) => {
-                    let live = blob
-                        .replicas
-                        .iter()
-                        .filter(|r| alive.contains(r.as_str()))
-                        .count();
-                    if live < blob.target as usize {
-                        commands.push(Command::AddReplicas {
-                            hash: info.hash.clone(),
-                            nodes: vec![node.to_string()],
-                        });
-                    } else if info.age_ms > grace {
-                        orphans.push(info.hash.clone());
-                    }
-                }
-                None if info.age_ms > grace => orphans.push(info.hash.clone()),
+                Some(_) => commands.push(Command::AddReplicas {
+                    hash: info.hash.clone(),
+                    nodes: vec![node.to_string()],
+                }),
+                None if info.age_ms > grace => orphans.push(info),
                 None => {}
             }
         }
@@ -279,8 +299,10 @@ pub async fn reconcile(c: &Coordinator, node: &str) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
     }
-    for hash in orphans {
-        if let Err(e) = c.nodes.delete_blob(&addr, &hash).await {
+    for info in orphans {
+        // Conditional on the listed stamp: stored again since (a put in flight), it stays.
+        let stamp = (info.stamp != 0).then_some(info.stamp);
+        if let Err(e) = nodes.delete_blob(&addr, &info.hash, stamp).await {
             tracing::debug!(error = %e, "orphan not deleted");
         }
     }
@@ -288,29 +310,65 @@ pub async fn reconcile(c: &Coordinator, node: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Deletes the copies of blobs no version uses any more (best effort: reconciliation catches
-/// whatever this misses).
+/// Deletes the copies of blobs no version uses any more, after the grace period: readers
+/// that resolved a version before it was freed finish first. Each copy's stamp is read now
+/// and the delete is conditional on it, so a copy that a put of the same content stores
+/// again meanwhile (a deduplicated write the put will commit a version for) is kept; and a
+/// blob some version uses again by then is not touched. Best effort: reconciliation deletes
+/// whatever this misses (a node that was down, a leader that changed).
 pub fn collect_garbage(c: &Arc<Coordinator>, freed: Vec<FreedBlob>) {
     if freed.is_empty() {
         return;
     }
     let c = c.clone();
     tokio::spawn(async move {
-        for blob in freed {
-            for node in blob.replicas {
-                // The same content may have been stored again since it was freed.
-                let addr = {
-                    let applied = c.shared.read();
-                    match applied.state.blob(&blob.hash) {
-                        Some(_) => None,
-                        None => applied.state.node(&node).map(|n| n.addr.clone()),
-                    }
-                };
-                if let Some(addr) = addr {
-                    if let Err(e) = c.nodes.delete_blob(&addr, &blob.hash).await {
-                        tracing::debug!(error = %e, "freed blob not deleted yet");
+        let nodes = storage(&c);
+        let copies: Vec<(String, String)> = {
+            let applied = c.shared.read();
+            freed
+                .iter()
+                .flat_map(|blob| {
+                    blob.replicas.iter().filter_map(|node| {
+                        let addr = applied.state.node(node)?.addr.clone();
+                        Some((blob.hash.clone(), addr))
+                    })
+                })
+                .collect()
+        };
+        let stamped: Vec<(String, String, u64)> =
+            futures::future::join_all(copies.into_iter().map(|(hash, addr)| {
+                let nodes = nodes.clone();
+                async move {
+                    match nodes.blob_stamp(&addr, &hash).await {
+                        Ok(Some(stamp)) => Some((hash, addr, stamp)),
+                        Ok(None) => None,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "freed copy not stamped; reconciliation deletes it");
+                            None
+                        }
                     }
                 }
+            }))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut shutdown = c.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(c.config.gc_grace_ms)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        for (hash, addr, stamp) in stamped {
+            // Only the leader's namespace is current; a new leader's reconciliation takes over.
+            if !c.is_leader() || c.shared.read().state.blob(&hash).is_some() {
+                continue;
+            }
+            match nodes.delete_blob(&addr, &hash, Some(stamp)).await {
+                Ok(Deletion::Gone) => tracing::debug!(%hash, %addr, "freed copy deleted"),
+                Ok(Deletion::Kept) => {
+                    tracing::debug!(%hash, %addr, "freed copy stored again; kept")
+                }
+                Err(e) => tracing::debug!(error = %e, "freed copy not deleted yet"),
             }
         }
     });
@@ -361,7 +419,7 @@ mod tests {
             &[("a", true), ("b", true), ("c", false), ("d", true)],
             &[("f", &["a", "b", "c"], 3)],
         );
-        let actions = plan(&s);
+        let actions = plan(&s, &HashSet::new());
         assert_eq!(actions.len(), 1);
         match &actions[0] {
             Action::Copy { to, from, .. } => {
@@ -378,7 +436,7 @@ mod tests {
             &[("a", true), ("b", false)],
             &[("f", &["a"], 3), ("g", &["b"], 3)],
         );
-        assert!(plan(&s).is_empty());
+        assert!(plan(&s, &HashSet::new()).is_empty());
     }
 
     #[test]
@@ -387,7 +445,7 @@ mod tests {
             &[("a", true), ("b", true), ("c", true), ("d", true)],
             &[("f", &["a", "b", "c", "d"], 3)],
         );
-        let actions = plan(&s);
+        let actions = plan(&s, &HashSet::new());
         assert_eq!(actions.len(), 1);
         assert!(matches!(actions[0], Action::Trim { .. }));
     }
@@ -399,7 +457,7 @@ mod tests {
             &[("a", true), ("b", true), ("c", false), ("d", true)],
             &[("f", &["a", "b", "c", "d"], 3)],
         );
-        match plan(&s).as_slice() {
+        match plan(&s, &HashSet::new()).as_slice() {
             [Action::Forget { nodes, .. }] => assert_eq!(nodes, &["c".to_string()]),
             other => panic!("{other:?}"),
         }
@@ -408,7 +466,28 @@ mod tests {
             &[("a", true), ("b", true), ("c", false)],
             &[("f", &["a", "b", "c"], 3)],
         );
-        assert!(plan(&s).is_empty());
+        assert!(plan(&s, &HashSet::new()).is_empty());
+    }
+
+    #[test]
+    fn nodes_to_avoid_get_no_copies() {
+        let s = state(
+            &[
+                ("a", true),
+                ("b", true),
+                ("c", false),
+                ("d", true),
+                ("e", true),
+            ],
+            &[("f", &["a", "b", "c"], 3)],
+        );
+        let avoid: HashSet<String> = ["d".to_string()].into();
+        match plan(&s, &avoid).as_slice() {
+            [Action::Copy { to, .. }] => assert_eq!(to, "e"),
+            other => panic!("{other:?}"),
+        }
+        let avoid: HashSet<String> = ["d".to_string(), "e".to_string()].into();
+        assert!(plan(&s, &avoid).is_empty());
     }
 
     #[test]
@@ -417,7 +496,7 @@ mod tests {
             &[("a", true), ("b", true), ("c", true), ("d", true)],
             &[("x", &["c"], 1), ("y", &["c"], 1), ("f", &["a"], 2)],
         );
-        let copies: Vec<_> = plan(&s)
+        let copies: Vec<_> = plan(&s, &HashSet::new())
             .into_iter()
             .filter_map(|a| match a {
                 Action::Copy { to, .. } => Some(to),

@@ -1,9 +1,12 @@
 //! The write path of SDFS, on the leader: a client's upload is streamed, as it arrives, to R
 //! storage nodes at once (hashing it on the way), acknowledged once a majority of them have
 //! flushed it, and made visible only when its namespace entry commits. The other replicas
-//! finish in the background (or are repaired). Nothing is visible after a failed put.
+//! finish in the background (or are repaired); a replica that stops taking the upload is
+//! dropped after the progress timeout. Nothing is visible after a failed put, and no node
+//! keeps a truncated blob: a body that does not end cleanly ends with an error.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -12,7 +15,7 @@ use idunno_api::file::{validate_path, FileVersion, StoredBlob};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::node_client::NodeError;
+use super::node_client::{storage, NodeError};
 use super::placement::choose_nodes;
 use super::repair::collect_garbage;
 use crate::error::ApiError;
@@ -23,11 +26,33 @@ use crate::state::command::{Command, Response};
 /// filling memory.
 const QUEUE: usize = 8;
 
+/// What the leader hands a replica's body stream. Only [`Piece::End`] ends the body cleanly:
+/// if the sender goes away without it (the put failed, was refused, or its client vanished),
+/// the body ends with an error, so the request is aborted and the node keeps nothing —
+/// never a truncated blob.
+enum Piece {
+    Data(Bytes),
+    End,
+}
+
 /// One replica being written: its node, the sender of its body stream, its request.
 struct ReplicaWrite {
     node: String,
-    tx: Option<mpsc::Sender<Bytes>>,
+    tx: Option<mpsc::Sender<Piece>>,
     task: JoinHandle<Result<StoredBlob, NodeError>>,
+}
+
+/// The body stream of one replica's request.
+fn body_stream(rx: mpsc::Receiver<Piece>) -> reqwest::Body {
+    let stream = futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Piece::Data(b)) => Some((Ok(b), Some(rx))),
+            Some(Piece::End) => None,
+            None => Some((Err(std::io::Error::other("the put was abandoned")), None)),
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
 }
 
 /// Stores `body` as the next version of `path`, on `replicas` nodes (default: the cluster's
@@ -65,19 +90,17 @@ pub async fn put(
         return Err(ApiError::Unavailable("no live storage nodes".into()));
     }
     let quorum = nodes.len() / 2 + 1;
+    let client = storage(c);
+    // A node may take a piece no slower than this; it may take longer to answer once the
+    // body is complete (it fsyncs the whole blob first).
+    let idle = client.timeout();
+    let answer_within = idle * 3;
     let mut writes: Vec<ReplicaWrite> = nodes
         .into_iter()
         .map(|(node, addr)| {
-            let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
-            });
-            let client = c.nodes.clone();
-            let task = tokio::spawn(async move {
-                client
-                    .put_blob(&addr, reqwest::Body::wrap_stream(stream))
-                    .await
-            });
+            let (tx, rx) = mpsc::channel::<Piece>(QUEUE);
+            let client = client.clone();
+            let task = tokio::spawn(async move { client.put_blob(&addr, body_stream(rx)).await });
             ReplicaWrite {
                 node,
                 tx: Some(tx),
@@ -90,45 +113,61 @@ pub async fn put(
     let mut hasher = blake3::Hasher::new();
     let mut size: u64 = 0;
     let mut frames = body.into_data_stream();
+    let mut stalled = Vec::new();
     while let Some(frame) = frames.next().await {
         let chunk = match frame {
             Ok(chunk) => chunk,
             Err(e) => {
-                abort(writes);
+                abort(writes, answer_within);
                 return Err(ApiError::BadRequest(format!("the upload broke off: {e}")));
             }
         };
         size += chunk.len() as u64;
         if size > max {
-            abort(writes);
+            abort(writes, answer_within);
             return Err(ApiError::PayloadTooLarge(format!(
                 "files are limited to {max} bytes"
             )));
         }
         hasher.update(&chunk);
-        let mut open = 0;
-        for w in &mut writes {
-            if let Some(tx) = &w.tx {
-                if tx.send(chunk.clone()).await.is_err() {
-                    w.tx = None; // that node's request failed; its task says why
-                } else {
-                    open += 1;
-                }
-            }
-        }
+        let open = send_to_all(&mut writes, Piece::Data(chunk), idle, &mut stalled).await;
         if open < quorum {
-            break;
+            let why = format!(
+                "only {open} of the {quorum} replicas needed still take the upload{}",
+                describe_stalled(&stalled)
+            );
+            abort(writes, answer_within);
+            return Err(ApiError::Unavailable(why));
         }
     }
     let hash = hasher.finalize().to_hex().to_string();
+    // The one clean end of every replica's body.
+    send_to_all(&mut writes, Piece::End, idle, &mut stalled).await;
     for w in &mut writes {
-        w.tx = None; // end of every replica's body
+        w.tx = None;
     }
 
-    // Wait for a write quorum; the rest finish in the background.
+    // Wait for a write quorum; the rest finish in the background. A node that does not
+    // answer in time counts as failed.
     let mut pending: FuturesUnordered<_> = writes
         .into_iter()
-        .map(|w| async move { (w.node, w.task.await) })
+        .map(|mut w| async move {
+            let result = match tokio::time::timeout(answer_within, &mut w.task).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(e)) => Err(NodeError {
+                    addr: w.node.clone(),
+                    reason: e.to_string(),
+                }),
+                Err(_) => {
+                    w.task.abort();
+                    Err(NodeError {
+                        addr: w.node.clone(),
+                        reason: format!("no answer within {answer_within:?}"),
+                    })
+                }
+            };
+            (w.node, result)
+        })
         .collect();
     let mut stored = Vec::new();
     let mut failures = Vec::new();
@@ -137,20 +176,20 @@ pub async fn put(
             break;
         };
         match result {
-            Ok(Ok(blob)) if blob.hash == hash && blob.size == size => stored.push(node),
-            Ok(Ok(blob)) => failures.push(format!(
+            Ok(blob) if blob.hash == hash && blob.size == size => stored.push(node),
+            Ok(blob) => failures.push(format!(
                 "{node} stored {} bytes hashing {}",
                 blob.size, blob.hash
             )),
-            Ok(Err(e)) => failures.push(e.to_string()),
-            Err(e) => failures.push(format!("{node}: {e}")),
+            Err(e) => failures.push(e.to_string()),
         }
     }
     if stored.len() < quorum {
         return Err(ApiError::Unavailable(format!(
-            "only {} of {quorum} replicas needed were stored: {}",
+            "only {} of {quorum} replicas needed were stored: {}{}",
             stored.len(),
-            failures.join("; ")
+            failures.join("; "),
+            describe_stalled(&stalled)
         )));
     }
 
@@ -174,7 +213,7 @@ pub async fn put(
     let c = c.clone();
     tokio::spawn(async move {
         while let Some((node, result)) = pending.next().await {
-            if let Ok(Ok(blob)) = result {
+            if let Ok(blob) = result {
                 if blob.hash == hash {
                     let cmd = Command::AddReplicas {
                         hash: hash.clone(),
@@ -189,9 +228,56 @@ pub async fn put(
     Ok(version)
 }
 
-/// Cancels every replica write (their nodes drop the partial blobs).
-fn abort(writes: Vec<ReplicaWrite>) {
+/// Hands `piece` to every replica still writing; returns how many took it. A replica whose
+/// queue stays full for `idle` (its node stopped reading) is dropped, so one hung node
+/// cannot stall a put the others can finish.
+async fn send_to_all(
+    writes: &mut [ReplicaWrite],
+    piece: Piece,
+    idle: Duration,
+    stalled: &mut Vec<String>,
+) -> usize {
+    let mut open = 0;
+    for w in writes.iter_mut() {
+        let Some(tx) = &w.tx else { continue };
+        let piece = match &piece {
+            Piece::Data(b) => Piece::Data(b.clone()),
+            Piece::End => Piece::End,
+        };
+        match tokio::time::timeout(idle, tx.send(piece)).await {
+            Ok(Ok(())) => open += 1,
+            // That node's request failed; its task says why.
+            Ok(Err(_)) => w.tx = None,
+            Err(_) => {
+                tracing::warn!(node = %w.node, "storage node stopped taking the upload; going on without it");
+                stalled.push(w.node.clone());
+                w.tx = None;
+                w.task.abort();
+            }
+        }
+    }
+    open
+}
+
+fn describe_stalled(stalled: &[String]) -> String {
+    if stalled.is_empty() {
+        String::new()
+    } else {
+        format!(" (stalled: {})", stalled.join(", "))
+    }
+}
+
+/// Abandons every replica write: their bodies end with an error (the senders go without
+/// [`Piece::End`]), so each node discards what it received. Requests that do not end by
+/// themselves (a hung node) are cancelled after `grace`.
+fn abort(writes: Vec<ReplicaWrite>, grace: Duration) {
     for w in writes {
-        w.task.abort();
+        drop(w.tx);
+        let mut task = w.task;
+        tokio::spawn(async move {
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                task.abort();
+            }
+        });
     }
 }
