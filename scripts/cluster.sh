@@ -7,7 +7,10 @@
 #   scripts/cluster.sh status   which processes run, the Raft group's view, the storage nodes
 # Processes: coordinator1..3 (ports 7001-7003), storage nodes s1..sN (ports 7101..),
 # workers w1..wM. Data under ./data/<name>, logs under ./data/logs/<name>.log, pids under
-# ./data/pids/<name>.pid.
+# ./data/pids/<name>.pid. The cluster secret (internal routes: Raft, storage-node
+# registration and heartbeats, blobs on the storage nodes) is made once, on the first `up`,
+# in ./data/secret (mode 600), and handed to every process as IDUNNO_CLUSTER_SECRET (not on
+# the command line, where ps would show it).
 # Environment: IDUNNO_DATA (data folder), IDUNNO_BIN (binary; default target/release/idunno,
 # built if missing), COORDINATOR_PORT (first port, default 7001), STORAGE_NODES (default 4),
 # STORAGE_PORT (first port, default 7101), WORKERS (default 2).
@@ -109,9 +112,21 @@ wait_storage() {
   return 1
 }
 
+# load_secret: the cluster's secret, made on first use; exported for every process started.
+load_secret() {
+  local file=$data/secret
+  if [ ! -s "$file" ]; then
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$file")
+  fi
+  IDUNNO_CLUSTER_SECRET=$(cat "$file")
+  [ -n "$IDUNNO_CLUSTER_SECRET" ] || { echo "cluster.sh: $file is empty" >&2; exit 1; }
+  export IDUNNO_CLUSTER_SECRET
+}
+
 up() {
   ensure_binary
   mkdir -p "$data/logs" "$data/pids"
+  load_secret
   local i
   for i in $(seq 1 "$coordinators"); do
     start "coordinator$i" coordinator --id "$i" --listen "$(coordinator_addr "$i")" \

@@ -1,21 +1,25 @@
 //! The node's link to the coordinators: it registers (`POST /v1/nodes/register`), retrying
 //! quietly until a coordinator answers, then heartbeats every `heartbeat-ms` with what it
-//! holds and the blobs it lost. A lost blob is forgotten only once a heartbeat carrying it
+//! holds and the blobs it lost. Both carry the cluster secret (the coordinators require it
+//! on these routes when one is set). A lost blob is forgotten only once a heartbeat carrying it
 //! was accepted; a 404 means the coordinators forgot this node, so it registers again.
 //! Serving blobs never waits for any of this.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use idunno_api::client::ClientError;
 use idunno_api::file::{NodeHeartbeat, NodeRegistration};
 use idunno_api::Client;
 use reqwest::Method;
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use crate::blob_store::LostBlobs;
 use crate::node::Node;
 use crate::transfer::blocking;
+use crate::SECRET_HEADER;
 
 /// Longest wait between two registration attempts.
 const MAX_REGISTER_BACKOFF: Duration = Duration::from_secs(2);
@@ -39,6 +43,29 @@ pub async fn run(node: Arc<Node>, client: Client) {
     }
 }
 
+/// `POST path` with a JSON body and the cluster secret, retried across the coordinators.
+async fn post<B: Serialize>(
+    node: &Node,
+    client: &Client,
+    path: &str,
+    body: &B,
+) -> Result<(), ClientError> {
+    let payload = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let secret = node.config.cluster_secret.as_deref();
+    client
+        .send(Method::POST, path, |req| {
+            let req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(payload.clone());
+            match secret {
+                Some(s) => req.header(SECRET_HEADER, s),
+                None => req,
+            }
+        })
+        .await
+        .map(|_| ())
+}
+
 /// Registers, retrying until it works; `false` if the node shut down first.
 async fn register(node: &Node, client: &Client, shutdown: &mut watch::Receiver<bool>) -> bool {
     let registration = NodeRegistration {
@@ -47,12 +74,7 @@ async fn register(node: &Node, client: &Client, shutdown: &mut watch::Receiver<b
     };
     let mut backoff = Duration::from_millis(100);
     loop {
-        let call = client.call(
-            Method::POST,
-            "/v1/nodes/register",
-            Some(&registration),
-            None,
-        );
+        let call = post(node, client, "/v1/nodes/register", &registration);
         let result = tokio::select! {
             r = call => r,
             _ = shutdown.wait_for(|s| *s) => return false,
@@ -103,7 +125,7 @@ async fn heartbeat_until_forgotten(
             lost: lost.hashes().iter().map(|h| h.to_hex()).collect(),
         };
         let result = tokio::select! {
-            r = client.call(Method::POST, &path, Some(&beat), None) => r,
+            r = post(node, client, &path, &beat) => r,
             _ = shutdown.wait_for(|s| *s) => return false,
         };
         match result {
