@@ -156,6 +156,19 @@ impl EmbeddedCluster {
         Ok(())
     }
 
+    /// Kills storage nodes `indexes` at the same moment, as a crash would: no drain, no flush,
+    /// transfers in progress cut off (their data stays). `restart_node` brings one back.
+    pub async fn kill_nodes(&mut self, indexes: &[usize]) -> Result<(), EmbeddedError> {
+        let handles: Vec<NodeHandle> = indexes
+            .iter()
+            .filter_map(|&i| self.nodes.get_mut(i).and_then(|n| n.1.take()))
+            .collect();
+        for result in futures::future::join_all(handles.into_iter().map(NodeHandle::kill)).await {
+            result?;
+        }
+        Ok(())
+    }
+
     /// Starts storage node `index` again on its address and data folder.
     pub async fn restart_node(&mut self, index: usize) -> Result<(), EmbeddedError> {
         self.stop_node(index).await?;

@@ -504,6 +504,36 @@ impl BlobStore {
         Ok(())
     }
 
+    /// **For tests only: a node serving wrong bytes that pass its own checks** (a bug, or a
+    /// checksum collision). Flips the content byte at `offset` of a stored blob and rewrites
+    /// that chunk's checksum to match, so the node serves the changed chunk as good: only the
+    /// reader's whole-content hash can tell.
+    pub fn forge_byte_for_tests(&self, hash: &BlobHash, offset: u64) -> Result<(), SdfsError> {
+        use std::os::unix::fs::FileExt;
+        let meta = self
+            .get(hash)?
+            .ok_or_else(|| SdfsError::NotFound(format!("no blob {hash}")))?;
+        if offset >= meta.size {
+            return Err(SdfsError::BadRequest(format!(
+                "offset {offset} is past the blob's {} bytes",
+                meta.size
+            )));
+        }
+        self.corrupt_byte_for_tests(hash, offset)?;
+        let index = offset / u64::from(meta.chunk_size);
+        let mut chunk = vec![0u8; meta.chunk_len(index)];
+        let file = std::fs::File::open(self.inner.content.path_of(meta.upload))?;
+        file.read_exact_at(&mut chunk, index * u64::from(meta.chunk_size))?;
+        let index = u32::try_from(index)
+            .map_err(|_| SdfsError::BadRequest("the blob is too large".into()))?;
+        self.inner.sums.insert(
+            chunk::chunk_key(meta.upload, index),
+            blake3::hash(&chunk).as_bytes(),
+        )?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
     // ---- internals shared with uploads and readers ----
 
     /// Records a finished upload's blob, or notices it is a duplicate and deletes the
@@ -634,6 +664,18 @@ impl BlobStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// **For tests only:** [`BlobStore::forge_byte_for_tests`] on a closed store.
+pub fn forge_byte_for_tests(
+    data_dir: impl AsRef<Path>,
+    hash: &str,
+    offset: u64,
+) -> Result<(), SdfsError> {
+    let hash = BlobHash::parse(hash)?;
+    let store = BlobStore::open(data_dir)?;
+    store.forge_byte_for_tests(&hash, offset)?;
+    store.close()
 }
 
 /// **For tests only: simulated bit rot** on a closed store. Opens the store in `data_dir`,

@@ -28,7 +28,9 @@ pub mod transfer;
 pub mod upload;
 
 pub use blob_read::BlobRead;
-pub use blob_store::{corrupt_byte_for_tests, BlobStore, Deleted, StoreOptions, Totals};
+pub use blob_store::{
+    corrupt_byte_for_tests, forge_byte_for_tests, BlobStore, Deleted, StoreOptions, Totals,
+};
 pub use config::NodeConfig;
 pub use error::SdfsError;
 pub use hash::BlobHash;

@@ -84,6 +84,39 @@ impl NodeHandle {
     }
 }
 
+impl NodeHandle {
+    /// Stops the node the way a crash would from the outside, for failure tests: nothing is
+    /// drained or flushed; the server and heartbeat tasks are cancelled at once and every
+    /// transfer in progress breaks off (bytes not yet acknowledged are lost, as in a crash).
+    /// The data folder can be opened again once it returns.
+    pub async fn kill(self) -> Result<(), SdfsError> {
+        let NodeHandle {
+            node,
+            stop,
+            server,
+            heartbeat,
+            ..
+        } = self;
+        // Connections already accepted run in their own tasks: the signal cuts them off.
+        let _ = stop.send(true);
+        server.abort();
+        let _ = server.await;
+        if let Some(task) = heartbeat {
+            task.abort();
+            let _ = task.await;
+        }
+        let lock_file = node.store.inner.db_path.join("db");
+        drop(node);
+        // Whatever still holds the store (a request being cut off) lets go shortly.
+        blocking(move || crate::sled_lock::wait_until_unlocked(&lock_file, KILL_RELEASE)).await?;
+        tracing::info!("storage node killed");
+        Ok(())
+    }
+}
+
+/// How long [`NodeHandle::kill`] waits for the last users of a killed node's store.
+const KILL_RELEASE: Duration = Duration::from_secs(10);
+
 /// Starts a node serving on `listener`: opens the store, serves, and (if coordinators are
 /// configured) registers and heartbeats in the background.
 pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<NodeHandle, SdfsError> {

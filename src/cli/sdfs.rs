@@ -87,7 +87,7 @@ pub async fn run(args: SdfsArgs) -> anyhow::Result<()> {
                 v.name,
                 v.version,
                 v.size,
-                &v.hash[..16],
+                v.hash.get(..16).unwrap_or(&v.hash),
                 v.replicas.join(", ")
             );
             Ok(())
@@ -290,7 +290,13 @@ async fn get_versions(client: &Client, name: &str, n: u32, local: &Path) -> anyh
             time(v.created_at_ms)
         );
         out.write_all(line.as_bytes()).await?;
-        out.write_all(&tokio::fs::read(&part).await?).await?;
+        // Streamed, not read whole: a version may be far bigger than memory.
+        let mut verified = tokio::fs::File::open(&part)
+            .await
+            .with_context(|| format!("cannot read {}", part.display()))?;
+        tokio::io::copy(&mut verified, &mut out).await?;
+        drop(verified);
+        let _ = tokio::fs::remove_file(&part).await;
         out.write_all(b"\n").await?;
     }
     out.flush().await?;
@@ -323,6 +329,18 @@ fn files_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The SDFS name of local file `rel` (relative to the folder) under `prefix`: an empty prefix
+/// (or one of slashes only) is no prefix, and slashes around it are dropped.
+fn sdfs_name(prefix: &str, rel: &Path) -> String {
+    let rel = rel.to_string_lossy().replace('\\', "/");
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        rel
+    } else {
+        format!("{prefix}/{rel}")
+    }
+}
+
 /// Uploads the files of a folder that `keep` accepts under `prefix`.
 pub async fn put_dir(
     client: &Client,
@@ -337,7 +355,7 @@ pub async fn put_dir(
     if files.is_empty() {
         bail!("{} has no files", dir.display());
     }
-    let prefix = prefix.trim_end_matches('/');
+    let prefix = prefix.trim_matches('/');
     let bar = ProgressBar::new(files.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg}")
@@ -347,7 +365,7 @@ pub async fn put_dir(
         .map(|rel| {
             let client = client.clone();
             let bar = bar.clone();
-            let name = format!("{prefix}/{}", rel.to_string_lossy().replace('\\', "/"));
+            let name = sdfs_name(prefix, &rel);
             let local = dir.join(&rel);
             async move {
                 let v = client
@@ -365,12 +383,29 @@ pub async fn put_dir(
     bar.finish_and_clear();
     let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
     let bytes: u64 = ok.iter().flatten().map(|v| v.size).sum();
-    println!(
-        "stored {} file(s), {bytes} bytes, under {prefix}/",
-        ok.len()
-    );
+    let under = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!(" under {prefix}/")
+    };
+    println!("stored {} file(s), {bytes} bytes{under}", ok.len());
     if let Some(Err(e)) = failed.into_iter().next() {
         bail!("some files were not stored: {e:#}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_dir_names_have_no_stray_slashes() {
+        let rel = Path::new("a/b.png");
+        assert_eq!(sdfs_name("", rel), "a/b.png");
+        assert_eq!(sdfs_name("/", rel), "a/b.png");
+        assert_eq!(sdfs_name("images", rel), "images/a/b.png");
+        assert_eq!(sdfs_name("/images/", rel), "images/a/b.png");
+        assert_eq!(sdfs_name("x/y//", rel), "x/y/a/b.png");
+    }
 }

@@ -19,7 +19,7 @@ pub const STAMP_HEADER: &str = "x-idunno-stamp";
 /// Progress timeout of a client built without one.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The slowest copy rate assumed when bounding a node-to-node copy by the blob's size.
-const MIN_COPY_BYTES_PER_SEC: u64 = 4 << 20;
+const MIN_COPY_BYTES_PER_SEC: u64 = 16 << 20;
 
 /// A failed call to a storage node.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,16 @@ const MIN_COPY_BYTES_PER_SEC: u64 = 4 << 20;
 pub struct NodeError {
     pub addr: String,
     pub reason: String,
+    /// The node's answer, if it gave one.
+    pub status: Option<u16>,
+}
+
+impl NodeError {
+    /// The node itself answered that another node it was reading from failed (a copy's
+    /// source), rather than failing itself.
+    pub fn upstream(&self) -> bool {
+        self.status == Some(502)
+    }
 }
 
 /// What a conditional delete did on a node.
@@ -94,6 +104,7 @@ impl NodeClient {
         NodeError {
             addr: addr.to_string(),
             reason: reason.to_string(),
+            status: None,
         }
     }
 
@@ -103,7 +114,10 @@ impl NodeClient {
         }
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        Err(Self::err(addr, format!("{status}: {body}")))
+        Err(NodeError {
+            status: Some(status.as_u16()),
+            ..Self::err(addr, format!("{status}: {body}"))
+        })
     }
 
     /// Streams `body` into a new blob on `addr`. Unbounded in time (the body's length is not

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 
-use super::node_client::{storage, Deletion};
+use super::node_client::{storage, Deletion, NodeClient};
 use crate::node::Coordinator;
-use crate::state::command::Command;
+use crate::state::command::{Command, Response};
 use crate::state::files::FreedBlob;
 use crate::state::State;
 
@@ -192,7 +192,7 @@ async fn run(c: &Arc<Coordinator>, actions: Vec<Action>) -> usize {
     done
 }
 
-async fn execute(c: &Coordinator, action: Action) -> bool {
+async fn execute(c: &Arc<Coordinator>, action: Action) -> bool {
     let nodes = storage(c);
     match action {
         Action::Copy {
@@ -204,10 +204,22 @@ async fn execute(c: &Coordinator, action: Action) -> bool {
         } => match nodes.fetch_blob(&to_addr, &hash, &from, size).await {
             Ok(stored) if stored.hash == hash => {
                 let cmd = Command::AddReplicas {
-                    hash,
-                    nodes: vec![to],
+                    hash: hash.clone(),
+                    nodes: vec![to.clone()],
                 };
-                c.write(String::new(), cmd).await.is_ok()
+                match c.write(String::new(), cmd).await {
+                    Ok(Response::Replicas { known: false }) => {
+                        // Freed while it was copied: the new copy is garbage.
+                        let freed = FreedBlob {
+                            hash,
+                            replicas: vec![to],
+                        };
+                        collect_garbage(c, vec![freed]);
+                        true
+                    }
+                    Ok(_) => true,
+                    Err(_) => false,
+                }
             }
             Ok(stored) => {
                 tracing::warn!(%hash, got = %stored.hash, "a copy came back with another hash");
@@ -216,7 +228,10 @@ async fn execute(c: &Coordinator, action: Action) -> bool {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "copy failed");
-                c.leader_state().storage.copy_failed(&to);
+                // A failed source (dead, not yet marked) is no reason to avoid the target.
+                if !e.upstream() {
+                    c.leader_state().storage.copy_failed(&to);
+                }
                 false
             }
         },
@@ -353,25 +368,54 @@ pub fn collect_garbage(c: &Arc<Coordinator>, freed: Vec<FreedBlob>) {
             .into_iter()
             .flatten()
             .collect();
-        let mut shutdown = c.shutdown.clone();
+        let tasks = stamped
+            .into_iter()
+            .map(|(hash, addr, stamp)| delete_freed_copy(&c, &nodes, hash, addr, stamp));
+        futures::future::join_all(tasks).await;
+    });
+}
+
+/// How often a freed copy that was stored again meanwhile is looked at once more.
+const FREED_ATTEMPTS: usize = 3;
+
+/// Deletes one freed copy after the grace period, if the blob is still unused and the copy
+/// was not stored again. A copy stored again (a repair copy, a put still in flight) gets
+/// another grace period from its new stamp.
+async fn delete_freed_copy(
+    c: &Coordinator,
+    nodes: &NodeClient,
+    hash: String,
+    addr: String,
+    mut stamp: u64,
+) {
+    let mut shutdown = c.shutdown.clone();
+    for _ in 0..FREED_ATTEMPTS {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(c.config.gc_grace_ms)) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        for (hash, addr, stamp) in stamped {
-            // Only the leader's namespace is current; a new leader's reconciliation takes over.
-            if !c.is_leader() || c.shared.read().state.blob(&hash).is_some() {
-                continue;
+        // Only the leader's namespace is current; a new leader's reconciliation takes over.
+        if !c.is_leader() || c.shared.read().state.blob(&hash).is_some() {
+            return;
+        }
+        match nodes.delete_blob(&addr, &hash, Some(stamp)).await {
+            Ok(Deletion::Gone) => {
+                tracing::debug!(%hash, %addr, "freed copy deleted");
+                return;
             }
-            match nodes.delete_blob(&addr, &hash, Some(stamp)).await {
-                Ok(Deletion::Gone) => tracing::debug!(%hash, %addr, "freed copy deleted"),
-                Ok(Deletion::Kept) => {
-                    tracing::debug!(%hash, %addr, "freed copy stored again; kept")
+            Ok(Deletion::Kept) => {
+                tracing::debug!(%hash, %addr, "freed copy stored again; looking again later");
+                match nodes.blob_stamp(&addr, &hash).await {
+                    Ok(Some(now)) => stamp = now,
+                    _ => return,
                 }
-                Err(e) => tracing::debug!(error = %e, "freed copy not deleted yet"),
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "freed copy not deleted; reconciliation will");
+                return;
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use super::repair::collect_garbage;
 use crate::error::ApiError;
 use crate::node::Coordinator;
 use crate::state::command::{Command, Response};
+use crate::state::files::FreedBlob;
 
 /// Body chunks buffered per replica stream: a slow node slows the put down rather than
 /// filling memory.
@@ -157,12 +158,14 @@ pub async fn put(
                 Ok(Err(e)) => Err(NodeError {
                     addr: w.node.clone(),
                     reason: e.to_string(),
+                    status: None,
                 }),
                 Err(_) => {
                     w.task.abort();
                     Err(NodeError {
                         addr: w.node.clone(),
                         reason: format!("no answer within {answer_within:?}"),
+                        status: None,
                     })
                 }
             };
@@ -217,9 +220,18 @@ pub async fn put(
                 if blob.hash == hash {
                     let cmd = Command::AddReplicas {
                         hash: hash.clone(),
-                        nodes: vec![node],
+                        nodes: vec![node.clone()],
                     };
-                    let _ = c.write(String::new(), cmd).await;
+                    // Freed meanwhile (the name was deleted already): this copy is garbage.
+                    if let Ok(Response::Replicas { known: false }) =
+                        c.write(String::new(), cmd).await
+                    {
+                        let freed = FreedBlob {
+                            hash: hash.clone(),
+                            replicas: vec![node],
+                        };
+                        collect_garbage(&c, vec![freed]);
+                    }
                 }
             }
         }
