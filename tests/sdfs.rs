@@ -757,9 +757,9 @@ async fn a_put_whose_client_breaks_off_leaves_no_blob_on_any_node() {
     // Once each node has finished with its share of the upload (refused it, or stored
     // something), it must hold nothing.
     eventually("every node to finish with the broken upload", || async {
-        for i in 0..3 {
+        for (i, &errors_before) in before.iter().enumerate() {
             let store = cluster.node(i).unwrap().store();
-            let settled = (refused(i) > before[i] || store.totals().blobs > 0)
+            let settled = (refused(i) > errors_before || store.totals().blobs > 0)
                 && store.content_files().unwrap() == store.totals().blobs as usize;
             if !settled {
                 return None;
