@@ -457,6 +457,34 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
     node.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_upload_whose_body_fails_leaves_nothing() {
+    // How a coordinator's replica stream ends when its put is given up: no Content-Length,
+    // some pieces, then an error instead of the end of the body.
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node("s1", dir.path(), |_| {}).await;
+    let pieces = (0..40)
+        .map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(random_bytes(64 << 10, 20 + i))))
+        .chain(std::iter::once(Err(std::io::Error::other("put abandoned"))));
+    let sent = http()
+        .put(url(&node.addr, "/internal/blobs"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+        .send()
+        .await;
+    assert!(sent.is_err() || sent.unwrap().status() == 400);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while node.store().content_files().unwrap() != 0 || node.store().chunk_records() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upload's file and chunks stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.store().totals().blobs, 0);
+    assert_eq!(node.store().list().unwrap(), vec![]);
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
     let dir = tempfile::tempdir().unwrap();

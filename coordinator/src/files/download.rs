@@ -282,6 +282,23 @@ impl Reader {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn read_all_refuses_a_file_too_big_for_memory_before_reading() {
+        let nodes = NodeClient::new(reqwest::Client::new(), None);
+        let plan = ReadPlan {
+            name: "huge.bin".into(),
+            version: 1,
+            hash: "0".repeat(64),
+            size: READ_ALL_LIMIT + 1,
+            // Nothing listens here: the answer must come without trying.
+            replicas: vec!["127.0.0.1:1".into()],
+        };
+        match read_all(&nodes, plan).await {
+            Err(ApiError::PayloadTooLarge(msg)) => assert!(msg.contains("huge.bin"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn ranges_parse() {
         let r = |s: &str| parse_range(Some(s), 100);

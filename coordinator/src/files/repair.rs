@@ -350,8 +350,8 @@ pub fn collect_garbage(c: &Arc<Coordinator>, freed: Vec<FreedBlob>) {
                 })
                 .collect()
         };
-        let stamped: Vec<(String, String, u64)> =
-            futures::future::join_all(copies.into_iter().map(|(hash, addr)| {
+        let mut stamped: Vec<(String, String, u64)> = stream::iter(copies)
+            .map(|(hash, addr)| {
                 let nodes = nodes.clone();
                 async move {
                     match nodes.blob_stamp(&addr, &hash).await {
@@ -363,57 +363,62 @@ pub fn collect_garbage(c: &Arc<Coordinator>, freed: Vec<FreedBlob>) {
                         }
                     }
                 }
-            }))
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        let tasks = stamped
-            .into_iter()
-            .map(|(hash, addr, stamp)| delete_freed_copy(&c, &nodes, hash, addr, stamp));
-        futures::future::join_all(tasks).await;
+            })
+            .buffer_unordered(PARALLEL)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        let mut shutdown = c.shutdown.clone();
+        for _ in 0..FREED_ATTEMPTS {
+            if stamped.is_empty() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(c.config.gc_grace_ms)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            stamped = stream::iter(stamped)
+                .map(|(hash, addr, stamp)| delete_freed_copy(&c, &nodes, hash, addr, stamp))
+                .buffer_unordered(PARALLEL)
+                .filter_map(std::future::ready)
+                .collect()
+                .await;
+        }
     });
 }
 
 /// How often a freed copy that was stored again meanwhile is looked at once more.
 const FREED_ATTEMPTS: usize = 3;
 
-/// Deletes one freed copy after the grace period, if the blob is still unused and the copy
-/// was not stored again. A copy stored again (a repair copy, a put still in flight) gets
-/// another grace period from its new stamp.
+/// Deletes one freed copy whose grace period is over, if the blob is still unused and the
+/// copy was not stored again. A copy stored again (a repair copy, a put still in flight)
+/// comes back with its new stamp, for another grace period.
 async fn delete_freed_copy(
     c: &Coordinator,
     nodes: &NodeClient,
     hash: String,
     addr: String,
-    mut stamp: u64,
-) {
-    let mut shutdown = c.shutdown.clone();
-    for _ in 0..FREED_ATTEMPTS {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(c.config.gc_grace_ms)) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+    stamp: u64,
+) -> Option<(String, String, u64)> {
+    // Only the leader's namespace is current; a new leader's reconciliation takes over.
+    if !c.is_leader() || c.shared.read().state.blob(&hash).is_some() {
+        return None;
+    }
+    match nodes.delete_blob(&addr, &hash, Some(stamp)).await {
+        Ok(Deletion::Gone) => {
+            tracing::debug!(%hash, %addr, "freed copy deleted");
+            None
         }
-        // Only the leader's namespace is current; a new leader's reconciliation takes over.
-        if !c.is_leader() || c.shared.read().state.blob(&hash).is_some() {
-            return;
+        Ok(Deletion::Kept) => {
+            tracing::debug!(%hash, %addr, "freed copy stored again; looking again later");
+            match nodes.blob_stamp(&addr, &hash).await {
+                Ok(Some(now)) => Some((hash, addr, now)),
+                _ => None,
+            }
         }
-        match nodes.delete_blob(&addr, &hash, Some(stamp)).await {
-            Ok(Deletion::Gone) => {
-                tracing::debug!(%hash, %addr, "freed copy deleted");
-                return;
-            }
-            Ok(Deletion::Kept) => {
-                tracing::debug!(%hash, %addr, "freed copy stored again; looking again later");
-                match nodes.blob_stamp(&addr, &hash).await {
-                    Ok(Some(now)) => stamp = now,
-                    _ => return,
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "freed copy not deleted; reconciliation will");
-                return;
-            }
+        Err(e) => {
+            tracing::debug!(error = %e, "freed copy not deleted; reconciliation will");
+            None
         }
     }
 }
