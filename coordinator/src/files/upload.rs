@@ -133,12 +133,11 @@ pub async fn put(
         hasher.update(&chunk);
         let open = send_to_all(&mut writes, Piece::Data(chunk), idle, &mut stalled).await;
         if open < quorum {
-            let why = format!(
-                "only {open} of the {quorum} replicas needed still take the upload{}",
-                describe_stalled(&stalled)
-            );
-            abort(writes, answer_within);
-            return Err(ApiError::Unavailable(why));
+            let reasons = give_up(writes, idle, answer_within, &stalled).await;
+            return Err(ApiError::Unavailable(format!(
+                "only {open} of the {quorum} replicas needed still take the upload: {}",
+                reasons.join("; ")
+            )));
         }
     }
     let hash = hasher.finalize().to_hex().to_string();
@@ -269,6 +268,39 @@ async fn send_to_all(
         }
     }
     open
+}
+
+/// Abandons a put that lost its quorum, and says why each lost replica failed: its node's
+/// own answer where it gave one.
+async fn give_up(
+    writes: Vec<ReplicaWrite>,
+    idle: Duration,
+    grace: Duration,
+    stalled: &[String],
+) -> Vec<String> {
+    let mut reasons: Vec<String> = stalled
+        .iter()
+        .map(|n| format!("{n} stopped taking the upload"))
+        .collect();
+    let mut rest = Vec::new();
+    for mut w in writes {
+        if w.tx.is_some() || stalled.contains(&w.node) {
+            rest.push(w);
+            continue;
+        }
+        // Its request failed (that is why it stopped taking pieces): its task says why.
+        match tokio::time::timeout(idle, &mut w.task).await {
+            Ok(Ok(Err(e))) => reasons.push(e.to_string()),
+            Ok(Ok(Ok(_))) => reasons.push(format!("{} answered before the end", w.node)),
+            Ok(Err(e)) => reasons.push(format!("{}: {e}", w.node)),
+            Err(_) => {
+                w.task.abort();
+                reasons.push(format!("{}: its request failed", w.node));
+            }
+        }
+    }
+    abort(rest, grace);
+    reasons
 }
 
 fn describe_stalled(stalled: &[String]) -> String {
