@@ -113,11 +113,13 @@ async fn next_lease(shared: &Shared) -> Result<Option<Lease>, WorkerError> {
 async fn prepare(shared: &Shared, lease: Lease) -> PreparedBatch {
     let leased_at = Instant::now();
     let fetched = shared.inputs.fetch_all(&lease.inputs).await;
+    let names: Vec<String> = lease.inputs.iter().map(|i| i.name.clone()).collect();
     let decoded = tokio::task::spawn_blocking(move || {
         fetched
             .into_iter()
-            .map(|bytes| match bytes {
-                Ok(bytes) => inputs::decode(&bytes),
+            .zip(names)
+            .map(|(bytes, name)| match bytes {
+                Ok(bytes) => inputs::decode(&bytes, &name),
                 Err(e) => Err(e.to_string()),
             })
             .collect::<Vec<_>>()
