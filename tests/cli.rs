@@ -154,9 +154,11 @@ async fn model_add_stores_weights_that_fit_and_refuses_the_rest() {
     let again: Model = client.get("/v1/models/again").await.unwrap();
     assert_eq!(again.weights, "models/mine.safetensors");
     // A bare name that is no local file is an SDFS name, checked the same way.
-    let out = run(args("add bare --arch resnet18 --weights models/r18.safetensors"))
-        .await
-        .unwrap();
+    let out = run(args(
+        "add bare --arch resnet18 --weights models/r18.safetensors",
+    ))
+    .await
+    .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let bare: Model = client.get("/v1/models/bare").await.unwrap();
     assert_eq!(bare.weights, "models/r18.safetensors");
@@ -238,7 +240,9 @@ async fn model_add_stores_weights_that_fit_and_refuses_the_rest() {
     // A name is one path segment however it is spelled: `../models/mine` is no way to reach
     // model `mine` (unencoded, the URL would normalise to /v1/models/mine and delete it).
     for cmd in ["delete", "show", "load"] {
-        let out = run(vec![cmd.into(), "../models/mine".into()]).await.unwrap();
+        let out = run(vec![cmd.into(), "../models/mine".into()])
+            .await
+            .unwrap();
         let err = text(&out.stderr);
         assert!(!out.status.success(), "{cmd} succeeded");
         assert!(err.contains("../models/mine"), "{cmd}: {err}");

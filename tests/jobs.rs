@@ -309,9 +309,9 @@ async fn a_stopped_worker_finishes_its_batch_gives_back_the_next_and_deregisters
             .map(|b| b.state.clone())
             .unwrap()
     };
-    let (finished, given_back): (Vec<&String>, Vec<&String>) = held
-        .iter()
-        .partition(|b| matches!(state(b), BatchStateInfo::Done { ref worker, .. } if *worker == id));
+    let (finished, given_back): (Vec<&String>, Vec<&String>) = held.iter().partition(
+        |b| matches!(state(b), BatchStateInfo::Done { ref worker, .. } if *worker == id),
+    );
     assert_eq!((finished.len(), given_back.len()), (1, 1), "{batches:?}");
     assert_eq!(state(given_back[0]), BatchStateInfo::Pending, "{batches:?}");
     assert!(leased_to(&batches, &id).is_empty(), "{batches:?}");

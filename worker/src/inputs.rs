@@ -435,7 +435,10 @@ mod tests {
         let mut huge = input(&big, vec![node.addr()]);
         huge.size = MAX_INPUT_BYTES + 1;
         let err = fetcher.fetch(&huge).await.unwrap_err();
-        assert!(err.to_string().contains("a worker reads for one image"), "{err}");
+        assert!(
+            err.to_string().contains("a worker reads for one image"),
+            "{err}"
+        );
 
         // A node that does not hold the blob says so; the worker passes that on.
         let absent = input(b"never stored", vec![node.addr()]);
@@ -496,9 +499,9 @@ mod tests {
             // Each encoder takes the pixel types of its format.
             let source = match format {
                 ImageFormat::OpenExr | ImageFormat::Hdr => f32_image.clone(),
-                ImageFormat::Farbfeld => DynamicImage::ImageRgba16(
-                    DynamicImage::ImageRgb8(rgb.clone()).to_rgba16(),
-                ),
+                ImageFormat::Farbfeld => {
+                    DynamicImage::ImageRgba16(DynamicImage::ImageRgb8(rgb.clone()).to_rgba16())
+                }
                 ImageFormat::Ico => {
                     DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb.clone()).to_rgba8())
                 }
