@@ -1,5 +1,6 @@
 //! The `idunno` binary as a user runs it: `idunno up` (the README's first command) end to end,
-//! and `idunno model add` storing weights in SDFS or refusing bad ones with a one-line error.
+//! and `idunno model add` storing weights in SDFS (or taking them from SDFS) after checking that
+//! they load as the architecture, or refusing bad ones with a one-line error.
 
 mod common;
 
@@ -152,6 +153,15 @@ async fn model_add_stores_weights_that_fit_and_refuses_the_rest() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let again: Model = client.get("/v1/models/again").await.unwrap();
     assert_eq!(again.weights, "models/mine.safetensors");
+    // A bare name that is no local file is an SDFS name, checked the same way.
+    let out = run(args(
+        "add bare --arch resnet18 --weights models/r18.safetensors",
+    ))
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bare: Model = client.get("/v1/models/bare").await.unwrap();
+    assert_eq!(bare.weights, "models/r18.safetensors");
 
     // Refused, each with one line that says why, and nothing registered or stored.
     let resnet18_file = local.display().to_string();
@@ -180,7 +190,30 @@ async fn model_add_stores_weights_that_fit_and_refuses_the_rest() {
                 "--weights",
                 "nowhere.safetensors",
             ],
-            "no file",
+            "neither a local file nor a file in SDFS",
+        ),
+        // ResNet-18 weights already in SDFS are downloaded and refused as another network.
+        (
+            vec![
+                "add",
+                "bad",
+                "--arch",
+                "resnet50",
+                "--weights",
+                "sdfs:models/mine.safetensors",
+            ],
+            "do not fit resnet50",
+        ),
+        (
+            vec![
+                "add",
+                "bad",
+                "--arch",
+                "efficientnet_lite0",
+                "--weights",
+                "models/r18.safetensors",
+            ],
+            "do not fit efficientnet_lite0",
         ),
         (
             vec![
@@ -204,6 +237,16 @@ async fn model_add_stores_weights_that_fit_and_refuses_the_rest() {
             "{cmd:?}: {err}"
         );
     }
+    // A name is one path segment however it is spelled: `../models/mine` is no way to reach
+    // model `mine` (unencoded, the URL would normalise to /v1/models/mine and delete it).
+    for cmd in ["delete", "show", "load"] {
+        let out = run(vec![cmd.into(), "../models/mine".into()])
+            .await
+            .unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{cmd} succeeded");
+        assert!(err.contains("../models/mine"), "{cmd}: {err}");
+    }
     let names: Vec<String> = client
         .get::<Vec<Model>>("/v1/models")
         .await
@@ -211,7 +254,7 @@ async fn model_add_stores_weights_that_fit_and_refuses_the_rest() {
         .into_iter()
         .map(|m| m.name)
         .collect();
-    assert_eq!(names, ["again", "mine", "r18"]);
+    assert_eq!(names, ["again", "bare", "mine", "r18"]);
     let (code, _) = common::http(
         reqwest::Method::GET,
         &format!("http://{addr}/v1/files/models/bad.safetensors"),

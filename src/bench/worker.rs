@@ -1,8 +1,17 @@
 //! `idunno bench worker`: (a) images/s of one worker's compute path per model and batch size,
-//! standalone (decoded sample photos, generated weights, the worker's own compute pool);
-//! (b) the same model through the whole cluster: a job over uploaded photos run by one
-//! worker of an embedded cluster (coordinator, storage node and worker, real HTTP between
-//! them), timed from its start to its last completion, against the standalone figure.
+//! standalone (decoded sample photos, generated weights, a compute pool of the worker's size);
+//! (b) the same model and batch size through the whole cluster: a job over the same photos
+//! uploaded to SDFS, run by the one worker of an embedded cluster (coordinator, storage node
+//! and worker, real HTTP between them), timed by the coordinator from the job's start to its
+//! last completion; (c) what the cluster costs against the standalone figure (goal: ≤ 5 %).
+//!
+//! The two runs differ only in what the cluster adds: the same architecture and generated
+//! weights (seed 1), the same batch size, the same photos in the same order (input `i` is
+//! photo `i mod n`) and count, the same number of compute threads, and a warm model in both
+//! (the standalone run classifies every photo once untimed; the worker has loaded the model
+//! and run an untimed one-batch job before the timed one). What the cluster adds is leasing,
+//! fetching inputs from the storage node, decoding them (on the same cores, in parallel with
+//! compute), writing results and reporting completions.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,27 +29,21 @@ use idunno_worker::{standalone_throughput, WorkerConfig};
 
 use crate::cli::model::{add, WeightsSource};
 
+/// Seed of the generated weights, the same in both runs.
+const SEED: u64 = 1;
+
 #[derive(Debug, Args)]
 pub struct WorkerBench {
-    /// Architectures to measure.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "resnet18,resnet50,inception_v3,efficientnet_lite0"
-    )]
+    /// Architectures to measure (default: every one the worker runs).
+    #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
-    /// Batch sizes of the standalone runs.
+    /// Batch sizes, of the standalone runs and of the cluster jobs alike.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     batch_sizes: Vec<usize>,
-    /// Timed images per standalone run (rounded up to whole batches).
-    #[arg(long, default_value_t = 64)]
-    images: usize,
-    /// Batch size of the cluster job (compared with the standalone run of that size).
-    #[arg(long, default_value_t = 8)]
-    job_batch_size: usize,
-    /// Inputs of the cluster job.
+    /// Timed images per run, standalone and through the cluster alike (rounded up to whole
+    /// batches).
     #[arg(long, default_value_t = 96)]
-    job_images: usize,
+    images: usize,
     /// Compute threads (default: one per core, as a worker).
     #[arg(long)]
     threads: Option<usize>,
@@ -49,121 +52,107 @@ pub struct WorkerBench {
     standalone_only: bool,
 }
 
-/// One model's figures.
+/// One model and batch size's figures.
 struct Row {
     arch: Arch,
-    standalone: Vec<(usize, f64)>,
+    batch: usize,
+    standalone: f64,
     cluster: Option<f64>,
 }
 
 pub async fn run(args: WorkerBench) -> anyhow::Result<()> {
-    let archs = args
-        .models
-        .iter()
-        .map(|m| m.parse::<Arch>())
-        .collect::<Result<Vec<_>, _>>()?;
-    if args.batch_sizes.contains(&0) || args.job_batch_size == 0 || args.job_images == 0 {
-        bail!("batch sizes and image counts must be at least 1");
+    let archs = if args.models.is_empty() {
+        Arch::ALL.to_vec()
+    } else {
+        args.models
+            .iter()
+            .map(|m| m.parse::<Arch>())
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) || args.images == 0 {
+        bail!("batch sizes and the image count must be at least 1");
     }
     let threads = args
         .threads
         .unwrap_or_else(|| WorkerConfig::new(Vec::new(), PathBuf::new()).compute_threads());
     let pool = ComputePool::new(threads)?;
-    let photos = Arc::new(decoded_samples()?);
+    let paths = sample_paths(&samples_dir()?)?;
+    let photos = Arc::new(decoded(&paths)?);
     println!(
-        "{} compute thread(s); standalone: {} timed images per run after one warm-up batch; \
-         cluster: a job of {} photos, batches of {}",
+        "{} compute thread(s); {} timed images per run (the {} sample photos in turn); \
+         models {}; batches {:?}",
         pool.threads(),
         args.images,
-        args.job_images,
-        args.job_batch_size
+        paths.len(),
+        archs.iter().map(|a| a.name()).collect::<Vec<_>>().join(","),
+        args.batch_sizes
     );
     let mut rows = Vec::new();
     for arch in archs {
         let model = Arc::new(load_generated(&pool, arch).await?);
         let mut standalone = Vec::new();
-        let mut sizes = args.batch_sizes.clone();
-        if !args.standalone_only && !sizes.contains(&args.job_batch_size) {
-            sizes.push(args.job_batch_size);
-        }
-        for &batch in &sizes {
+        for &batch in &args.batch_sizes {
             let batches = args.images.div_ceil(batch);
             let (model, photos) = (model.clone(), photos.clone());
             let rate = pool
                 .run(move || standalone_throughput(&model, &photos, batch, batches))
                 .await??;
             println!(
-                "  {:<18} batch {batch:>3}: {rate:7.2} images/s standalone",
+                "  {:<18} batch {batch:>3}: {rate:8.2} images/s standalone",
                 arch.name()
             );
             standalone.push((batch, rate));
         }
         drop(model);
         let cluster = if args.standalone_only {
-            None
+            Vec::new()
         } else {
-            let rate = cluster_run(arch, &args, threads).await?;
-            println!(
-                "  {:<18} batch {:>3}: {rate:7.2} images/s through the cluster",
-                arch.name(),
-                args.job_batch_size
-            );
-            Some(rate)
+            cluster_runs(arch, &args, &paths, threads).await?
         };
-        rows.push(Row {
-            arch,
-            standalone,
-            cluster,
-        });
+        for (batch, rate) in standalone {
+            rows.push(Row {
+                arch,
+                batch,
+                standalone: rate,
+                cluster: cluster.iter().find(|(b, _)| *b == batch).map(|(_, r)| *r),
+            });
+        }
     }
-    print_table(&rows, &args);
+    print_table(&rows);
     Ok(())
 }
 
-fn print_table(rows: &[Row], args: &WorkerBench) {
+fn print_table(rows: &[Row]) {
     println!();
-    let mut header = String::from("| model |");
-    for b in &args.batch_sizes {
-        header.push_str(&format!(" batch {b} (img/s) |"));
-    }
-    if !args.standalone_only {
-        header.push_str(&format!(
-            " cluster, batch {} (img/s) | cluster cost |",
-            args.job_batch_size
-        ));
-    }
-    println!("{header}");
-    println!("|{}", "---|".repeat(header.matches('|').count() - 1));
+    println!("| model | batch | standalone (img/s) | cluster, 1 worker (img/s) | cluster cost |");
+    println!("|---|---|---|---|---|");
     for row in rows {
-        let mut line = format!("| {} |", row.arch.name());
-        for b in &args.batch_sizes {
-            let rate = row.standalone.iter().find(|(s, _)| s == b).map(|(_, r)| *r);
-            line.push_str(&format!(" {:.2} |", rate.unwrap_or(f64::NAN)));
-        }
-        if let Some(cluster) = row.cluster {
-            let base = row
-                .standalone
-                .iter()
-                .find(|(s, _)| *s == args.job_batch_size)
-                .map(|(_, r)| *r)
-                .unwrap_or(f64::NAN);
-            line.push_str(&format!(
-                " {cluster:.2} | {:+.1}% |",
-                (1.0 - cluster / base) * 100.0
-            ));
-        }
-        println!("{line}");
+        let (cluster, cost) = match row.cluster {
+            Some(c) => (
+                format!("{c:.2}"),
+                format!("{:+.1} %", (1.0 - c / row.standalone) * 100.0),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {} | {:.2} | {cluster} | {cost} |",
+            row.arch.name(),
+            row.batch,
+            row.standalone
+        );
     }
 }
 
-/// The sample photos, decoded.
-fn decoded_samples() -> anyhow::Result<Vec<image::DynamicImage>> {
-    let dir = samples_dir()?;
-    let mut out = Vec::new();
-    for path in sample_paths(&dir)? {
-        out.push(image::open(&path).with_context(|| format!("{}", path.display()))?);
-    }
-    Ok(out)
+/// The photos at `paths`, decoded as a worker decodes inputs (by content).
+fn decoded(paths: &[PathBuf]) -> anyhow::Result<Vec<image::DynamicImage>> {
+    paths
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+            idunno_worker::inputs::decode(&bytes, &path.to_string_lossy())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        })
+        .collect()
 }
 
 fn samples_dir() -> anyhow::Result<PathBuf> {
@@ -178,11 +167,11 @@ fn samples_dir() -> anyhow::Result<PathBuf> {
     bail!("no samples/ folder: run from the IDunno repository")
 }
 
-/// The image files of `dir`, sorted.
+/// The image files of `dir` (by content), sorted.
 fn sample_paths(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| image::ImageFormat::from_path(p).is_ok())
+        .filter(|p| idunno_worker::inputs::is_image_file(p))
         .collect();
     paths.sort();
     if paths.is_empty() {
@@ -200,8 +189,14 @@ async fn load_generated(pool: &ComputePool, arch: Arch) -> anyhow::Result<Networ
         .await??)
 }
 
-/// Images/s of a job of `arch` run by the one worker of a fresh embedded cluster.
-async fn cluster_run(arch: Arch, args: &WorkerBench, threads: usize) -> anyhow::Result<f64> {
+/// Images/s of jobs of `arch` run by the one worker of a fresh embedded cluster, one job per
+/// batch size, each after an untimed one-batch job of the same size.
+async fn cluster_runs(
+    arch: Arch,
+    args: &WorkerBench,
+    photos: &[PathBuf],
+    threads: usize,
+) -> anyhow::Result<Vec<(usize, f64)>> {
     let dir = tempfile::tempdir()?;
     let spec = ClusterSpec {
         coordinators: 1,
@@ -217,15 +212,48 @@ async fn cluster_run(arch: Arch, args: &WorkerBench, threads: usize) -> anyhow::
         })
         .await?;
     let client = cluster.client();
-    let outcome = timed_job(&client, arch, args).await;
+    let outcome = async {
+        let largest = args.batch_sizes.iter().max().copied().unwrap_or(1);
+        let inputs = upload(&client, photos, args.images.div_ceil(largest) * largest).await?;
+        add(
+            &client,
+            "bench",
+            arch.name(),
+            &WeightsSource::Generate(SEED),
+            None,
+        )
+        .await?;
+        let _: Model = client.post("/v1/models/bench/load", &()).await?;
+        while client
+            .get::<Model>("/v1/models/bench")
+            .await?
+            .loaded_on
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut rates = Vec::new();
+        for &batch in &args.batch_sizes {
+            let timed = args.images.div_ceil(batch) * batch;
+            job(&client, &inputs[..batch.min(inputs.len())], batch).await?;
+            let rate = job(&client, &inputs[..timed], batch).await?;
+            println!(
+                "  {:<18} batch {batch:>3}: {rate:8.2} images/s through the cluster",
+                arch.name()
+            );
+            rates.push((batch, rate));
+        }
+        anyhow::Ok(rates)
+    }
+    .await;
     cluster.shutdown().await;
     outcome
 }
 
-async fn timed_job(client: &Client, arch: Arch, args: &WorkerBench) -> anyhow::Result<f64> {
-    let photos = sample_paths(&samples_dir()?)?;
-    let mut inputs = Vec::new();
-    for i in 0..args.job_images {
+/// Uploads `n` inputs cycling through `photos` (input `i` is photo `i mod len`).
+async fn upload(client: &Client, photos: &[PathBuf], n: usize) -> anyhow::Result<Vec<String>> {
+    let mut inputs = Vec::with_capacity(n);
+    for i in 0..n {
         let local = &photos[i % photos.len()];
         let name = format!(
             "bench/{i:05}-{}",
@@ -234,23 +262,12 @@ async fn timed_job(client: &Client, arch: Arch, args: &WorkerBench) -> anyhow::R
         client.upload_file(&name, local, None).await?;
         inputs.push(name);
     }
-    add(
-        client,
-        "bench",
-        arch.name(),
-        &WeightsSource::Generate(1),
-        None,
-    )
-    .await?;
-    let _: Model = client.post("/v1/models/bench/load", &()).await?;
-    while client
-        .get::<Model>("/v1/models/bench")
-        .await?
-        .loaded_on
-        .is_empty()
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Ok(inputs)
+}
+
+/// Runs a job of model `bench` over `inputs` in batches of `batch`; its images/s from the
+/// coordinator's start and finish times (the client's clock if it gave none).
+async fn job(client: &Client, inputs: &[String], batch: usize) -> anyhow::Result<f64> {
     let started = Instant::now();
     let job: Job = client
         .post(
@@ -258,8 +275,8 @@ async fn timed_job(client: &Client, arch: Arch, args: &WorkerBench) -> anyhow::R
             &NewJob {
                 name: Some("bench".into()),
                 model: "bench".into(),
-                inputs: Inputs::List(inputs),
-                batch_size: args.job_batch_size as u32,
+                inputs: Inputs::List(inputs.to_vec()),
+                batch_size: batch as u32,
                 weight: 1,
                 start: true,
             },
@@ -272,9 +289,13 @@ async fn timed_job(client: &Client, arch: Arch, args: &WorkerBench) -> anyhow::R
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let seconds = started.elapsed().as_secs_f64();
+    let client_seconds = started.elapsed().as_secs_f64();
     if job.failed > 0 {
         bail!("{} of the job's queries failed", job.failed);
     }
+    let seconds = match (job.started_at_ms, job.finished_at_ms) {
+        (Some(start), Some(end)) if end > start => (end - start) as f64 / 1e3,
+        _ => client_seconds,
+    };
     Ok(job.queries as f64 / seconds)
 }

@@ -1,13 +1,14 @@
 //! `idunno model …`: register and inspect models. `model add` first puts the weights into SDFS
 //! (from a local file, the seeded generator, or the Hugging Face hub) after checking that they
-//! load as the architecture, so a registered model is one every worker can run.
+//! load as the architecture, so a registered model is one every worker can run. Weights
+//! already in SDFS are downloaded (to a temporary file) and checked the same way before the
+//! model is registered over them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
-use idunno_api::file::FileVersion;
 use idunno_api::model::{Model, NewModel};
 use idunno_api::{Client, ClientError};
 use idunno_worker::models::hub::{self, TensorNames};
@@ -35,7 +36,8 @@ enum ModelCmd {
         /// Where the weights come from: a local safetensors file; `sdfs:NAME` (already in
         /// SDFS); `generate[:SEED]` (seeded random weights of the right shapes, for tests);
         /// `hub[:REPO]` (the Hugging Face hub, e.g. `hub:timm/resnet50.tv_in1k`; needs the
-        /// internet). A bare name that is no local file is taken as an SDFS name.
+        /// internet). A bare name that is no local file is taken as an SDFS name. Weights from
+        /// anywhere are checked to load as the architecture before the model is registered.
         #[arg(long)]
         weights: String,
         /// Input side in pixels (default: the architecture's).
@@ -66,12 +68,16 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
             vec![add(&client, &name, &arch, &source, input_size).await?]
         }
         ModelCmd::List => client.get("/v1/models").await?,
-        ModelCmd::Show { name } => vec![client.get(&format!("/v1/models/{name}")).await?],
+        ModelCmd::Show { name } => vec![client.get(&model_path(&name)).await?],
         ModelCmd::Load { name } => {
-            vec![client.post(&format!("/v1/models/{name}/load"), &()).await?]
+            vec![
+                client
+                    .post(&format!("{}/load", model_path(&name)), &())
+                    .await?,
+            ]
         }
         ModelCmd::Delete { name } => {
-            client.delete(&format!("/v1/models/{name}")).await?;
+            client.delete(&model_path(&name)).await?;
             println!("deleted model {name}");
             return Ok(());
         }
@@ -96,6 +102,15 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
         render(&["name", "arch", "input", "weights", "loaded on"], &rows)
     );
     Ok(())
+}
+
+/// `/v1/models/{name}` with the name percent-encoded as one path segment (a `/` in it too),
+/// so whatever a user types names one model, never another route.
+pub fn model_path(name: &str) -> String {
+    format!(
+        "/v1/models/{}",
+        idunno_api::client::encode_path(name).replace('/', "%2F")
+    )
 }
 
 /// Where `model add` takes weights from.
@@ -150,13 +165,23 @@ pub async fn add(
     let tmp = tempfile::tempdir()?;
     let local: PathBuf = match source {
         WeightsSource::Sdfs(sdfs) => {
-            require_in_sdfs(client, sdfs).await?;
+            let local = download_from_sdfs(client, sdfs, tmp.path())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("SDFS has no file {sdfs:?}"))?;
+            check_loads(arch, &local)
+                .await
+                .with_context(|| format!("SDFS file {sdfs:?}"))?;
             return register(client, name, arch, sdfs, input_size).await;
         }
         WeightsSource::Either(text) if !Path::new(text).exists() => {
-            require_in_sdfs(client, text)
+            let local = download_from_sdfs(client, text, tmp.path())
+                .await?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{text:?} is neither a local file nor a file in SDFS")
+                })?;
+            check_loads(arch, &local)
                 .await
-                .with_context(|| format!("{text:?} is no local file"))?;
+                .with_context(|| format!("SDFS file {text:?}"))?;
             return register(client, name, arch, text, input_size).await;
         }
         WeightsSource::Either(path) => PathBuf::from(path),
@@ -194,17 +219,29 @@ async fn register(
     Ok(client.post("/v1/models", &body).await?)
 }
 
-/// Fails unless SDFS has a file `name`.
-async fn require_in_sdfs(client: &Client, name: &str) -> anyhow::Result<()> {
-    let path = format!(
-        "/v1/files/{}/versions?n=1",
-        idunno_api::client::encode_path(name)
-    );
-    match client.get::<Vec<FileVersion>>(&path).await {
-        Ok(_) => Ok(()),
-        Err(ClientError::Api { status: 404, .. }) => bail!("SDFS has no file {name:?}"),
-        Err(e) => Err(e.into()),
+/// Streams the newest version of SDFS file `name` into a file in `dir`; `None` if SDFS has
+/// no such file. Weights run to hundreds of MB: they go to disk, not memory.
+async fn download_from_sdfs(
+    client: &Client,
+    name: &str,
+    dir: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    let mut response = match client.download(name, None).await {
+        Ok(response) => response,
+        Err(ClientError::Api { status: 404, .. }) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {name:?} from SDFS")),
+    };
+    let local = dir.join("sdfs.safetensors");
+    let mut file = tokio::fs::File::create(&local).await?;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .with_context(|| format!("reading {name:?} from SDFS broke off"))?
+    {
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await?;
     }
+    tokio::io::AsyncWriteExt::flush(&mut file).await?;
+    Ok(Some(local))
 }
 
 /// Loads the weights as the architecture once (off the async threads): a file that lacks a

@@ -18,7 +18,7 @@ use idunno_api::Client;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::job::{detail, results_table, wait_with_progress};
-use super::model::{add, WeightsSource};
+use super::model::{add, model_path, WeightsSource};
 
 /// Marks a folder `idunno up` made, so that it only ever wipes its own.
 const MARKER: &str = ".idunno-up";
@@ -82,7 +82,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
 /// Uploads, registers, loads, runs and prints.
 async fn demo(client: &Client, args: &UpArgs, images: &Path, lite0: &Path) -> anyhow::Result<()> {
-    let is_image = |p: &Path| image::ImageFormat::from_path(p).is_ok();
+    // By content, as workers decode (`put_dir` passes paths relative to the folder).
+    let is_image = |rel: &Path| idunno_worker::inputs::is_image_file(&images.join(rel));
     super::sdfs::put_dir(client, images, "images", None, 4, is_image)
         .await
         .with_context(|| format!("cannot upload {}", images.display()))?;
@@ -146,10 +147,10 @@ async fn load(client: &Client, model: &str) -> anyhow::Result<()> {
     spinner.set_message(format!("loading {model} on the worker"));
     spinner.enable_steady_tick(Duration::from_millis(100));
     let _: Model = client
-        .post(&format!("/v1/models/{model}/load"), &())
+        .post(&format!("{}/load", model_path(model)), &())
         .await?;
     loop {
-        let m: Model = client.get(&format!("/v1/models/{model}")).await?;
+        let m: Model = client.get(&model_path(model)).await?;
         if !m.loaded_on.is_empty() {
             break;
         }

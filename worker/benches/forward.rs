@@ -3,7 +3,8 @@
 //! `cargo bench -p idunno-worker --bench forward -- [MODEL,…] [BATCH,…] [THREADS]`
 //! (defaults: all of resnet18, resnet50, inception_v3, efficientnet_lite0; batches 1,8;
 //! one thread per core). For every model and batch size it prints the time of one
-//! batched forward pass on a rayon pool of THREADS threads — the worker's compute pool —
+//! `Model::forward` call on the batch (its images side by side) on a rayon pool of
+//! THREADS threads — the worker's compute pool —
 //! and the images/s that makes (fastest of the runs in a 3 s budget), then the
 //! per-image preprocessing time of the sample photos and the whole standalone path
 //! ([`idunno_worker::standalone_throughput`], a mean over its batches).

@@ -68,9 +68,11 @@ impl ComputePool {
     }
 }
 
-/// Classifies images with one batched forward pass: each image is preprocessed on its own
-/// (in parallel on the current rayon pool), the ones that preprocess are stacked and run
-/// through the network at once, and every image gets its top `k` classes (softmax
+/// Classifies a batch of images: each image is preprocessed on its own (in parallel on the
+/// current rayon pool), the ones that preprocess are stacked into one `(N, 3, S, S)` tensor
+/// and given to [`Model::forward`] in one call, which runs the images through the network
+/// side by side on the pool (single-image passes in parallel: faster on CPU than one
+/// N-image pass, see `Model::forward`), and every image gets its top `k` classes (softmax
 /// probabilities, ImageNet labels) or the reason it has none. Results are in image order.
 pub fn classify_images(model: &Model, images: &[DynamicImage], k: usize) -> Vec<QueryOutcome> {
     let prepared: Vec<Result<Tensor, String>> = images

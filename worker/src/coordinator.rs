@@ -5,7 +5,10 @@
 //! gets a new id. For a lease that is wrong: the first attempt may have been granted and its
 //! answer lost, and a new id would lease a second batch while the first one sits, held by a
 //! live worker, until its hard deadline. [`call_until_answered`] therefore keeps one id until
-//! a coordinator gives a definite answer (any 2xx or 4xx), however long the outage lasts.
+//! a coordinator gives a definite answer (any 2xx or 4xx), however long the outage lasts (or
+//! until the caller's deadline). A 5xx is no definite answer: the coordinator may have lost
+//! its leader mid-write, or failed on its side, and another one (or the same one a moment
+//! later) may well succeed, so it is retried like an unreachable coordinator, with backoff.
 //! Everything else uses the `Client` directly.
 
 use std::time::{Duration, Instant};
@@ -15,17 +18,23 @@ use idunno_api::{Client, ClientError, ErrorBody, REQUEST_ID_HEADER};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 
-/// Pause after every coordinator was tried once without a definite answer.
-const ROUND_PAUSE: Duration = Duration::from_millis(200);
+/// Pause after the first round in which every coordinator was tried without a definite
+/// answer; it doubles each round up to [`MAX_ROUND_PAUSE`].
+const ROUND_PAUSE: Duration = Duration::from_millis(100);
+
+/// Longest pause between rounds (a coordinator that keeps failing is not hammered).
+const MAX_ROUND_PAUSE: Duration = Duration::from_secs(2);
 
 /// Per-attempt timeout on top of a long poll's own wait.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `method path` with a JSON `body` and the fixed `request_id`, tried on every coordinator in
-/// turn (the one that answered last first) until one answers 2xx (returned) or 4xx/500
-/// (an [`ClientError::Api`] error), or `give_up_after` passes. Unreachable coordinators and
-/// 502/503/504 answers (no leader yet) are retried. `long_poll` extends the per-attempt
-/// timeout by the server-side wait.
+/// turn (the one that answered last first) until one answers 2xx (returned) or 4xx
+/// (an [`ClientError::Api`] error), or `give_up_after` passes (then the last 5xx answer, if
+/// the last round ended on one, else [`ClientError::Unavailable`]). Unreachable coordinators,
+/// timeouts and 5xx answers are retried, with a pause between rounds that grows from
+/// [`ROUND_PAUSE`] to [`MAX_ROUND_PAUSE`] but never past the deadline. `long_poll` extends the
+/// per-attempt timeout by the server-side wait.
 pub async fn call_until_answered<B: Serialize>(
     client: &Client,
     method: Method,
@@ -38,8 +47,10 @@ pub async fn call_until_answered<B: Serialize>(
     let payload = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
     let started = Instant::now();
     let timeout = ATTEMPT_TIMEOUT + long_poll.unwrap_or_default();
+    let mut round: u32 = 0;
     loop {
         let mut last = String::new();
+        let mut last_answer: Option<ClientError> = None;
         for base in client.coordinators() {
             let mut request = client
                 .http()
@@ -62,7 +73,14 @@ pub async fn call_until_answered<B: Serialize>(
                                 body: error_body(status, &bytes),
                             })
                         }
-                        Ok(_) => last = format!("{base}: answered {status}"),
+                        Ok(bytes) => {
+                            last = format!("{base}: answered {status}");
+                            last_answer = Some(ClientError::Api {
+                                status: status.as_u16(),
+                                body: error_body(status, &bytes),
+                            });
+                            continue;
+                        }
                         Err(e) => last = format!("{base}: {e}"),
                     }
                 }
@@ -70,24 +88,38 @@ pub async fn call_until_answered<B: Serialize>(
                 Err(e) if e.is_connect() => last = format!("{base}: unreachable"),
                 Err(e) => last = format!("{base}: {e}"),
             }
+            last_answer = None;
         }
-        if give_up_after.is_some_and(|d| started.elapsed() >= d) {
-            return Err(ClientError::Unavailable {
-                tried: client.coordinators().join(","),
-                last,
-            });
+        let pause = round_pause(round);
+        round = round.saturating_add(1);
+        if let Some(deadline) = give_up_after {
+            let elapsed = started.elapsed();
+            if elapsed >= deadline {
+                return Err(last_answer.unwrap_or_else(|| ClientError::Unavailable {
+                    tried: client.coordinators().join(","),
+                    last,
+                }));
+            }
+            // One more round right at the deadline rather than a pause that overshoots it.
+            tokio::time::sleep(pause.min(deadline - elapsed)).await;
+        } else {
+            tokio::time::sleep(pause).await;
         }
-        tracing::debug!(%path, %last, "no coordinator answered; retrying with the same request id");
-        tokio::time::sleep(ROUND_PAUSE).await;
+        tracing::debug!(%path, %last, "no coordinator answered definitely; retrying with the same request id");
     }
 }
 
-/// No leader now, leader changing: ask again, maybe elsewhere.
+/// Not a definite answer: no leader now, leader changing, or the coordinator failed on its
+/// side (any 5xx). Ask again, maybe elsewhere; the request id makes a repeat harmless.
 fn retryable(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
-    )
+    status.is_server_error()
+}
+
+/// The pause after round `round` (0-based) of unanswered attempts: doubling, capped.
+fn round_pause(round: u32) -> Duration {
+    ROUND_PAUSE
+        .saturating_mul(1u32 << round.min(16))
+        .min(MAX_ROUND_PAUSE)
 }
 
 fn error_body(status: StatusCode, bytes: &[u8]) -> ErrorBody {
@@ -118,6 +150,25 @@ pub fn encode_segment(segment: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_errors_are_retried_and_client_errors_are_answers() {
+        for code in [500, 502, 503, 504] {
+            assert!(retryable(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [400, 404, 409, 422] {
+            assert!(!retryable(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+    }
+
+    #[test]
+    fn the_pause_between_rounds_backs_off_to_a_cap() {
+        assert_eq!(round_pause(0), ROUND_PAUSE);
+        assert_eq!(round_pause(1), ROUND_PAUSE * 2);
+        assert!(round_pause(2) > round_pause(1));
+        assert_eq!(round_pause(30), MAX_ROUND_PAUSE);
+        assert_eq!(round_pause(u32::MAX), MAX_ROUND_PAUSE);
+    }
 
     #[test]
     fn segments_are_encoded() {

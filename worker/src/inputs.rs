@@ -5,21 +5,38 @@
 //! replica that cannot be reached, answers an error, or serves bytes with another hash is
 //! skipped for the next one; an input no replica could serve, or that does not decode, is a
 //! per-query error, never a batch failure. This module does not talk to the coordinators.
+//!
+//! Inputs come from anyone who can write to SDFS, so both steps are bounded: an input is read
+//! only up to [`MAX_INPUT_BYTES`], and decoding stops with an error before it allocates more
+//! than [`MAX_DECODED_BYTES`] or meets a side longer than [`MAX_IMAGE_SIDE`] (a few bytes of
+//! PNG can claim a 100 000 × 100 000 image: a decompression bomb is one query's error result,
+//! not an out-of-memory worker).
 
+use std::io::Cursor;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use idunno_api::worker::LeasedInput;
-use image::DynamicImage;
+use image::{DynamicImage, ImageError, ImageFormat, ImageReader, Limits};
 
 use crate::error::WorkerError;
 
 /// Header carrying the cluster secret on storage nodes' internal routes.
 pub const SECRET_HEADER: &str = "x-idunno-secret";
 
-/// Largest input read when the lease gives no size (an image, not a data set).
-pub const MAX_INPUT_BYTES: u64 = 256 << 20;
+/// Largest input the worker reads, whatever size the lease gives: an image to classify, not
+/// a data set. 64 MiB holds any compressed photo and an uncompressed 21-megapixel RGB one
+/// (a larger input is an error result, refused before it is downloaded).
+pub const MAX_INPUT_BYTES: u64 = 64 << 20;
+
+/// Most memory one image's decoder may allocate (the decoded pixels count): 256 MiB is an
+/// 89-megapixel RGB image. A prepared batch holds its decoded images, so this bounds a
+/// batch's memory to its size times this.
+pub const MAX_DECODED_BYTES: u64 = 256 << 20;
+
+/// Longest side of an image the worker decodes (as long as the resize step accepts).
+pub const MAX_IMAGE_SIDE: u32 = crate::models::preprocess::MAX_RESIZED_SIDE;
 
 /// Inputs of one batch fetched at the same time.
 const PARALLEL_FETCHES: usize = 8;
@@ -53,6 +70,13 @@ impl InputFetcher {
         if input.replicas.is_empty() {
             return Err(fail("no live storage node holds it".into()));
         }
+        if input.size > MAX_INPUT_BYTES {
+            return Err(fail(format!(
+                "{} bytes is more than the {MAX_INPUT_BYTES} a worker reads for one image",
+                input.size
+            )));
+        }
+        // The size the lease gives is exact: a replica that sends more is refused.
         let limit = if input.size > 0 {
             input.size
         } else {
@@ -149,13 +173,55 @@ pub fn verify_hash(bytes: &[u8], expected: &str, what: &str) -> Result<(), Worke
     }
 }
 
-/// Decodes an image in any format the `image` crate reads (JPEG, PNG, GIF, BMP, WebP, TIFF),
-/// guessing the format from the bytes. The error says why, for the query's result.
-pub fn decode(bytes: &[u8]) -> Result<DynamicImage, String> {
+/// Decodes an image in any format the worker's `image` crate reads: JPEG, PNG, GIF, BMP, ICO,
+/// WebP, TIFF, PNM, TGA, QOI, DDS, Radiance HDR, OpenEXR, farbfeld (not AVIF: its decoder
+/// needs the native dav1d library). The format comes from the bytes' signature, whatever
+/// the file is called; only a format that has none (TGA) is taken from `name`'s extension.
+/// Decoding is bounded by [`decode_limits`]. The error says why, for the query's result.
+pub fn decode(bytes: &[u8], name: &str) -> Result<DynamicImage, String> {
     if bytes.is_empty() {
         return Err("cannot decode an empty file as an image".into());
     }
-    image::load_from_memory(bytes).map_err(|e| format!("cannot decode as an image: {e}"))
+    let format = image_format(bytes, name)
+        .ok_or("cannot decode as an image: not in any image format the worker reads")?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(decode_limits());
+    reader.decode().map_err(|e| match e {
+        ImageError::Limits(e) => format!(
+            "image too large to decode ({e}; a worker decodes at most {MAX_IMAGE_SIDE} pixels \
+             a side and {} MiB of pixels)",
+            MAX_DECODED_BYTES >> 20
+        ),
+        e => format!("cannot decode as {format:?}: {e}"),
+    })
+}
+
+/// The format [`decode`] reads `bytes` (the first few are enough) as: the one their signature
+/// names, else the one `name`'s extension names; `None` if neither is one the worker decodes.
+pub fn image_format(bytes: &[u8], name: &str) -> Option<ImageFormat> {
+    image::guess_format(bytes)
+        .ok()
+        .or_else(|| ImageFormat::from_path(name).ok())
+        // image 0.25 builds a DDS decoder with its `dds` feature but says it cannot read DDS.
+        .filter(|f| f.reading_enabled() || *f == ImageFormat::Dds)
+}
+
+/// Whether the local file at `path` is one [`decode`] would read as an image (by its first
+/// bytes; by its extension for a format without a signature). For uploads of sample folders.
+pub fn is_image_file(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(64);
+    let read = std::fs::File::open(path).and_then(|f| f.take(64).read_to_end(&mut head));
+    read.is_ok() && image_format(&head, &path.to_string_lossy()).is_some()
+}
+
+/// The decoder limits of [`decode`]: [`MAX_IMAGE_SIDE`] and [`MAX_DECODED_BYTES`].
+pub fn decode_limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    limits
 }
 
 /// A reqwest error without the URL (the caller names the replica).
@@ -297,7 +363,7 @@ mod tests {
         let all = input(&b, vec![bad.addr(), DEAD.into(), good.addr()]);
         let bytes = fetcher.fetch(&all).await.unwrap();
         assert_eq!(&bytes[..], &b[..]);
-        assert!(decode(&bytes).is_ok());
+        assert!(decode(&bytes, "x.png").is_ok());
     }
 
     #[tokio::test]
@@ -365,6 +431,15 @@ mod tests {
         let err = fetcher.fetch(&lying).await.unwrap_err();
         assert!(err.to_string().contains("larger than 10"), "{err}");
 
+        // An input the lease says is huge is refused without reading it.
+        let mut huge = input(&big, vec![node.addr()]);
+        huge.size = MAX_INPUT_BYTES + 1;
+        let err = fetcher.fetch(&huge).await.unwrap_err();
+        assert!(
+            err.to_string().contains("a worker reads for one image"),
+            "{err}"
+        );
+
         // A node that does not hold the blob says so; the worker passes that on.
         let absent = input(b"never stored", vec![node.addr()]);
         let err = fetcher.fetch(&absent).await.unwrap_err();
@@ -394,11 +469,113 @@ mod tests {
 
     #[test]
     fn undecodable_bytes_give_a_reason() {
-        assert!(decode(b"").unwrap_err().contains("empty"));
-        assert!(decode(b"GIF89a but truncated")
-            .unwrap_err()
-            .contains("cannot decode"));
-        assert!(decode(&png()).is_ok());
+        assert!(decode(b"", "a.png").unwrap_err().contains("empty"));
+        // A 16 × 16 GIF's header, then nothing.
+        let gif = decode(b"GIF89a\x10\x00\x10\x00 truncated", "a.gif").unwrap_err();
+        assert!(gif.contains("cannot decode as Gif"), "{gif}");
+        let text = decode(b"plain text", "notes.txt").unwrap_err();
+        assert!(text.contains("not in any image format"), "{text}");
+        assert!(decode(&png(), "coffee.png").is_ok());
+    }
+
+    /// A small image with a gradient, so a decoder that mixes up pixels is caught.
+    fn gradient() -> image::RgbImage {
+        image::RgbImage::from_fn(12, 7, |x, y| image::Rgb([x as u8 * 20, y as u8 * 30, 99]))
+    }
+
+    #[test]
+    fn formats_beyond_jpeg_and_png_decode_by_content_not_by_name() {
+        let rgb = gradient();
+        let f32_image = DynamicImage::ImageRgb32F(DynamicImage::ImageRgb8(rgb.clone()).to_rgb32f());
+        for format in [
+            ImageFormat::Qoi,
+            ImageFormat::Pnm,
+            ImageFormat::Farbfeld,
+            ImageFormat::Ico,
+            ImageFormat::OpenExr,
+            ImageFormat::Hdr,
+            ImageFormat::Tga,
+        ] {
+            // Each encoder takes the pixel types of its format.
+            let source = match format {
+                ImageFormat::OpenExr | ImageFormat::Hdr => f32_image.clone(),
+                ImageFormat::Farbfeld => {
+                    DynamicImage::ImageRgba16(DynamicImage::ImageRgb8(rgb.clone()).to_rgba16())
+                }
+                ImageFormat::Ico => {
+                    DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb.clone()).to_rgba8())
+                }
+                _ => DynamicImage::ImageRgb8(rgb.clone()),
+            };
+            let mut bytes = Cursor::new(Vec::new());
+            source.write_to(&mut bytes, format).unwrap();
+            let bytes = bytes.into_inner();
+            // A misleading name: the signature decides. TGA has none, so its name must say.
+            let name = if format == ImageFormat::Tga {
+                "in/picture.tga"
+            } else {
+                "in/picture.jpg"
+            };
+            let decoded = decode(&bytes, name)
+                .unwrap_or_else(|e| panic!("{format:?}: {e}"))
+                .to_rgb8();
+            assert_eq!(decoded.dimensions(), rgb.dimensions(), "{format:?}");
+            for (got, want) in decoded.pixels().zip(rgb.pixels()) {
+                for c in 0..3 {
+                    // HDR keeps 8-bit mantissas with a shared exponent: close, not exact.
+                    let d = (got[c] as i32 - want[c] as i32).abs();
+                    assert!(d <= 3, "{format:?}: {got:?} vs {want:?}");
+                }
+            }
+        }
+    }
+
+    /// CRC-32 (IEEE) as PNG chunks use it.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// A real PNG whose header is rewritten to claim `width × height` (its CRC fixed, so the
+    /// header itself is valid); `color` 2 is RGB, 6 RGBA.
+    fn png_claiming(width: u32, height: u32, color: u8) -> Vec<u8> {
+        let mut bytes = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(gradient())
+            .write_to(&mut bytes, ImageFormat::Png)
+            .unwrap();
+        let mut png = bytes.into_inner();
+        // Signature (8), then the IHDR chunk: length (4), "IHDR" (4), 13 bytes of data, CRC.
+        assert_eq!(&png[12..16], b"IHDR");
+        png[16..20].copy_from_slice(&width.to_be_bytes());
+        png[20..24].copy_from_slice(&height.to_be_bytes());
+        png[24] = 8;
+        png[25] = color;
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        png
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_before_it_is_allocated() {
+        // Sides beyond the limit.
+        let err = decode(&png_claiming(100_000, 100_000, 6), "bomb.png").unwrap_err();
+        assert!(err.contains("too large to decode"), "{err}");
+        // Sides within it, but 12 000 × 12 000 RGB is 412 MiB of pixels (under the image
+        // crate's own 512 MiB default, over the worker's budget).
+        let err = decode(&png_claiming(12_000, 12_000, 2), "big.png").unwrap_err();
+        assert!(err.contains("too large to decode"), "{err}");
+        // The untouched image still decodes: the rewrite, not the PNG, is what is refused.
+        assert!(decode(&png_claiming(12, 7, 2), "small.png").is_ok());
     }
 
     #[test]

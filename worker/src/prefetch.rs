@@ -23,6 +23,9 @@ use crate::runtime::{stopped, Shared};
 /// Pause after a lease call failed with a definite error (e.g. 4xx), before the next one.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// How long giving a lease back keeps trying coordinators that are down or failing.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(15);
+
 /// A leased batch whose inputs are fetched and decoded: ready for the network.
 pub(crate) struct PreparedBatch {
     pub lease: Lease,
@@ -110,11 +113,13 @@ async fn next_lease(shared: &Shared) -> Result<Option<Lease>, WorkerError> {
 async fn prepare(shared: &Shared, lease: Lease) -> PreparedBatch {
     let leased_at = Instant::now();
     let fetched = shared.inputs.fetch_all(&lease.inputs).await;
+    let names: Vec<String> = lease.inputs.iter().map(|i| i.name.clone()).collect();
     let decoded = tokio::task::spawn_blocking(move || {
         fetched
             .into_iter()
-            .map(|bytes| match bytes {
-                Ok(bytes) => inputs::decode(&bytes),
+            .zip(names)
+            .map(|(bytes, name)| match bytes {
+                Ok(bytes) => inputs::decode(&bytes, &name),
                 Err(e) => Err(e.to_string()),
             })
             .collect::<Vec<_>>()
@@ -139,7 +144,8 @@ async fn prepare(shared: &Shared, lease: Lease) -> PreparedBatch {
     }
 }
 
-/// Gives back a lease that was not (or could not be) run: `POST /v1/workers/{id}/release`.
+/// Gives back a lease that was not (or could not be) run: `POST /v1/workers/{id}/release`,
+/// one request id, retried on every coordinator (5xx included) for [`RELEASE_DEADLINE`].
 /// Best effort: if no coordinator takes it, the lease expires on its own.
 pub(crate) async fn release(shared: &Shared, lease: &Lease) {
     let path = format!("/v1/workers/{}/release", encode_segment(&shared.worker_id));
@@ -147,10 +153,17 @@ pub(crate) async fn release(shared: &Shared, lease: &Lease) {
         lease_id: lease.lease_id,
         batch_id: lease.batch_id.clone(),
     };
-    match shared
-        .client
-        .call(Method::POST, &path, Some(&body), None)
-        .await
+    let request_id = idunno_api::client::new_request_id();
+    match call_until_answered(
+        &shared.client,
+        Method::POST,
+        &path,
+        &body,
+        &request_id,
+        None,
+        Some(RELEASE_DEADLINE),
+    )
+    .await
     {
         Ok(_) => {
             shared.stats.record_release();

@@ -4,7 +4,10 @@
 //! Publishing runs in its own task (the reporter), so the compute loop goes straight on to
 //! the next batch instead of waiting on the network. A completion carries the lease id and is
 //! idempotent on the coordinator's side: the first completion of a batch counts, later ones
-//! are acknowledged with `accepted: false`.
+//! are acknowledged with `accepted: false`. A completion that no coordinator takes within
+//! [`COMPLETION_DEADLINE`] (5xx answers and unreachable coordinators are retried until then)
+//! gives the lease back, as a results object that cannot be written does, so the batch runs
+//! again promptly instead of waiting out its lease's hard deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,8 +135,11 @@ async fn publish(shared: &Shared, finished: Finished) {
             );
         }
         Err(e) => {
-            // The lease will expire or reach its deadline and the batch will run again.
-            tracing::error!(batch = %lease.batch_id, error = %e, "cannot report the batch's completion");
+            // Left alone, the lease would stay ours for as long as this worker heartbeats: up
+            // to the batch's hard deadline (minutes). Giving it back lets the batch run again
+            // at once; its results object is simply written again by whoever runs it.
+            tracing::error!(batch = %lease.batch_id, error = %e, "cannot report the batch's completion; giving the batch back");
+            prefetch::release(shared, &lease).await;
         }
     }
 }

@@ -273,9 +273,10 @@ impl WorkerHandle {
 
     /// Graceful stop: no new leases; the batch in hand is finished and published; a
     /// prepared batch not yet started is given back; then the worker deregisters. Returns
-    /// once every task has ended. An error means only that deregistration failed (the
-    /// coordinator then forgets the worker when its heartbeats stop).
-    pub async fn stop(mut self) -> Result<(), WorkerError> {
+    /// once every task has ended, with what the worker did in its life. An error means only
+    /// that deregistration failed (the coordinator then forgets the worker when its
+    /// heartbeats stop).
+    pub async fn stop(mut self) -> Result<WorkerStats, WorkerError> {
         let shared = self.shared.clone();
         let _ = self.stop_tx.send(true);
         tracing::info!(worker = %shared.worker_id, "stopping: finishing the batch in hand");
@@ -308,8 +309,9 @@ impl WorkerHandle {
             .delete(&path)
             .await
             .map_err(|e| WorkerError::coordinator(format!("DELETE {path}"), e))?;
-        tracing::info!(worker = %shared.worker_id, stats = ?shared.stats.snapshot(), "worker stopped and deregistered");
-        Ok(())
+        let stats = shared.stats.snapshot();
+        tracing::info!(worker = %shared.worker_id, ?stats, "worker stopped and deregistered");
+        Ok(stats)
     }
 
     /// Abrupt end, as if the process died: every task is aborted at its next await point,
@@ -352,7 +354,7 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         }
     };
     (&mut signal).await;
-    handle.stop().await
+    handle.stop().await.map(|_| ())
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.

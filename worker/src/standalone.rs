@@ -2,7 +2,8 @@
 //! `idunno bench worker` (the figure the cluster's throughput is compared against).
 //!
 //! It runs exactly what a worker runs per batch ([`crate::compute::classify_images`]: per-image
-//! preprocessing, one batched forward pass, softmax, top-5), minus fetching and decoding.
+//! preprocessing, one [`Model::forward`] call for the batch — its images run side by side on
+//! the pool — softmax, top-5), minus fetching and decoding.
 
 use std::time::Instant;
 
@@ -15,8 +16,10 @@ use crate::models::Model;
 /// Classes ranked per image, as a worker with default settings does.
 const TOP_K: usize = 5;
 
-/// Runs `batches` batches of `batch_size` images (cycling through `images`) after one
-/// untimed warm-up batch, and returns images per second.
+/// Runs `batches` batches of `batch_size` images after untimed warm-up batches, and returns
+/// images per second. The images are taken from `images` in turn across batches (image `i` of
+/// the run is `images[i % len]`), as a job over inputs that cycle through them would see them,
+/// so every image's decoding-independent cost (preprocessing depends on its size) counts.
 ///
 /// It computes on the calling thread's rayon pool: the global one (`RAYON_NUM_THREADS`, else
 /// one thread per core), or a worker's [`crate::compute::ComputePool`] when called inside
@@ -32,24 +35,32 @@ pub fn standalone_throughput(
             "a throughput run needs images, a batch size and a batch count of at least 1".into(),
         ));
     }
-    let batch: Vec<DynamicImage> = images.iter().cycle().take(batch_size).cloned().collect();
-    // Warm-up, and a check that every image classifies (a failing image would flatter the
-    // figure).
-    if let Some(Err(e)) = classify_images(model, &batch, TOP_K)
-        .into_iter()
-        .find(|r| r.is_err())
-    {
-        return Err(WorkerError::Config(format!(
-            "an image cannot be classified: {e}"
-        )));
+    let run: Vec<DynamicImage> = images
+        .iter()
+        .cycle()
+        .take(batch_size * batches)
+        .cloned()
+        .collect();
+    // Warm-up: untimed batches of the same size until every image was in one, and a check
+    // that each classifies (a failing image would flatter the figure).
+    let warm_up = images.len().div_ceil(batch_size) * batch_size;
+    for batch in run[..warm_up.min(run.len())].chunks(batch_size) {
+        if let Some(Err(e)) = classify_images(model, batch, TOP_K)
+            .into_iter()
+            .find(|r| r.is_err())
+        {
+            return Err(WorkerError::Config(format!(
+                "an image cannot be classified: {e}"
+            )));
+        }
     }
     let started = Instant::now();
-    for _ in 0..batches {
-        let ranked = classify_images(model, &batch, TOP_K);
+    for batch in run.chunks(batch_size) {
+        let ranked = classify_images(model, batch, TOP_K);
         std::hint::black_box(ranked);
     }
     let seconds = started.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);
-    Ok((batch_size * batches) as f64 / seconds)
+    Ok(run.len() as f64 / seconds)
 }
 
 #[cfg(test)]

@@ -201,8 +201,9 @@ fn efficientnet_lite0_real_weights_classify_samples() {
     let coffee = &results[1][0];
     assert_eq!(coffee.class_index, 967, "coffee.png: {:?}", results[1]);
     assert_eq!(coffee.label, "espresso");
+    // The expected figure is p ≈ 0.95 (0.9507 with these weights and preprocessing).
     assert!(
-        coffee.probability > 0.9,
+        (0.93..=0.97).contains(&coffee.probability),
         "espresso p = {}",
         coffee.probability
     );

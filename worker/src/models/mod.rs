@@ -5,8 +5,9 @@
 //!   approximate cost ([`Arch::gflops`]), used by the scheduler.
 //! * [`Model`] — a loaded network: [`Model::load`] (a local safetensors file)
 //!   or [`Model::from_safetensors_bytes`], then [`Model::preprocess`],
-//!   [`Model::forward`] and [`Model::classify`] (one batched forward pass,
-//!   softmax, top-k [`Prediction`]s).
+//!   [`Model::forward`] (a batch in one call, its images run side by side)
+//!   and [`Model::classify`] (preprocess, forward, softmax, top-k
+//!   [`Prediction`]s).
 //! * [`imagenet_label`] — the ImageNet-1k class names.
 //! * [`weights`] — a deterministic, seeded generator of weights files with the
 //!   exact tensor names and shapes (tests, benchmarks, demos without downloads).

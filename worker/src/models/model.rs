@@ -134,6 +134,11 @@ impl Model {
 
     /// Run the network: `(N, 3, H, W)` f32 input → `(N, 1000)` logits.
     ///
+    /// One call for the whole batch, but not one `N`-image pass through the
+    /// layers: the images go through the network side by side, each as its own
+    /// single-image pass, in parallel on the current rayon pool (see
+    /// `forward_per_image` for why and the measurements).
+    ///
     /// Any `H, W` the architecture can take works (≥ 75 for Inception V3,
     /// ≥ 32 otherwise); the reference weights expect [`Arch::input_size`].
     pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
@@ -162,9 +167,10 @@ impl Model {
         Ok(logits)
     }
 
-    /// Classify images with one batched forward pass; the `k` most probable
-    /// classes per image, most probable first. An empty slice gives an empty
-    /// result without running the network.
+    /// Classify images: preprocessed into one `(N, 3, S, S)` batch and given
+    /// to [`Model::forward`] in one call (which runs the images side by side);
+    /// the `k` most probable classes per image, most probable first. An empty
+    /// slice gives an empty result without running the network.
     pub fn classify(&self, images: &[DynamicImage], k: usize) -> Result<Vec<Vec<Prediction>>> {
         if images.is_empty() {
             return Ok(Vec::new());
@@ -184,8 +190,15 @@ impl Model {
 /// layers' tensors and im2col matrices (tens of MB) no longer fit in the
 /// caches, while one image's mostly do. Running images side by side also keeps
 /// both cores busy through the small late layers, which split poorly within
-/// one image. Measured on 2 cores, batch 8: EfficientNet-Lite0 44 → 70–84
-/// images/s, ResNet-18 16 → 25 (AVX2 gemm). Results are the same.
+/// one image. Results are the same either way.
+///
+/// Measured with `benches/forward.rs` (best of a 3 s run, 2 threads, AVX2
+/// gemm) on a 2-core machine shared with other builds (load 3.5–6), one
+/// `(N, 3, 224, 224)` pass through every layer vs this, three alternating
+/// rounds: EfficientNet-Lite0 batch 8 38–53 → 44–131 images/s, batch 32
+/// 29–42 → 39–130; ResNet-18 batch 8 11–12 → 16–24, batch 32 10–14 → 16–24.
+/// Side by side won every pair but one (a Lite0 batch-8 run under heavier
+/// load, 57 vs 46).
 fn forward_per_image(net: &(dyn Module + Send + Sync), input: &Tensor) -> Result<Tensor> {
     let n = input.dim(0)?;
     if n <= 1 {
