@@ -90,9 +90,15 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 60_000)]
     pub gc_grace_ms: u64,
 
-    /// Largest JSON request body (bytes).
+    /// Largest JSON request body on the client API (bytes).
     #[arg(long, default_value_t = 16 << 20)]
     pub body_limit: usize,
+
+    /// Largest body of a Raft RPC between coordinators (`/raft/…`; bytes). Independent of
+    /// `--body-limit`, and at least twice it: one log entry may hold a whole client request.
+    /// Every coordinator of a group should use the same value.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub raft_body_limit: usize,
 
     /// Bearer token required on the client API (`/v1/…`); none = open.
     #[arg(long, env = "IDUNNO_TOKEN", hide_env_values = true)]
@@ -127,6 +133,7 @@ impl CoordinatorConfig {
             max_file_size: 64 << 30,
             gc_grace_ms: 60_000,
             body_limit: 16 << 20,
+            raft_body_limit: 256 << 20,
             token: None,
             cluster_secret: None,
         }
@@ -149,6 +156,13 @@ impl CoordinatorConfig {
         if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
         {
             return Err("need heartbeat-ms < election-min-ms < election-max-ms".into());
+        }
+        if self.raft_body_limit / 2 < self.body_limit {
+            return Err(format!(
+                "--raft-body-limit ({}) must be at least twice --body-limit ({}): a log entry \
+                 may hold a whole client request",
+                self.raft_body_limit, self.body_limit
+            ));
         }
         let peers = self.peer_map();
         if peers.len() != self.peers.len() {

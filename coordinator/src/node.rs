@@ -241,7 +241,8 @@ pub async fn start(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         max_in_snapshot_log_to_keep: config.keep_logs,
         install_snapshot_timeout: 2000,
-        // Append RPCs must finish within a heartbeat interval: keep them small.
+        // openraft waits one heartbeat interval for an append: keep them small. (The
+        // network also splits appends by bytes and lets a large entry finish delivering.)
         max_payload_entries: 64,
         ..Default::default()
     }
@@ -254,7 +255,12 @@ pub async fn start(
         .tcp_nodelay(true)
         .build()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-    let network = Network::new(config.id, http.clone(), config.cluster_secret.clone());
+    let network = Network::new(
+        config.id,
+        http.clone(),
+        config.cluster_secret.clone(),
+        config.raft_body_limit,
+    );
     let raft = Raft::new(config.id, Arc::new(raft_config), network, log.clone(), sm)
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;

@@ -601,3 +601,123 @@ async fn a_coordinator_added_at_run_time_receives_the_state_and_votes() {
     fourth.shutdown().await;
     group.shutdown().await;
 }
+
+/// Input names of `len` characters, numbered so each is distinct.
+fn long_inputs(count: usize, len: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("images/{i:08}-{}.png", "x".repeat(len.saturating_sub(20))))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_several_mib_replicates_and_later_writes_still_commit() {
+    const LIMIT: usize = 8 << 20;
+    let (group, _dir) = group(3, |c| c.body_limit = LIMIT).await;
+    let leader = group.wait_for_leader(WAIT).await.unwrap();
+    let f = follower(&group, leader);
+    let c = client(&group.addrs());
+    add_model(&c).await;
+    // 100 000 names of ~75 bytes: a ~7.5 MiB body, just under the 8 MiB client limit.
+    let inputs = long_inputs(100_000, 72);
+    let job = NewJob {
+        inputs: Inputs::List(inputs.clone()),
+        ..new_job("big", 0, 64)
+    };
+    let body = serde_json::to_vec(&job).unwrap();
+    assert!(
+        body.len() > LIMIT * 7 / 8 && body.len() < LIMIT,
+        "{}",
+        body.len()
+    );
+    let (code, created) = raw(
+        reqwest::Method::POST,
+        format!("http://{}/v1/jobs", group.addr(f)),
+        Some(("application/json", body)),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_u64().unwrap();
+    // Once it has applied the entry, the follower serves the job from its own copy.
+    let on_follower = client(&[group.addr(f)]);
+    let started = Instant::now();
+    let seen: Job = loop {
+        match on_follower
+            .get::<Job>(&format!("/v1/jobs/{id}?stale=true"))
+            .await
+        {
+            Ok(j) => break j,
+            Err(e) => assert!(started.elapsed() < WAIT, "never replicated: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((seen.name.as_str(), seen.queries), ("big", 100_000));
+    let copy = group
+        .node(f)
+        .unwrap()
+        .coordinator
+        .shared
+        .read()
+        .state
+        .inputs_of(id)
+        .cloned()
+        .unwrap();
+    assert_eq!(*copy, inputs);
+    // Writes after it commit, and every node sees them.
+    let after: Job = c.post("/v1/jobs", &new_job("after", 2, 1)).await.unwrap();
+    for addr in group.addrs() {
+        let j: Job = client(&[addr])
+            .get(&format!("/v1/jobs/{}", after.id))
+            .await
+            .unwrap();
+        assert_eq!(j.name, "after");
+    }
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_smaller_raft_body_limit_still_catches_up() {
+    // Node 3 takes Raft bodies of at most 128 KiB; the others take the default.
+    let (mut group, _dir) = group(3, |c| {
+        if c.id == 3 {
+            c.body_limit = 64 << 10;
+            c.raft_body_limit = 128 << 10;
+        }
+    })
+    .await;
+    let small = 3;
+    group.stop(small).await;
+    group
+        .wait_for_leader(WAIT)
+        .await
+        .expect("a leader of the other two");
+    let others: Vec<String> = group.running().iter().map(|id| group.addr(*id)).collect();
+    let c = client(&others);
+    add_model(&c).await;
+    // 30 entries of ~20 KiB: what the leader sends the returning node in one append is ~600 KiB.
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let job = NewJob {
+            inputs: Inputs::List(long_inputs(200, 100)),
+            ..new_job(&format!("j{i}"), 0, 8)
+        };
+        let created: Job = c.post("/v1/jobs", &job).await.unwrap();
+        ids.push(created.id);
+    }
+    group.restart(small).await.unwrap();
+    let on_small = client(&[group.addr(small)]);
+    let started = Instant::now();
+    loop {
+        let jobs: Vec<Job> = on_small.get("/v1/jobs?stale=true").await.unwrap();
+        if jobs.len() == ids.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "node {small} holds {} of {} jobs",
+            jobs.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    group.shutdown().await;
+}

@@ -21,6 +21,13 @@ use files::{BlobRecord, FileRecord, NodeRecord};
 use jobs::{BatchId, BatchRecord, BatchState, JobRecord};
 use models::ModelRecord;
 
+/// Input names per stored record of a job's input list.
+pub const INPUT_CHUNK: usize = 512;
+
+/// Key tag of the input lists of an earlier version, one name per key; still read, and
+/// deleted with their job.
+const LEGACY_INPUT_TAG: u8 = b'i';
+
 /// How long a client request id is remembered: a retry after this is a new request.
 pub const REQUEST_TTL_MS: u64 = 10 * 60 * 1000;
 
@@ -41,14 +48,17 @@ pub struct Remembered {
 }
 
 /// One stored record: what [`State`] persists, one sled key each. A job's input list is
-/// stored one name per key under the [`Key::Inputs`] prefix: a big list must not sit in one
-/// value, which sled would rewrite whole whenever a neighbouring record changes.
+/// stored in chunks of [`INPUT_CHUNK`] names under the [`Key::Inputs`] prefix: a big list must
+/// not sit in one value, which sled would rewrite whole whenever a neighbouring record
+/// changes, nor in one key per name, which makes a job of 100 000 inputs a write of 100 000
+/// keys that holds up everything else on the node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
     Counters,
     Model(String),
     Job(u64),
-    /// The prefix of a job's input names (`Inputs(job)` + u32 index → name).
+    /// The prefix of a job's input list (`Inputs(job)` + u32 chunk number → JSON list of
+    /// names).
     Inputs(u64),
     Batch(BatchId),
     Request(String),
@@ -72,7 +82,7 @@ impl Key {
                 out.extend_from_slice(&id.to_be_bytes());
             }
             Key::Inputs(id) => {
-                out.push(b'i');
+                out.push(b'l');
                 out.extend_from_slice(&id.to_be_bytes());
             }
             Key::Batch(id) => {
@@ -301,7 +311,12 @@ impl State {
                     Some(list) => {
                         changes.extend(input_records(job, list).map(|(k, v)| Change::Put(k, v)))
                     }
-                    None => changes.push(Change::DeletePrefix(key.encode())),
+                    None => {
+                        changes.push(Change::DeletePrefix(key.encode()));
+                        let mut legacy = vec![LEGACY_INPUT_TAG];
+                        legacy.extend_from_slice(&job.to_be_bytes());
+                        changes.push(Change::DeletePrefix(legacy));
+                    }
                 },
                 key => match self.encode_value(&key) {
                     Some(v) => changes.push(Change::Put(key.encode(), v)),
@@ -383,8 +398,13 @@ impl State {
                     let j: JobRecord = dec(&key, &value)?;
                     state.jobs.insert(j.id, j);
                 }
-                b'i' => {
-                    // Keys sort by (job, index), so names arrive in input order.
+                // Keys sort by (job, index), so names arrive in input order.
+                b'l' => {
+                    let id = key_u64(&key, 1)?;
+                    let chunk: Vec<String> = dec(&key, &value)?;
+                    inputs.entry(id).or_default().extend(chunk);
+                }
+                LEGACY_INPUT_TAG => {
                     let id = key_u64(&key, 1)?;
                     let name = String::from_utf8(value).map_err(|e| DecodeError {
                         key: String::from_utf8_lossy(&key).into_owned(),
@@ -433,13 +453,15 @@ impl State {
     }
 }
 
-/// The stored records of a job's input list: one per name, keyed by (job, index).
+/// The stored records of a job's input list: one per [`INPUT_CHUNK`] names, keyed by (job,
+/// chunk number).
 fn input_records(job: u64, list: &[String]) -> impl Iterator<Item = Record> + '_ {
     let prefix = Key::Inputs(job).encode();
-    list.iter().enumerate().map(move |(i, name)| {
+    list.chunks(INPUT_CHUNK).enumerate().map(move |(i, names)| {
         let mut key = prefix.clone();
         key.extend_from_slice(&(i as u32).to_be_bytes());
-        (key, name.as_bytes().to_vec())
+        // A list of strings always serializes.
+        (key, serde_json::to_vec(names).unwrap_or_default())
     })
 }
 

@@ -370,14 +370,54 @@ fn changes_name_exactly_the_records_written() {
     let prefix = super::Key::Inputs(id).encode();
     assert_eq!(
         put.iter().filter(|k| k.starts_with(&prefix)).count(),
-        3,
-        "one record per input"
+        1,
+        "one record per chunk of inputs"
     );
     assert!(s.take_changes().is_empty());
     s.apply(req("del", 9, Command::DeleteJob { job: id }));
     let changes = s.take_changes();
     assert!(changes.contains(&Change::Delete(super::Key::Job(id).encode())));
     assert!(changes.contains(&Change::DeletePrefix(prefix)));
+}
+
+#[test]
+fn a_long_input_list_is_stored_in_chunks_and_read_back_in_order() {
+    let mut s = State::default();
+    model(&mut s);
+    let n = super::INPUT_CHUNK * 2 + 7;
+    let id = job(&mut s, n, 1);
+    let records: Vec<_> = s
+        .take_changes()
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::Put(k, v) => Some((k, v)),
+            _ => None,
+        })
+        .collect();
+    let prefix = super::Key::Inputs(id).encode();
+    assert_eq!(
+        records
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .count(),
+        3
+    );
+    let restored = State::load(records).unwrap();
+    assert_eq!(restored.inputs_of(id), s.inputs_of(id));
+    // A list stored by an earlier version, one name per key, still loads.
+    let mut legacy: Vec<(Vec<u8>, Vec<u8>)> = s
+        .dump()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(&prefix))
+        .collect();
+    for (i, name) in s.inputs_of(id).unwrap().iter().enumerate() {
+        let mut key = vec![b'i'];
+        key.extend_from_slice(&id.to_be_bytes());
+        key.extend_from_slice(&(i as u32).to_be_bytes());
+        legacy.push((key, name.clone().into_bytes()));
+    }
+    let restored = State::load(legacy).unwrap();
+    assert_eq!(restored.inputs_of(id), s.inputs_of(id));
 }
 
 #[test]
