@@ -380,6 +380,24 @@ async fn bad_input_gets_a_4xx_with_a_json_error_and_changes_nothing() {
         ),
         (
             M::POST,
+            "/v1/batches/1-0/complete",
+            json_body(json!({"lease_id": 1, "result": "r", "compute_ms": u64::MAX})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/batches/1-0/complete",
+            json_body(json!({"lease_id": 1, "result": "r", "failed": 100_000})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/batches/1-0/complete",
+            json_body(json!({"lease_id": 1, "result": "r", "compute_ms": -1})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
             "/v1/workers/bad%20id/lease",
             json_body(json!({})),
             StatusCode::BAD_REQUEST,

@@ -19,7 +19,7 @@ use super::request_id;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::node::Coordinator;
 use crate::state::command::{Command, LeaseGrant, Response};
-use crate::state::jobs::BatchId;
+use crate::state::jobs::{BatchId, MAX_BATCH_SIZE, MAX_COMPUTE_MS};
 use crate::workers::new_worker_id;
 
 /// Longest a lease call waits for work.
@@ -245,6 +245,18 @@ async fn complete(
         return Err(ApiError::BadRequest(
             "result must name an object (1-1024 characters)".into(),
         ));
+    }
+    if body.compute_ms > MAX_COMPUTE_MS {
+        return Err(ApiError::BadRequest(format!(
+            "compute_ms {} is more than a week ({MAX_COMPUTE_MS})",
+            body.compute_ms
+        )));
+    }
+    if body.failed > MAX_BATCH_SIZE {
+        return Err(ApiError::BadRequest(format!(
+            "failed {} is more than any batch holds ({MAX_BATCH_SIZE})",
+            body.failed
+        )));
     }
     let cmd = Command::Complete {
         batch,

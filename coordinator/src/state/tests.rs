@@ -100,6 +100,33 @@ fn a_job_is_cut_into_batches_in_input_order_and_finishes() {
 }
 
 #[test]
+fn huge_numbers_in_completions_saturate_instead_of_panicking() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 2, 1);
+    for _ in 0..2 {
+        let g = lease(&mut s, "w", id, 3).unwrap();
+        let r = s.apply(req(
+            "",
+            4,
+            Command::Complete {
+                batch: g.batch,
+                lease_id: g.lease_id,
+                result: "r".into(),
+                failed: u32::MAX,
+                compute_ms: u64::MAX,
+            },
+        ));
+        assert_eq!(r, Response::Completed { accepted: true });
+    }
+    let j = s.job(id).unwrap();
+    assert_eq!(j.compute_ms, u64::MAX, "saturated, not wrapped");
+    // `failed` counts at most the batch's own inputs.
+    assert_eq!((j.done, j.failed, j.batches_done), (2, 2, 2));
+    assert_eq!(j.state, JobState::Done);
+}
+
+#[test]
 fn a_batch_is_done_exactly_once_even_after_its_lease_expired() {
     let mut s = State::default();
     model(&mut s);
