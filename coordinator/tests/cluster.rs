@@ -428,6 +428,42 @@ async fn bad_input_gets_a_4xx_with_a_json_error_and_changes_nothing() {
             assert!(!err.error.is_empty() && !err.code.is_empty());
         }
     }
+    // An Idempotency-Key reused for a different request: 409 with a JSON error, not the first
+    // request's answer (nor a 500 for an answer of the wrong kind).
+    let keyed = |node: u64, path: &str, body: Value| {
+        let url = format!("http://{}{path}", group.addr(node));
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .header("idempotency-key", "reused-key-7")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let model = json!({"name": "keyed", "arch": "resnet18", "weights": "w.safetensors"});
+    let (code, _) = keyed(leader, "/v1/models", model.clone()).await;
+    assert_eq!(code, StatusCode::CREATED);
+    for node in [leader, f] {
+        let (code, body) = keyed(
+            node,
+            "/v1/jobs",
+            json!({"model": "keyed", "inputs": ["a.png"], "batch_size": 1}),
+        )
+        .await;
+        assert_eq!(code, StatusCode::CONFLICT, "{body}");
+        let err: ErrorBody = serde_json::from_value(body).unwrap();
+        assert!(err.error.contains("reused-key-7"), "{}", err.error);
+        let changed = json!({"name": "keyed", "arch": "resnet18", "weights": "other.safetensors"});
+        let (code, body) = keyed(node, "/v1/models", changed).await;
+        assert_eq!(code, StatusCode::CONFLICT, "{body}");
+        // The true retry is still answered like the first time.
+        let (code, body) = keyed(node, "/v1/models", model.clone()).await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+    }
     let jobs: Vec<Job> = client(&group.addrs()).get("/v1/jobs").await.unwrap();
     assert!(jobs.is_empty(), "bad requests created nothing");
     group.shutdown().await;

@@ -45,6 +45,55 @@ pub struct Counters {
 pub struct Remembered {
     pub time_ms: Millis,
     pub response: Response,
+    /// What the request asked for ([`fingerprint`]): a request id reused for anything else is
+    /// refused rather than answered with this response. Empty in records of earlier versions,
+    /// which match anything.
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// What a client request asked for, so that a retry can be told from a different request
+/// under the same id: the command's kind and a hash of what the client chose. An upload's
+/// replicas are picked anew by each attempt, so a file version is known by its name and
+/// content alone.
+pub fn fingerprint(cmd: &Command) -> String {
+    let mut hasher = blake3::Hasher::new();
+    let encoded = match cmd {
+        Command::PutVersion {
+            path, hash, size, ..
+        } => serde_json::to_writer(&mut hasher, &(path, hash, size)),
+        cmd => serde_json::to_writer(&mut hasher, cmd),
+    };
+    // Encoding plain data into a hasher cannot fail; if it did, the kind alone still tells.
+    let hash = match encoded {
+        Ok(()) => hasher.finalize().to_hex()[..16].to_string(),
+        Err(_) => String::new(),
+    };
+    format!("{}:{hash}", kind(cmd))
+}
+
+/// The command's name, as its `op` tag spells it.
+fn kind(cmd: &Command) -> &'static str {
+    match cmd {
+        Command::PutModel { .. } => "put_model",
+        Command::DeleteModel { .. } => "delete_model",
+        Command::LoadModel { .. } => "load_model",
+        Command::CreateJob { .. } => "create_job",
+        Command::UpdateJob { .. } => "update_job",
+        Command::StartJob { .. } => "start_job",
+        Command::StopJob { .. } => "stop_job",
+        Command::DeleteJob { .. } => "delete_job",
+        Command::Lease { .. } => "lease",
+        Command::Complete { .. } => "complete",
+        Command::Release { .. } => "release",
+        Command::Expire { .. } => "expire",
+        Command::RegisterNode { .. } => "register_node",
+        Command::SetNodeAlive { .. } => "set_node_alive",
+        Command::PutVersion { .. } => "put_version",
+        Command::DeleteFile { .. } => "delete_file",
+        Command::AddReplicas { .. } => "add_replicas",
+        Command::DropReplicas { .. } => "drop_replicas",
+    }
 }
 
 /// One stored record: what [`State`] persists, one sled key each. A job's input list is
@@ -169,9 +218,22 @@ impl State {
         }
         self.prune_requests(now);
         let remember = !req.id.is_empty() && !matches!(req.cmd, Command::Lease { .. });
+        let fingerprint = if remember {
+            fingerprint(&req.cmd)
+        } else {
+            String::new()
+        };
         if remember {
             if let Some(seen) = self.requests.get(&req.id) {
-                return seen.response.clone();
+                if seen.fingerprint.is_empty() || seen.fingerprint == fingerprint {
+                    return seen.response.clone();
+                }
+                return Response::Failed(CommandError::Conflict(format!(
+                    "request id {:?} was already used for a different request ({}); use a new \
+                     Idempotency-Key for a new request",
+                    req.id,
+                    seen.fingerprint.split(':').next().unwrap_or_default()
+                )));
             }
         }
         let response = self.execute(req.cmd, &req.id, now);
@@ -181,6 +243,7 @@ impl State {
                 Remembered {
                     time_ms: now,
                     response: response.clone(),
+                    fingerprint,
                 },
             );
             self.request_ages.insert((now, req.id.clone()));

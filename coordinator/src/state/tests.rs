@@ -337,6 +337,61 @@ fn a_retried_request_applies_once_and_gets_the_same_answer() {
 }
 
 #[test]
+fn a_request_id_reused_for_a_different_request_is_refused_and_changes_nothing() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 2, 1);
+    // "job-0" created the job: the same id on a different kind of command...
+    let r = s.apply(req("job-0", 3, Command::StopJob { job: id }));
+    match r {
+        Response::Failed(CommandError::Conflict(m)) => {
+            assert!(m.contains("job-0") && m.contains("create_job"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.job(id).unwrap().state, JobState::Running);
+    // ...or on the same kind with other content is refused as well.
+    let other_job = Command::CreateJob {
+        name: Some("other".into()),
+        model: "r18".into(),
+        inputs: Inputs::List(vec!["x.png".into()]),
+        batch_size: 1,
+        weight: 1,
+        start: true,
+    };
+    let r = s.apply(req("job-0", 4, other_job));
+    assert!(
+        matches!(r, Response::Failed(CommandError::Conflict(_))),
+        "{r:?}"
+    );
+    assert_eq!(s.jobs.len(), 1);
+    // The real retry still gets the first answer.
+    let retry = Command::CreateJob {
+        name: None,
+        model: "r18".into(),
+        inputs: Inputs::List((0..2).map(|i| format!("img/{i}.png")).collect()),
+        batch_size: 1,
+        weight: 1,
+        start: true,
+    };
+    assert_eq!(s.apply(req("job-0", 5, retry)), Response::Job { id });
+    // An upload's retry may pick other replicas and is still the same request.
+    let put = |replicas: Vec<String>| Command::PutVersion {
+        path: "a".into(),
+        hash: hash(1),
+        size: 3,
+        replicas,
+        target: 3,
+        keep: 5,
+    };
+    node(&mut s, "n1");
+    node(&mut s, "n2");
+    let first = s.apply(req("up", 6, put(vec!["n1".into()])));
+    assert!(matches!(first, Response::Version { .. }), "{first:?}");
+    assert_eq!(s.apply(req("up", 7, put(vec!["n2".into()]))), first);
+}
+
+#[test]
 fn a_retried_lease_call_gets_the_same_lease() {
     let mut s = State::default();
     model(&mut s);
