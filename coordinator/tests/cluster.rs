@@ -775,3 +775,79 @@ async fn a_follower_with_a_smaller_raft_body_limit_still_catches_up() {
     }
     group.shutdown().await;
 }
+
+/// One long poll for a lease: the lease, or None on 204.
+async fn lease_once(c: &Client, worker: &str, wait_ms: u64) -> Option<Lease> {
+    let (code, body) = c
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/workers/{worker}/lease"),
+            Some(&LeaseRequest { wait_ms }),
+            Some(Duration::from_millis(wait_ms)),
+        )
+        .await
+        .unwrap();
+    (code == StatusCode::OK).then(|| serde_json::from_slice::<Lease>(&body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeating_worker_keeps_its_lease_across_a_leader_failover() {
+    let (mut group, _dir) = group(3, |c| c.lease_timeout_ms = 500).await;
+    let c = client(&group.addrs());
+    add_model(&c).await;
+    let register = || async {
+        let r: WorkerRegistered = c
+            .post("/v1/workers/register", &WorkerRegistration::default())
+            .await
+            .unwrap();
+        r.worker_id
+    };
+    let (holder, other) = (register().await, register().await);
+    let job: Job = c.post("/v1/jobs", &new_job("j", 2, 1)).await.unwrap();
+    let held = lease_once(&c, &holder, 1000).await.expect("a batch");
+    // The holder heartbeats every 100 ms throughout, whoever leads.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let beats = {
+        let c = c.clone();
+        let path = format!("/v1/workers/{holder}/heartbeat");
+        tokio::spawn(async move {
+            while !*stopped.borrow() {
+                let _ = c.post::<_, Value>(&path, &json!({})).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+        })
+    };
+    let old = group.wait_for_leader(WAIT).await.unwrap();
+    group.stop(old).await;
+    group.wait_for_leader(WAIT).await.expect("a new leader");
+    // The other worker gets the job's other batch, and then nothing for several lease
+    // timeouts: the held batch is not handed out again.
+    let second = lease_once(&c, &other, 3000).await.expect("the other batch");
+    assert_ne!(second.batch_id, held.batch_id);
+    assert!(
+        lease_once(&c, &other, 2000).await.is_none(),
+        "the held batch was re-leased"
+    );
+    let complete = |lease: &Lease| {
+        let body = Completion {
+            lease_id: lease.lease_id,
+            result: format!("results/{}", lease.batch_id),
+            failed: 0,
+            compute_ms: 1,
+        };
+        let path = format!("/v1/batches/{}/complete", lease.batch_id);
+        let c = c.clone();
+        async move { c.post::<_, CompletionAck>(&path, &body).await.unwrap() }
+    };
+    assert!(complete(&held).await.accepted);
+    assert!(!complete(&held).await.accepted, "counted once");
+    assert!(complete(&second).await.accepted);
+    let _ = stop.send(true);
+    beats.await.unwrap();
+    let done: Job = c.get(&format!("/v1/jobs/{}", job.id)).await.unwrap();
+    assert_eq!((done.done, done.batches_done, done.retries), (2, 2, 0));
+    group.shutdown().await;
+}
