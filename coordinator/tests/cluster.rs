@@ -398,6 +398,19 @@ async fn bad_input_gets_a_4xx_with_a_json_error_and_changes_nothing() {
         ),
         (
             M::POST,
+            "/v1/workers/w1/release",
+            json_body(json!({"lease_id": 1, "batch_id": "999-0"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            M::POST,
+            "/v1/workers/w1/release",
+            json_body(json!({"lease_id": 1, "batch_id": "garbage"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (M::DELETE, "/v1/workers/nobody", None, StatusCode::NOT_FOUND),
+        (
+            M::POST,
             "/v1/workers/bad%20id/lease",
             json_body(json!({})),
             StatusCode::BAD_REQUEST,
@@ -527,6 +540,30 @@ async fn a_silent_workers_lease_expires_and_a_late_completion_still_counts_once(
         !complete(&second).await.accepted,
         "the second result is dropped"
     );
+    // Giving back a lease of a done batch is refused; so is another worker's lease.
+    let release = |worker: &str, lease: &Lease| {
+        let url = format!("http://{}/v1/workers/{worker}/release", group.addrs()[0]);
+        let body = json!({"lease_id": lease.lease_id, "batch_id": lease.batch_id});
+        async move {
+            let body = Some(("application/json", serde_json::to_vec(&body).unwrap()));
+            raw(reqwest::Method::POST, url, body).await
+        }
+    };
+    let (code, body) = release(&fast, &second).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    let (code, body) = release(&fast, &first).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not worker"),
+        "{body}"
+    );
+    // A known worker deregisters once; the second time it is unknown.
+    let gone = |worker: &str| {
+        let url = format!("http://{}/v1/workers/{worker}", group.addrs()[0]);
+        async move { raw(reqwest::Method::DELETE, url, None).await.0 }
+    };
+    assert_eq!(gone(&fast).await, StatusCode::NO_CONTENT);
+    assert_eq!(gone(&fast).await, StatusCode::NOT_FOUND);
     let done: Job = c.get(&format!("/v1/jobs/{}", job.id)).await.unwrap();
     assert_eq!((done.done, done.batches_done, done.retries), (1, 1, 1));
     group.shutdown().await;

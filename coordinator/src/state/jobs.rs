@@ -596,8 +596,13 @@ impl State {
         true
     }
 
-    pub(super) fn release(&mut self, id: BatchId, lease_id: u64) -> bool {
-        self.requeue(id, lease_id, true)
+    /// Gives a lease back: `Ok(false)` if it is no longer the batch's current lease (done,
+    /// expired and handed out again, or never issued for it).
+    pub(super) fn release(&mut self, id: BatchId, lease_id: u64) -> Result<bool, CommandError> {
+        if !self.batches.contains_key(&id) {
+            return Err(CommandError::NotFound(format!("no batch {id}")));
+        }
+        Ok(self.requeue(id, lease_id, true))
     }
 
     pub(super) fn expire(&mut self, leases: &[(BatchId, u64)]) -> usize {

@@ -309,9 +309,9 @@ impl State {
                 .map_or_else(Response::Failed, |accepted| Response::Completed {
                     accepted,
                 }),
-            Command::Release { batch, lease_id } => Response::Released {
-                released: self.release(batch, lease_id),
-            },
+            Command::Release { batch, lease_id } => self
+                .release(batch, lease_id)
+                .map_or_else(Response::Failed, |released| Response::Released { released }),
             Command::Expire { leases } => Response::Expired {
                 count: self.expire(&leases),
             },

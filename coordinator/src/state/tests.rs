@@ -238,6 +238,16 @@ fn released_batches_go_first_and_expiry_ignores_stale_leases() {
     assert_eq!(r, Response::Expired { count: 0 });
     let next = lease(&mut s, "v", id, 5).unwrap();
     assert_eq!(next.batch, b.batch);
+    // Giving back a lease that is no longer current, or of an unknown batch, is refused.
+    let release = |batch, lease_id| Command::Release { batch, lease_id };
+    let r = s.apply(req("", 6, release(b.batch, b.lease_id)));
+    assert_eq!(r, Response::Released { released: false });
+    let unknown = BatchId { job: id, seq: 99 };
+    let r = s.apply(req("", 6, release(unknown, 1)));
+    assert!(
+        matches!(r, Response::Failed(CommandError::NotFound(_))),
+        "{r:?}"
+    );
 }
 
 #[test]
