@@ -101,6 +101,26 @@ async fn a_group_elects_one_leader_that_every_node_knows() {
         assert_eq!(s.members.len(), 3);
         assert!(s.members.iter().all(|m| m.voter));
     }
+    // Replication progress is the leader's view; followers ask the leader for it. (Right after
+    // an election the leader may not have heard back from everyone yet.)
+    for addr in group.addrs() {
+        let started = Instant::now();
+        loop {
+            let s = status(&addr).await;
+            let known =
+                |m: &idunno_api::cluster::Member| m.matched_index.is_some() && m.lag.is_some();
+            if s.members.iter().all(known) {
+                break;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "{addr} ({}): {:?}",
+                s.role,
+                s.members
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     assert!(
         leaders.iter().all(|l| l.is_some() && *l == leaders[0]),
         "{leaders:?}"
