@@ -40,11 +40,16 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
 
-    /// Election timeout range (ms), as openraft counts it. A follower that has seen a leader
-    /// first honours that leader's lease (`election-max-ms`) and then waits a random time in
-    /// this range: with the defaults it campaigns 450–600 ms after the last heartbeat.
+    /// Lower end of the election timeout range (ms), as openraft counts it: each node draws
+    /// its timeout from [min, max) once, at start. The effective wait is longer: a follower
+    /// that has seen a leader first honours that leader's lease (`--election-max-ms`), then
+    /// waits its timeout, and openraft checks every 1.5 heartbeat intervals. With the
+    /// defaults a follower campaigns 450–750 ms after the last heartbeat it received (one
+    /// whose log is behind waits 2 × max longer, so an up-to-date node wins first).
     #[arg(long, default_value_t = 150)]
     pub election_min_ms: u64,
+    /// Upper end of the election timeout range (ms); also the leader lease a follower honours
+    /// before its own timeout starts (see `--election-min-ms`).
     #[arg(long, default_value_t = 300)]
     pub election_max_ms: u64,
 

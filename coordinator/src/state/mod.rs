@@ -21,8 +21,10 @@ use files::{BlobRecord, FileRecord, NodeRecord};
 use jobs::{BatchId, BatchRecord, BatchState, JobRecord};
 use models::ModelRecord;
 
-/// Input names per stored record of a job's input list.
-pub const INPUT_CHUNK: usize = 512;
+/// Most bytes of input names in one stored record of a job's input list (a record holds at
+/// least one name). Small enough that a sled leaf of such records (16 at most) stays below
+/// sled's 128 KiB blob threshold, so a change to a neighbouring key never rewrites a blob.
+pub const INPUT_CHUNK_BYTES: usize = 4096;
 
 /// Key tag of the input lists of an earlier version, one name per key; still read, and
 /// deleted with their job.
@@ -97,10 +99,10 @@ fn kind(cmd: &Command) -> &'static str {
 }
 
 /// One stored record: what [`State`] persists, one sled key each. A job's input list is
-/// stored in chunks of [`INPUT_CHUNK`] names under the [`Key::Inputs`] prefix: a big list must
-/// not sit in one value, which sled would rewrite whole whenever a neighbouring record
-/// changes, nor in one key per name, which makes a job of 100 000 inputs a write of 100 000
-/// keys that holds up everything else on the node.
+/// stored in chunks of about [`INPUT_CHUNK_BYTES`] under the [`Key::Inputs`] prefix: a big
+/// list must not sit in one value, which sled would rewrite whole whenever a neighbouring
+/// record changes, nor in one key per name, which makes a job of 100 000 inputs a write of
+/// 100 000 keys that holds up everything else on the node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
     Counters,
@@ -516,15 +518,32 @@ impl State {
     }
 }
 
-/// The stored records of a job's input list: one per [`INPUT_CHUNK`] names, keyed by (job,
-/// chunk number).
+/// The stored records of a job's input list: consecutive names of about
+/// [`INPUT_CHUNK_BYTES`] per record (one name at least), keyed by (job, chunk number).
 fn input_records(job: u64, list: &[String]) -> impl Iterator<Item = Record> + '_ {
     let prefix = Key::Inputs(job).encode();
-    list.chunks(INPUT_CHUNK).enumerate().map(move |(i, names)| {
+    let mut rest = list;
+    let mut chunk = 0u32;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let len = rest
+            .iter()
+            .take_while(|name| {
+                bytes += name.len() + 3;
+                bytes <= INPUT_CHUNK_BYTES
+            })
+            .count()
+            .max(1);
+        let (names, after) = rest.split_at(len);
+        rest = after;
         let mut key = prefix.clone();
-        key.extend_from_slice(&(i as u32).to_be_bytes());
+        key.extend_from_slice(&chunk.to_be_bytes());
+        chunk += 1;
         // A list of strings always serializes.
-        (key, serde_json::to_vec(names).unwrap_or_default())
+        Some((key, serde_json::to_vec(names).unwrap_or_default()))
     })
 }
 
