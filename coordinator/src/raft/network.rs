@@ -376,8 +376,12 @@ impl RaftNetwork<TypeConfig> for Peer {
                 let done = joined(&mut delivery.task).await;
                 let same = delivery.key == AppendKey::of(&rpc);
                 self.delivery = None;
-                if let (true, Ok(answer)) = (same, done) {
-                    return self.confirm(&rpc, answer, ttl).await;
+                match (same, done) {
+                    (true, Ok(answer)) => return self.confirm(&rpc, answer, ttl).await,
+                    // The follower refused it as too large: openraft must send fewer entries.
+                    (true, Err(e @ RPCError::PayloadTooLarge(_))) => return Err(e),
+                    // Failed, or a different append: send this one.
+                    _ => {}
                 }
             }
         }
