@@ -28,9 +28,10 @@ pub struct Member {
     pub addr: String,
     /// Voter, or learner (receives the log, does not vote).
     pub voter: bool,
-    /// Highest log index known replicated to it (leader's view; `None` on followers).
+    /// Highest log index known replicated to it (the leader's view, which a follower asks the
+    /// leader for; `None` if no leader answered).
     pub matched_index: Option<u64>,
-    /// Entries it is behind the leader's log (leader's view).
+    /// Entries it is behind the leader's log (the leader's view, as `matched_index`).
     pub lag: Option<u64>,
 }
 

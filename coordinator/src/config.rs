@@ -40,11 +40,16 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
 
-    /// Election timeout range (ms), as openraft counts it. A follower that has seen a leader
-    /// first honours that leader's lease (`election-max-ms`) and then waits a random time in
-    /// this range: with the defaults it campaigns 450–600 ms after the last heartbeat.
+    /// Lower end of the election timeout range (ms), as openraft counts it: each node draws
+    /// its timeout from [min, max) once, at start. The effective wait is longer: a follower
+    /// that has seen a leader first honours that leader's lease (`--election-max-ms`), then
+    /// waits its timeout, and openraft checks every 1.5 heartbeat intervals. With the
+    /// defaults a follower campaigns 450–750 ms after the last heartbeat it received (one
+    /// whose log is behind waits 2 × max longer, so an up-to-date node wins first).
     #[arg(long, default_value_t = 150)]
     pub election_min_ms: u64,
+    /// Upper end of the election timeout range (ms); also the leader lease a follower honours
+    /// before its own timeout starts (see `--election-min-ms`).
     #[arg(long, default_value_t = 300)]
     pub election_max_ms: u64,
 
@@ -97,9 +102,15 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 10_000)]
     pub storage_timeout_ms: u64,
 
-    /// Largest JSON request body (bytes).
+    /// Largest JSON request body on the client API (bytes).
     #[arg(long, default_value_t = 16 << 20)]
     pub body_limit: usize,
+
+    /// Largest body of a Raft RPC between coordinators (`/raft/…`; bytes). Independent of
+    /// `--body-limit`, and at least twice it: one log entry may hold a whole client request.
+    /// Every coordinator of a group should use the same value.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub raft_body_limit: usize,
 
     /// Bearer token required on the client API (`/v1/…`); none = open.
     #[arg(long, env = "IDUNNO_TOKEN", hide_env_values = true)]
@@ -135,6 +146,7 @@ impl CoordinatorConfig {
             gc_grace_ms: 60_000,
             storage_timeout_ms: 10_000,
             body_limit: 16 << 20,
+            raft_body_limit: 256 << 20,
             token: None,
             cluster_secret: None,
         }
@@ -161,6 +173,13 @@ impl CoordinatorConfig {
         if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
         {
             return Err("need heartbeat-ms < election-min-ms < election-max-ms".into());
+        }
+        if self.raft_body_limit / 2 < self.body_limit {
+            return Err(format!(
+                "--raft-body-limit ({}) must be at least twice --body-limit ({}): a log entry \
+                 may hold a whole client request",
+                self.raft_body_limit, self.body_limit
+            ));
         }
         let peers = self.peer_map();
         if peers.len() != self.peers.len() {

@@ -38,7 +38,7 @@ pub struct LeaderState {
 }
 
 impl LeaderState {
-    fn new(term: u64) -> LeaderState {
+    pub(crate) fn new(term: u64) -> LeaderState {
         let now = Instant::now();
         LeaderState {
             term,
@@ -73,8 +73,26 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// The leader's soft state (meaningful only while this node leads).
+    /// The leader's soft state (meaningful only while this node leads), for the term it leads
+    /// in now: if the state still belongs to an earlier term (this node leads again and
+    /// [`watch_leadership`] has not caught up yet), it is reset first, so that nothing acts on
+    /// an old term's takeover time or heartbeat times, such as expiring live workers' leases.
     pub fn leader_state(&self) -> MutexGuard<'_, LeaderState> {
+        let (leading, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        let mut state = self.leader_state_unchecked();
+        if leading && state.term != term {
+            tracing::info!(term, "became leader");
+            *state = LeaderState::new(term);
+        }
+        state
+    }
+
+    /// The soft state as it is, whatever term it belongs to.
+    pub(crate) fn leader_state_unchecked(&self) -> MutexGuard<'_, LeaderState> {
         self.leader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -241,7 +259,8 @@ pub async fn start(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         max_in_snapshot_log_to_keep: config.keep_logs,
         install_snapshot_timeout: 2000,
-        // Append RPCs must finish within a heartbeat interval: keep them small.
+        // openraft waits one heartbeat interval for an append: keep them small. (The
+        // network also splits appends by bytes and lets a large entry finish delivering.)
         max_payload_entries: 64,
         ..Default::default()
     }
@@ -254,7 +273,12 @@ pub async fn start(
         .tcp_nodelay(true)
         .build()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-    let network = Network::new(config.id, http.clone(), config.cluster_secret.clone());
+    let network = Network::new(
+        config.id,
+        http.clone(),
+        config.cluster_secret.clone(),
+        config.raft_body_limit,
+    );
     let raft = Raft::new(config.id, Arc::new(raft_config), network, log.clone(), sm)
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -330,21 +354,16 @@ async fn initialize(raft: &Raft, config: &CoordinatorConfig) {
     }
 }
 
-/// Resets the leader's soft state each time this node wins an election.
+/// Resets the leader's soft state each time this node wins an election (so that the grace
+/// period starts then, even if no request touches the state before its first expiry scan).
 async fn watch_leadership(coordinator: Arc<Coordinator>) {
     let mut metrics = coordinator.raft.metrics();
     let mut shutdown = coordinator.shutdown.clone();
     loop {
-        let (leading, term) = {
-            let m = metrics.borrow_and_update();
-            (m.state == ServerState::Leader, m.current_term)
-        };
+        let leading = metrics.borrow_and_update().state == ServerState::Leader;
         if leading {
-            let mut leader = coordinator.leader_state();
-            if leader.term != term {
-                tracing::info!(term, "became leader");
-                *leader = LeaderState::new(term);
-            }
+            // Resets it if it belongs to an earlier term.
+            drop(coordinator.leader_state());
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },

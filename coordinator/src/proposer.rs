@@ -18,6 +18,10 @@ use crate::state::command::{Command, Request, Response};
 const IN_FLIGHT: usize = 4;
 /// Most requests in one log entry (keeps an append RPC well inside a heartbeat interval).
 const MAX_BATCH: usize = 256;
+/// Most encoded bytes of requests in one log entry. A request larger than this (a job listing
+/// many inputs) goes in an entry of its own; one entry is never larger than one request or
+/// this cap, so replication stays steady whatever the mix of writes.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// Why a proposal did not commit.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -67,18 +71,22 @@ impl Proposer {
 
 async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    // A request that did not fit the previous entry: it opens the next one.
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
         // Everything that queued up while we waited for a slot goes into this entry.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+        let (batch, rest) = fill(first, &mut rx, MAX_BATCH, MAX_BATCH_BYTES);
+        carried = rest;
         let now = now_ms();
         let (requests, replies): (Vec<Request>, Vec<_>) = batch
             .into_iter()
@@ -112,6 +120,48 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
     }
 }
 
+/// Takes queued requests after `first` into one entry while it stays within `max` requests
+/// and `max_bytes` encoded bytes; returns the entry and the request that did not fit, if any.
+fn fill(
+    first: Pending,
+    rx: &mut mpsc::UnboundedReceiver<Pending>,
+    max: usize,
+    max_bytes: usize,
+) -> (Vec<Pending>, Option<Pending>) {
+    let mut bytes = encoded_len(&first.request);
+    let mut batch = vec![first];
+    while batch.len() < max {
+        let Ok(next) = rx.try_recv() else {
+            break;
+        };
+        let len = encoded_len(&next.request);
+        if bytes + len > max_bytes {
+            return (batch, Some(next));
+        }
+        bytes += len;
+        batch.push(next);
+    }
+    (batch, None)
+}
+
+/// The size of a request in the log entry, counted without building the bytes.
+fn encoded_len(request: &Request) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing plain data into a counter cannot fail; a failure would only undercount.
+    let _ = serde_json::to_writer(&mut count, request);
+    count.0
+}
+
 fn map_error(e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> ProposeError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
@@ -130,4 +180,61 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::command::Command;
+
+    fn pending(name: &str) -> (Pending, oneshot::Receiver<Result<Response, ProposeError>>) {
+        let (reply, rx) = oneshot::channel();
+        let request = Request {
+            id: String::new(),
+            time_ms: 0,
+            cmd: Command::DeleteModel { name: name.into() },
+        };
+        (Pending { request, reply }, rx)
+    }
+
+    fn names(batch: &[Pending]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|p| match &p.request.cmd {
+                Command::DeleteModel { name } => name.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_is_capped_by_bytes_and_a_large_request_goes_alone_in_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut keep = Vec::new();
+        let big = "b".repeat(3000);
+        for name in ["a", "b", &big, "c", "d"] {
+            let (p, r) = pending(name);
+            keep.push(r);
+            tx.send(p).unwrap();
+        }
+        let cap = 2000;
+        let first = rx.try_recv().unwrap();
+        let (batch, rest) = fill(first, &mut rx, 256, cap);
+        assert_eq!(names(&batch), ["a", "b"]);
+        // The big one opens the next entry by itself although it is over the cap.
+        let (batch, rest) = fill(rest.unwrap(), &mut rx, 256, cap);
+        assert_eq!(names(&batch), [big]);
+        let (batch, rest) = fill(rest.unwrap(), &mut rx, 256, cap);
+        assert_eq!(names(&batch), ["c", "d"]);
+        assert!(rest.is_none());
+        // The count cap still applies.
+        for name in ["e", "f", "g"] {
+            let (p, r) = pending(name);
+            keep.push(r);
+            tx.send(p).unwrap();
+        }
+        let first = rx.try_recv().unwrap();
+        let (batch, _) = fill(first, &mut rx, 2, cap);
+        assert_eq!(names(&batch), ["e", "f"]);
+    }
 }

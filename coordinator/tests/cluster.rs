@@ -101,6 +101,26 @@ async fn a_group_elects_one_leader_that_every_node_knows() {
         assert_eq!(s.members.len(), 3);
         assert!(s.members.iter().all(|m| m.voter));
     }
+    // Replication progress is the leader's view; followers ask the leader for it. (Right after
+    // an election the leader may not have heard back from everyone yet.)
+    for addr in group.addrs() {
+        let started = Instant::now();
+        loop {
+            let s = status(&addr).await;
+            let known =
+                |m: &idunno_api::cluster::Member| m.matched_index.is_some() && m.lag.is_some();
+            if s.members.iter().all(known) {
+                break;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "{addr} ({}): {:?}",
+                s.role,
+                s.members
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     assert!(
         leaders.iter().all(|l| l.is_some() && *l == leaders[0]),
         "{leaders:?}"
@@ -380,6 +400,37 @@ async fn bad_input_gets_a_4xx_with_a_json_error_and_changes_nothing() {
         ),
         (
             M::POST,
+            "/v1/batches/1-0/complete",
+            json_body(json!({"lease_id": 1, "result": "r", "compute_ms": u64::MAX})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/batches/1-0/complete",
+            json_body(json!({"lease_id": 1, "result": "r", "failed": 100_000})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/batches/1-0/complete",
+            json_body(json!({"lease_id": 1, "result": "r", "compute_ms": -1})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/workers/w1/release",
+            json_body(json!({"lease_id": 1, "batch_id": "999-0"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            M::POST,
+            "/v1/workers/w1/release",
+            json_body(json!({"lease_id": 1, "batch_id": "garbage"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (M::DELETE, "/v1/workers/nobody", None, StatusCode::NOT_FOUND),
+        (
+            M::POST,
             "/v1/workers/bad%20id/lease",
             json_body(json!({})),
             StatusCode::BAD_REQUEST,
@@ -409,6 +460,42 @@ async fn bad_input_gets_a_4xx_with_a_json_error_and_changes_nothing() {
                 .unwrap_or_else(|_| panic!("{method} {path}: not an error body: {value}"));
             assert!(!err.error.is_empty() && !err.code.is_empty());
         }
+    }
+    // An Idempotency-Key reused for a different request: 409 with a JSON error, not the first
+    // request's answer (nor a 500 for an answer of the wrong kind).
+    let keyed = |node: u64, path: &str, body: Value| {
+        let url = format!("http://{}{path}", group.addr(node));
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .header("idempotency-key", "reused-key-7")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let model = json!({"name": "keyed", "arch": "resnet18", "weights": "w.safetensors"});
+    let (code, _) = keyed(leader, "/v1/models", model.clone()).await;
+    assert_eq!(code, StatusCode::CREATED);
+    for node in [leader, f] {
+        let (code, body) = keyed(
+            node,
+            "/v1/jobs",
+            json!({"model": "keyed", "inputs": ["a.png"], "batch_size": 1}),
+        )
+        .await;
+        assert_eq!(code, StatusCode::CONFLICT, "{body}");
+        let err: ErrorBody = serde_json::from_value(body).unwrap();
+        assert!(err.error.contains("reused-key-7"), "{}", err.error);
+        let changed = json!({"name": "keyed", "arch": "resnet18", "weights": "other.safetensors"});
+        let (code, body) = keyed(node, "/v1/models", changed).await;
+        assert_eq!(code, StatusCode::CONFLICT, "{body}");
+        // The true retry is still answered like the first time.
+        let (code, body) = keyed(node, "/v1/models", model.clone()).await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
     }
     let jobs: Vec<Job> = client(&group.addrs()).get("/v1/jobs").await.unwrap();
     assert!(jobs.is_empty(), "bad requests created nothing");
@@ -473,6 +560,30 @@ async fn a_silent_workers_lease_expires_and_a_late_completion_still_counts_once(
         !complete(&second).await.accepted,
         "the second result is dropped"
     );
+    // Giving back a lease of a done batch is refused; so is another worker's lease.
+    let release = |worker: &str, lease: &Lease| {
+        let url = format!("http://{}/v1/workers/{worker}/release", group.addrs()[0]);
+        let body = json!({"lease_id": lease.lease_id, "batch_id": lease.batch_id});
+        async move {
+            let body = Some(("application/json", serde_json::to_vec(&body).unwrap()));
+            raw(reqwest::Method::POST, url, body).await
+        }
+    };
+    let (code, body) = release(&fast, &second).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    let (code, body) = release(&fast, &first).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not worker"),
+        "{body}"
+    );
+    // A known worker deregisters once; the second time it is unknown.
+    let gone = |worker: &str| {
+        let url = format!("http://{}/v1/workers/{worker}", group.addrs()[0]);
+        async move { raw(reqwest::Method::DELETE, url, None).await.0 }
+    };
+    assert_eq!(gone(&fast).await, StatusCode::NO_CONTENT);
+    assert_eq!(gone(&fast).await, StatusCode::NOT_FOUND);
     let done: Job = c.get(&format!("/v1/jobs/{}", job.id)).await.unwrap();
     assert_eq!((done.done, done.batches_done, done.retries), (1, 1, 1));
     group.shutdown().await;
@@ -599,5 +710,201 @@ async fn a_coordinator_added_at_run_time_receives_the_state_and_votes() {
         .unwrap();
     assert_eq!(seen.name, "before");
     fourth.shutdown().await;
+    group.shutdown().await;
+}
+
+/// Input names of `len` characters, numbered so each is distinct.
+fn long_inputs(count: usize, len: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("images/{i:08}-{}.png", "x".repeat(len.saturating_sub(20))))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_several_mib_replicates_and_later_writes_still_commit() {
+    const LIMIT: usize = 8 << 20;
+    let (group, _dir) = group(3, |c| c.body_limit = LIMIT).await;
+    let leader = group.wait_for_leader(WAIT).await.unwrap();
+    let f = follower(&group, leader);
+    let c = client(&group.addrs());
+    add_model(&c).await;
+    // 100 000 names of ~75 bytes: a ~7.5 MiB body, just under the 8 MiB client limit.
+    let inputs = long_inputs(100_000, 72);
+    let job = NewJob {
+        inputs: Inputs::List(inputs.clone()),
+        ..new_job("big", 0, 64)
+    };
+    let body = serde_json::to_vec(&job).unwrap();
+    assert!(
+        body.len() > LIMIT * 7 / 8 && body.len() < LIMIT,
+        "{}",
+        body.len()
+    );
+    let (code, created) = raw(
+        reqwest::Method::POST,
+        format!("http://{}/v1/jobs", group.addr(f)),
+        Some(("application/json", body)),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_u64().unwrap();
+    // Once it has applied the entry, the follower serves the job from its own copy.
+    let on_follower = client(&[group.addr(f)]);
+    let started = Instant::now();
+    let seen: Job = loop {
+        match on_follower
+            .get::<Job>(&format!("/v1/jobs/{id}?stale=true"))
+            .await
+        {
+            Ok(j) => break j,
+            Err(e) => assert!(started.elapsed() < WAIT, "never replicated: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((seen.name.as_str(), seen.queries), ("big", 100_000));
+    let copy = group
+        .node(f)
+        .unwrap()
+        .coordinator
+        .shared
+        .read()
+        .state
+        .inputs_of(id)
+        .cloned()
+        .unwrap();
+    assert_eq!(*copy, inputs);
+    // Writes after it commit, and every node sees them.
+    let after: Job = c.post("/v1/jobs", &new_job("after", 2, 1)).await.unwrap();
+    for addr in group.addrs() {
+        let j: Job = client(&[addr])
+            .get(&format!("/v1/jobs/{}", after.id))
+            .await
+            .unwrap();
+        assert_eq!(j.name, "after");
+    }
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_smaller_raft_body_limit_still_catches_up() {
+    // Node 3 takes Raft bodies of at most 128 KiB; the others take the default.
+    let (mut group, _dir) = group(3, |c| {
+        if c.id == 3 {
+            c.body_limit = 64 << 10;
+            c.raft_body_limit = 128 << 10;
+        }
+    })
+    .await;
+    let small = 3;
+    group.stop(small).await;
+    group
+        .wait_for_leader(WAIT)
+        .await
+        .expect("a leader of the other two");
+    let others: Vec<String> = group.running().iter().map(|id| group.addr(*id)).collect();
+    let c = client(&others);
+    add_model(&c).await;
+    // 30 entries of ~20 KiB: what the leader sends the returning node in one append is ~600 KiB.
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let job = NewJob {
+            inputs: Inputs::List(long_inputs(200, 100)),
+            ..new_job(&format!("j{i}"), 0, 8)
+        };
+        let created: Job = c.post("/v1/jobs", &job).await.unwrap();
+        ids.push(created.id);
+    }
+    group.restart(small).await.unwrap();
+    let on_small = client(&[group.addr(small)]);
+    let started = Instant::now();
+    loop {
+        let jobs: Vec<Job> = on_small.get("/v1/jobs?stale=true").await.unwrap();
+        if jobs.len() == ids.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "node {small} holds {} of {} jobs",
+            jobs.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    group.shutdown().await;
+}
+
+/// One long poll for a lease: the lease, or None on 204.
+async fn lease_once(c: &Client, worker: &str, wait_ms: u64) -> Option<Lease> {
+    let (code, body) = c
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/workers/{worker}/lease"),
+            Some(&LeaseRequest { wait_ms }),
+            Some(Duration::from_millis(wait_ms)),
+        )
+        .await
+        .unwrap();
+    (code == StatusCode::OK).then(|| serde_json::from_slice::<Lease>(&body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeating_worker_keeps_its_lease_across_a_leader_failover() {
+    let (mut group, _dir) = group(3, |c| c.lease_timeout_ms = 500).await;
+    let c = client(&group.addrs());
+    add_model(&c).await;
+    let register = || async {
+        let r: WorkerRegistered = c
+            .post("/v1/workers/register", &WorkerRegistration::default())
+            .await
+            .unwrap();
+        r.worker_id
+    };
+    let (holder, other) = (register().await, register().await);
+    let job: Job = c.post("/v1/jobs", &new_job("j", 2, 1)).await.unwrap();
+    let held = lease_once(&c, &holder, 1000).await.expect("a batch");
+    // The holder heartbeats every 100 ms throughout, whoever leads.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let beats = {
+        let c = c.clone();
+        let path = format!("/v1/workers/{holder}/heartbeat");
+        tokio::spawn(async move {
+            while !*stopped.borrow() {
+                let _ = c.post::<_, Value>(&path, &json!({})).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+        })
+    };
+    let old = group.wait_for_leader(WAIT).await.unwrap();
+    group.stop(old).await;
+    group.wait_for_leader(WAIT).await.expect("a new leader");
+    // The other worker gets the job's other batch, and then nothing for several lease
+    // timeouts: the held batch is not handed out again.
+    let second = lease_once(&c, &other, 3000).await.expect("the other batch");
+    assert_ne!(second.batch_id, held.batch_id);
+    assert!(
+        lease_once(&c, &other, 2000).await.is_none(),
+        "the held batch was re-leased"
+    );
+    let complete = |lease: &Lease| {
+        let body = Completion {
+            lease_id: lease.lease_id,
+            result: format!("results/{}", lease.batch_id),
+            failed: 0,
+            compute_ms: 1,
+        };
+        let path = format!("/v1/batches/{}/complete", lease.batch_id);
+        let c = c.clone();
+        async move { c.post::<_, CompletionAck>(&path, &body).await.unwrap() }
+    };
+    assert!(complete(&held).await.accepted);
+    assert!(!complete(&held).await.accepted, "counted once");
+    assert!(complete(&second).await.accepted);
+    let _ = stop.send(true);
+    beats.await.unwrap();
+    let done: Job = c.get(&format!("/v1/jobs/{}", job.id)).await.unwrap();
+    assert_eq!((done.done, done.batches_done, done.retries), (2, 2, 0));
     group.shutdown().await;
 }

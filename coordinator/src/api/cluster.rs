@@ -1,17 +1,19 @@
-//! `/v1/cluster`: who leads, the members and their replication lag; adding and removing
-//! coordinators at run time.
+//! `/v1/cluster`: who leads, the members and their replication lag (the leader's view, which
+//! a follower asks the leader for); adding and removing coordinators at run time.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use idunno_api::cluster::{ClusterStatus, Member, NewMember};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::forward::FORWARDED_HEADER;
 use crate::node::Coordinator;
 
 pub fn router() -> Router<Arc<Coordinator>> {
@@ -21,7 +23,43 @@ pub fn router() -> Router<Arc<Coordinator>> {
         .route("/v1/cluster/members/{id}", delete(remove_member))
 }
 
-async fn status(State(c): State<Arc<Coordinator>>) -> Json<ClusterStatus> {
+/// This node's status. Replication progress is known to the leader only: a follower asks the
+/// leader for it (once: the leader answers from its own view) and keeps `null` if it cannot.
+async fn status(State(c): State<Arc<Coordinator>>, headers: HeaderMap) -> Json<ClusterStatus> {
+    let mut status = local_status(&c);
+    let from_leader = status.role == "leader" || headers.contains_key(FORWARDED_HEADER);
+    if let (false, Some(leader)) = (from_leader, status.leader_addr.clone()) {
+        match leader_view(&c, &leader).await {
+            Ok(view) => {
+                for member in &mut status.members {
+                    if let Some(seen) = view.members.iter().find(|m| m.id == member.id) {
+                        member.matched_index = seen.matched_index;
+                        member.lag = seen.lag;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "no replication progress from the leader"),
+        }
+    }
+    Json(status)
+}
+
+/// The leader's own `GET /v1/cluster`, within an election timeout.
+async fn leader_view(c: &Coordinator, leader: &str) -> Result<ClusterStatus, reqwest::Error> {
+    let url = format!("{}/v1/cluster", idunno_api::client::base_url(leader));
+    let mut req = c
+        .http
+        .get(url)
+        .header(FORWARDED_HEADER, "1")
+        .timeout(Duration::from_millis(c.config.election_max_ms));
+    if let Some(token) = &c.config.token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await?.error_for_status()?.json().await
+}
+
+/// This node's own view.
+fn local_status(c: &Coordinator) -> ClusterStatus {
     let m = c.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
@@ -52,7 +90,7 @@ async fn status(State(c): State<Arc<Coordinator>>) -> Json<ClusterStatus> {
     let leader_addr = m
         .current_leader
         .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()));
-    Json(ClusterStatus {
+    ClusterStatus {
         node_id: c.id,
         addr: c.addr.clone(),
         role: format!("{:?}", m.state).to_lowercase(),
@@ -65,7 +103,7 @@ async fn status(State(c): State<Arc<Coordinator>>) -> Json<ClusterStatus> {
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
         members,
-    })
+    }
 }
 
 /// Adds a coordinator: first as a learner (it catches up, by snapshot if need be), then as a
@@ -94,7 +132,7 @@ async fn add_member(
                 ApiError::Conflict(format!("cannot make node {} a voter: {e}", body.id))
             })?;
     }
-    Ok((StatusCode::CREATED, status(State(c)).await))
+    Ok((StatusCode::CREATED, Json(local_status(&c))))
 }
 
 async fn remove_member(
@@ -121,5 +159,5 @@ async fn remove_member(
         .change_membership(change, false)
         .await
         .map_err(|e| ApiError::Conflict(format!("cannot remove node {id}: {e}")))?;
-    Ok(status(State(c)).await)
+    Ok(Json(local_status(&c)))
 }

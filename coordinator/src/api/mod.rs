@@ -31,7 +31,9 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         .merge(cluster::router())
         .merge(files::router())
         .merge(nodes::router())
-        .merge(crate::raft::routes::router())
+        // The Raft transport has its own body limit (it wins over the one below): a log
+        // entry can hold a whole client request, and an append carries several entries.
+        .merge(crate::raft::routes::router(c.config.raft_body_limit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(c.clone(), crate::forward::to_leader))

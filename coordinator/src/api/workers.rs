@@ -19,7 +19,7 @@ use super::request_id;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::node::Coordinator;
 use crate::state::command::{Command, LeaseGrant, Response};
-use crate::state::jobs::BatchId;
+use crate::state::jobs::{BatchId, MAX_BATCH_SIZE, MAX_COMPUTE_MS};
 use crate::workers::new_worker_id;
 
 /// Longest a lease call waits for work.
@@ -78,12 +78,16 @@ async fn register(
     )
 }
 
+/// Forgets a worker. 404 if this leader does not know it (never heard from it, or forgot it
+/// after a long silence): nothing was deregistered.
 async fn deregister(
     State(c): State<Arc<Coordinator>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     check_worker_id(&id)?;
-    c.leader_state().workers.remove(&id);
+    if !c.leader_state().workers.remove(&id) {
+        return Err(ApiError::NotFound(format!("no worker {id}")));
+    }
     tracing::info!(worker = %id, "worker deregistered");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -217,6 +221,8 @@ fn to_lease(c: &Coordinator, grant: LeaseGrant) -> Result<Lease, ApiError> {
     })
 }
 
+/// Gives a lease back. 404 for an unknown batch; 409 for a lease that is not this worker's,
+/// or no longer the batch's current one (done, or expired and handed out again).
 async fn release(
     State(c): State<Arc<Coordinator>>,
     ApiPath(worker): ApiPath<String>,
@@ -224,15 +230,38 @@ async fn release(
 ) -> Result<StatusCode, ApiError> {
     check_worker_id(&worker)?;
     let batch: BatchId = body.batch_id.parse()?;
-    c.write(
-        String::new(),
-        Command::Release {
-            batch,
-            lease_id: body.lease_id,
-        },
-    )
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
+    let holder = {
+        let applied = c.shared.read();
+        let record = applied
+            .state
+            .batches
+            .get(&batch)
+            .ok_or_else(|| ApiError::NotFound(format!("no batch {batch}")))?;
+        record
+            .leases
+            .iter()
+            .find(|(l, _)| *l == body.lease_id)
+            .map(|(_, w)| w.clone())
+    };
+    if holder.as_deref().is_some_and(|h| h != worker) {
+        return Err(ApiError::Conflict(format!(
+            "lease {} of batch {batch} is not worker {worker}'s",
+            body.lease_id
+        )));
+    }
+    let cmd = Command::Release {
+        batch,
+        lease_id: body.lease_id,
+    };
+    match c.write(String::new(), cmd).await? {
+        Response::Released { released: true } => Ok(StatusCode::NO_CONTENT),
+        Response::Released { released: false } => Err(ApiError::Conflict(format!(
+            "lease {} is not the current lease of batch {batch} (done, expired, or never \
+             issued for it)",
+            body.lease_id
+        ))),
+        other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    }
 }
 
 async fn complete(
@@ -245,6 +274,18 @@ async fn complete(
         return Err(ApiError::BadRequest(
             "result must name an object (1-1024 characters)".into(),
         ));
+    }
+    if body.compute_ms > MAX_COMPUTE_MS {
+        return Err(ApiError::BadRequest(format!(
+            "compute_ms {} is more than a week ({MAX_COMPUTE_MS})",
+            body.compute_ms
+        )));
+    }
+    if body.failed > MAX_BATCH_SIZE {
+        return Err(ApiError::BadRequest(format!(
+            "failed {} is more than any batch holds ({MAX_BATCH_SIZE})",
+            body.failed
+        )));
     }
     let cmd = Command::Complete {
         batch,

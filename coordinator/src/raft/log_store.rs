@@ -182,15 +182,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = serde_json::to_vec(&entry)
-                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        // Encoding and writing a large entry takes a while: off the async threads, so that
+        // heartbeats and votes are still answered meanwhile.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut batch = sled::Batch::default();
+            for entry in entries {
+                let bytes = serde_json::to_vec(&entry)
+                    .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+                batch.insert(&index_key(entry.log_id.index), bytes);
+            }
+            log.apply_batch(batch)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+        })
+        .await
+        .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))??;
         let flushed = self
             .db
             .flush_async()

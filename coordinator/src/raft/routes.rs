@@ -1,31 +1,35 @@
 //! The server side of the Raft transport (`/raft/…`): hands peers' RPCs to openraft and
-//! answers with its `Result` as JSON. Also the read-index call followers use for
+//! answers with its `Result` as JSON. Bodies have their own limit, apart from the client API's. Also the read-index call followers use for
 //! linearizable reads.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, InstallSnapshotError, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotResponse, VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 
+use super::network::decode_snapshot_chunk;
 use super::{Node, NodeId, TypeConfig};
 use crate::auth::SECRET_HEADER;
 use crate::error::{ApiError, ApiJson};
 use crate::node::Coordinator;
 
-/// The routes, to be nested at the root.
-pub fn router() -> Router<Arc<Coordinator>> {
+/// The routes, to be merged at the root, with their own body limit (`--raft-body-limit`).
+pub fn router(body_limit: usize) -> Router<Arc<Coordinator>> {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/read-index", post(read_index))
+        .layer(DefaultBodyLimit::max(body_limit))
 }
 
 async fn append(
@@ -42,11 +46,20 @@ async fn vote(
     Json(c.raft.vote(req).await)
 }
 
+/// A snapshot chunk, its bytes raw after a JSON header ([`decode_snapshot_chunk`]).
 async fn snapshot(
     State(c): State<Arc<Coordinator>>,
-    ApiJson(req): ApiJson<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(c.raft.install_snapshot(req).await)
+    body: Result<Bytes, BytesRejection>,
+) -> Result<
+    Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>>,
+    ApiError,
+> {
+    let body = body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(r.body_text()),
+        _ => ApiError::BadRequest(r.body_text()),
+    })?;
+    let req = decode_snapshot_chunk(&body).map_err(ApiError::BadRequest)?;
+    Ok(Json(c.raft.install_snapshot(req).await))
 }
 
 /// The leader's answer to a read-index request.

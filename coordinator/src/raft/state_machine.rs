@@ -163,6 +163,58 @@ impl StateMachineStore {
         })
     }
 
+    /// Applies entries to the in-memory state; returns their outcomes and, if there were any,
+    /// the last one's id with the sled batch that stores what they changed.
+    #[allow(clippy::type_complexity)]
+    fn apply_in_memory(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<(Vec<Outcome>, Option<(LogId, sled::Batch, bool)>), StorageError> {
+        let mut outcomes = Vec::new();
+        let mut guard = self.shared.write();
+        let applied = &mut *guard;
+        let mut last = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            applied.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => outcomes.push(Outcome::default()),
+                EntryPayload::Normal(proposal) => outcomes.push(Outcome(
+                    proposal
+                        .0
+                        .into_iter()
+                        .map(|req| applied.state.apply(req))
+                        .collect(),
+                )),
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    outcomes.push(Outcome::default());
+                }
+            }
+        }
+        let Some(last) = last else {
+            return Ok((outcomes, None));
+        };
+        let mut batch = sled::Batch::default();
+        for change in applied.state.take_changes() {
+            match change {
+                Change::Put(k, v) => batch.insert(k, v),
+                Change::Delete(k) => batch.remove(k),
+                Change::DeletePrefix(prefix) => {
+                    for key in self.tree.scan_prefix(&prefix).keys() {
+                        let key =
+                            key.map_err(|e| io_err(ErrorSubject::Apply(last), ErrorVerb::Read, e))?;
+                        batch.remove(key);
+                    }
+                }
+            }
+        }
+        batch.insert(APPLIED, json(&applied.last_applied));
+        batch.insert(MEMBERSHIP, json(&applied.membership));
+        let work = applied.state.take_work_changed();
+        Ok((outcomes, Some((last, batch, work))))
+    }
+
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         let meta_bytes = serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() })
@@ -271,51 +323,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut outcomes = Vec::new();
-        let mut guard = self.shared.write();
-        let applied = &mut *guard;
-        let mut last = None;
-        for entry in entries {
-            last = Some(entry.log_id);
-            applied.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => outcomes.push(Outcome::default()),
-                EntryPayload::Normal(proposal) => outcomes.push(Outcome(
-                    proposal
-                        .0
-                        .into_iter()
-                        .map(|req| applied.state.apply(req))
-                        .collect(),
-                )),
-                EntryPayload::Membership(m) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
-                    outcomes.push(Outcome::default());
-                }
-            }
-        }
-        let Some(last) = last else {
+        let (outcomes, written) = self.apply_in_memory(entries)?;
+        let Some((last, batch, work)) = written else {
             return Ok(outcomes);
         };
-        let mut batch = sled::Batch::default();
-        for change in applied.state.take_changes() {
-            match change {
-                Change::Put(k, v) => batch.insert(k, v),
-                Change::Delete(k) => batch.remove(k),
-                Change::DeletePrefix(prefix) => {
-                    for key in self.tree.scan_prefix(&prefix).keys() {
-                        let key =
-                            key.map_err(|e| io_err(ErrorSubject::Apply(last), ErrorVerb::Read, e))?;
-                        batch.remove(key);
-                    }
-                }
-            }
-        }
-        batch.insert(APPLIED, json(&applied.last_applied));
-        batch.insert(MEMBERSHIP, json(&applied.membership));
-        let work = applied.state.take_work_changed();
-        drop(guard);
-        self.tree
-            .apply_batch(batch)
+        // A big entry (a job listing 100 000 inputs) writes as many records: off the async
+        // threads, so this node's Raft core and API keep running meanwhile.
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || tree.apply_batch(batch))
+            .await
+            .map_err(|e| io_err(ErrorSubject::Apply(last), ErrorVerb::Write, e))?
             .map_err(|e| io_err(ErrorSubject::Apply(last), ErrorVerb::Write, e))?;
         if work {
             self.shared.work.notify_waiters();

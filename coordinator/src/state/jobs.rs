@@ -27,6 +27,9 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub const MAX_LISTED_INPUTS: usize = 100_000;
 /// Most inputs one job may have.
 pub const MAX_INPUTS: usize = 1_000_000;
+/// Most compute time one completion may report (a week): more is a worker's bug, not a
+/// measurement. The API refuses it; the state saturates whatever reaches it.
+pub const MAX_COMPUTE_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// A batch's identity: its job and its sequence number within the job (`"7-3"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -440,7 +443,7 @@ impl State {
         let Some(batch) = self.batches.get_mut(&id) else {
             return Response::Failed(CommandError::Conflict(format!("batch {id} vanished")));
         };
-        batch.attempts += 1;
+        batch.attempts = batch.attempts.saturating_add(1);
         batch.leases.push((lease_id, worker.clone()));
         batch.state = BatchState::Leased {
             worker,
@@ -451,7 +454,7 @@ impl State {
         };
         let len = u64::from(batch.len);
         if let Some(record) = self.jobs.get_mut(&job) {
-            record.in_flight += len;
+            record.in_flight = record.in_flight.saturating_add(len);
         }
         self.leased.insert(id);
         if !request.is_empty() {
@@ -548,11 +551,15 @@ impl State {
             };
         }
         self.touch(Key::Batch(id));
+        // Counters that add up what workers report saturate: a completion, whatever numbers
+        // it carries, must never make apply panic on every replica.
         let record = self.job_mut(id.job)?;
-        record.done += len;
-        record.failed += u64::from(failed.min(batch.len));
-        record.batches_done += 1;
-        record.compute_ms += compute_ms;
+        record.done = record.done.saturating_add(len);
+        record.failed = record
+            .failed
+            .saturating_add(u64::from(failed.min(batch.len)));
+        record.batches_done = record.batches_done.saturating_add(1);
+        record.compute_ms = record.compute_ms.saturating_add(compute_ms);
         if record.done >= record.queries {
             record.state = JobState::Done;
             record.finished_at_ms = Some(now);
@@ -578,7 +585,7 @@ impl State {
         self.touch(Key::Job(id.job));
         if let Some(job) = self.jobs.get_mut(&id.job) {
             job.in_flight -= u64::from(batch.len).min(job.in_flight);
-            job.retries += 1;
+            job.retries = job.retries.saturating_add(1);
             if urgent {
                 job.retry.push_front(id.seq);
             } else {
@@ -589,8 +596,13 @@ impl State {
         true
     }
 
-    pub(super) fn release(&mut self, id: BatchId, lease_id: u64) -> bool {
-        self.requeue(id, lease_id, true)
+    /// Gives a lease back: `Ok(false)` if it is no longer the batch's current lease (done,
+    /// expired and handed out again, or never issued for it).
+    pub(super) fn release(&mut self, id: BatchId, lease_id: u64) -> Result<bool, CommandError> {
+        if !self.batches.contains_key(&id) {
+            return Err(CommandError::NotFound(format!("no batch {id}")));
+        }
+        Ok(self.requeue(id, lease_id, true))
     }
 
     pub(super) fn expire(&mut self, leases: &[(BatchId, u64)]) -> usize {

@@ -21,6 +21,15 @@ use files::{BlobRecord, FileRecord, NodeRecord};
 use jobs::{BatchId, BatchRecord, BatchState, JobRecord};
 use models::ModelRecord;
 
+/// Most bytes of input names in one stored record of a job's input list (a record holds at
+/// least one name). Small enough that a sled leaf of such records (16 at most) stays below
+/// sled's 128 KiB blob threshold, so a change to a neighbouring key never rewrites a blob.
+pub const INPUT_CHUNK_BYTES: usize = 4096;
+
+/// Key tag of the input lists of an earlier version, one name per key; still read, and
+/// deleted with their job.
+const LEGACY_INPUT_TAG: u8 = b'i';
+
 /// How long a client request id is remembered: a retry after this is a new request.
 pub const REQUEST_TTL_MS: u64 = 10 * 60 * 1000;
 
@@ -38,17 +47,69 @@ pub struct Counters {
 pub struct Remembered {
     pub time_ms: Millis,
     pub response: Response,
+    /// What the request asked for ([`fingerprint`]): a request id reused for anything else is
+    /// refused rather than answered with this response. Empty in records of earlier versions,
+    /// which match anything.
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// What a client request asked for, so that a retry can be told from a different request
+/// under the same id: the command's kind and a hash of what the client chose. An upload's
+/// replicas are picked anew by each attempt, so a file version is known by its name and
+/// content alone.
+pub fn fingerprint(cmd: &Command) -> String {
+    let mut hasher = blake3::Hasher::new();
+    let encoded = match cmd {
+        Command::PutVersion {
+            path, hash, size, ..
+        } => serde_json::to_writer(&mut hasher, &(path, hash, size)),
+        cmd => serde_json::to_writer(&mut hasher, cmd),
+    };
+    // Encoding plain data into a hasher cannot fail; if it did, the kind alone still tells.
+    let hash = match encoded {
+        Ok(()) => hasher.finalize().to_hex()[..16].to_string(),
+        Err(_) => String::new(),
+    };
+    format!("{}:{hash}", kind(cmd))
+}
+
+/// The command's name, as its `op` tag spells it.
+fn kind(cmd: &Command) -> &'static str {
+    match cmd {
+        Command::PutModel { .. } => "put_model",
+        Command::DeleteModel { .. } => "delete_model",
+        Command::LoadModel { .. } => "load_model",
+        Command::CreateJob { .. } => "create_job",
+        Command::UpdateJob { .. } => "update_job",
+        Command::StartJob { .. } => "start_job",
+        Command::StopJob { .. } => "stop_job",
+        Command::DeleteJob { .. } => "delete_job",
+        Command::Lease { .. } => "lease",
+        Command::Complete { .. } => "complete",
+        Command::Release { .. } => "release",
+        Command::Expire { .. } => "expire",
+        Command::RegisterNode { .. } => "register_node",
+        Command::SetNodeAlive { .. } => "set_node_alive",
+        Command::PutVersion { .. } => "put_version",
+        Command::DeleteFile { .. } => "delete_file",
+        Command::AddReplicas { .. } => "add_replicas",
+        Command::DropReplicas { .. } => "drop_replicas",
+    }
 }
 
 /// One stored record: what [`State`] persists, one sled key each. A job's input list is
-/// stored one name per key under the [`Key::Inputs`] prefix: a big list must not sit in one
-/// value, which sled would rewrite whole whenever a neighbouring record changes.
+/// stored in chunks of about [`INPUT_CHUNK_BYTES`] under the [`Key::Inputs`] prefix: a big
+/// list must not sit in one value, which sled would rewrite whole whenever a neighbouring
+/// record changes, nor in one key per name, which makes a job of 100 000 inputs a write of
+/// 100 000 keys that holds up everything else on the node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
     Counters,
     Model(String),
     Job(u64),
-    /// The prefix of a job's input names (`Inputs(job)` + u32 index → name).
+    /// The prefix of a job's input list (`Inputs(job)` + u32 chunk number → JSON list of
+    /// names).
     Inputs(u64),
     Batch(BatchId),
     Request(String),
@@ -72,7 +133,7 @@ impl Key {
                 out.extend_from_slice(&id.to_be_bytes());
             }
             Key::Inputs(id) => {
-                out.push(b'i');
+                out.push(b'l');
                 out.extend_from_slice(&id.to_be_bytes());
             }
             Key::Batch(id) => {
@@ -159,9 +220,22 @@ impl State {
         }
         self.prune_requests(now);
         let remember = !req.id.is_empty() && !matches!(req.cmd, Command::Lease { .. });
+        let fingerprint = if remember {
+            fingerprint(&req.cmd)
+        } else {
+            String::new()
+        };
         if remember {
             if let Some(seen) = self.requests.get(&req.id) {
-                return seen.response.clone();
+                if seen.fingerprint.is_empty() || seen.fingerprint == fingerprint {
+                    return seen.response.clone();
+                }
+                return Response::Failed(CommandError::Conflict(format!(
+                    "request id {:?} was already used for a different request ({}); use a new \
+                     Idempotency-Key for a new request",
+                    req.id,
+                    seen.fingerprint.split(':').next().unwrap_or_default()
+                )));
             }
         }
         let response = self.execute(req.cmd, &req.id, now);
@@ -171,6 +245,7 @@ impl State {
                 Remembered {
                     time_ms: now,
                     response: response.clone(),
+                    fingerprint,
                 },
             );
             self.request_ages.insert((now, req.id.clone()));
@@ -236,9 +311,9 @@ impl State {
                 .map_or_else(Response::Failed, |accepted| Response::Completed {
                     accepted,
                 }),
-            Command::Release { batch, lease_id } => Response::Released {
-                released: self.release(batch, lease_id),
-            },
+            Command::Release { batch, lease_id } => self
+                .release(batch, lease_id)
+                .map_or_else(Response::Failed, |released| Response::Released { released }),
             Command::Expire { leases } => Response::Expired {
                 count: self.expire(&leases),
             },
@@ -301,7 +376,12 @@ impl State {
                     Some(list) => {
                         changes.extend(input_records(job, list).map(|(k, v)| Change::Put(k, v)))
                     }
-                    None => changes.push(Change::DeletePrefix(key.encode())),
+                    None => {
+                        changes.push(Change::DeletePrefix(key.encode()));
+                        let mut legacy = vec![LEGACY_INPUT_TAG];
+                        legacy.extend_from_slice(&job.to_be_bytes());
+                        changes.push(Change::DeletePrefix(legacy));
+                    }
                 },
                 key => match self.encode_value(&key) {
                     Some(v) => changes.push(Change::Put(key.encode(), v)),
@@ -383,8 +463,13 @@ impl State {
                     let j: JobRecord = dec(&key, &value)?;
                     state.jobs.insert(j.id, j);
                 }
-                b'i' => {
-                    // Keys sort by (job, index), so names arrive in input order.
+                // Keys sort by (job, index), so names arrive in input order.
+                b'l' => {
+                    let id = key_u64(&key, 1)?;
+                    let chunk: Vec<String> = dec(&key, &value)?;
+                    inputs.entry(id).or_default().extend(chunk);
+                }
+                LEGACY_INPUT_TAG => {
                     let id = key_u64(&key, 1)?;
                     let name = String::from_utf8(value).map_err(|e| DecodeError {
                         key: String::from_utf8_lossy(&key).into_owned(),
@@ -433,13 +518,32 @@ impl State {
     }
 }
 
-/// The stored records of a job's input list: one per name, keyed by (job, index).
+/// The stored records of a job's input list: consecutive names of about
+/// [`INPUT_CHUNK_BYTES`] per record (one name at least), keyed by (job, chunk number).
 fn input_records(job: u64, list: &[String]) -> impl Iterator<Item = Record> + '_ {
     let prefix = Key::Inputs(job).encode();
-    list.iter().enumerate().map(move |(i, name)| {
+    let mut rest = list;
+    let mut chunk = 0u32;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let len = rest
+            .iter()
+            .take_while(|name| {
+                bytes += name.len() + 3;
+                bytes <= INPUT_CHUNK_BYTES
+            })
+            .count()
+            .max(1);
+        let (names, after) = rest.split_at(len);
+        rest = after;
         let mut key = prefix.clone();
-        key.extend_from_slice(&(i as u32).to_be_bytes());
-        (key, name.as_bytes().to_vec())
+        key.extend_from_slice(&chunk.to_be_bytes());
+        chunk += 1;
+        // A list of strings always serializes.
+        Some((key, serde_json::to_vec(names).unwrap_or_default()))
     })
 }
 

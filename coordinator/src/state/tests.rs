@@ -100,6 +100,33 @@ fn a_job_is_cut_into_batches_in_input_order_and_finishes() {
 }
 
 #[test]
+fn huge_numbers_in_completions_saturate_instead_of_panicking() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 2, 1);
+    for _ in 0..2 {
+        let g = lease(&mut s, "w", id, 3).unwrap();
+        let r = s.apply(req(
+            "",
+            4,
+            Command::Complete {
+                batch: g.batch,
+                lease_id: g.lease_id,
+                result: "r".into(),
+                failed: u32::MAX,
+                compute_ms: u64::MAX,
+            },
+        ));
+        assert_eq!(r, Response::Completed { accepted: true });
+    }
+    let j = s.job(id).unwrap();
+    assert_eq!(j.compute_ms, u64::MAX, "saturated, not wrapped");
+    // `failed` counts at most the batch's own inputs.
+    assert_eq!((j.done, j.failed, j.batches_done), (2, 2, 2));
+    assert_eq!(j.state, JobState::Done);
+}
+
+#[test]
 fn a_batch_is_done_exactly_once_even_after_its_lease_expired() {
     let mut s = State::default();
     model(&mut s);
@@ -211,6 +238,16 @@ fn released_batches_go_first_and_expiry_ignores_stale_leases() {
     assert_eq!(r, Response::Expired { count: 0 });
     let next = lease(&mut s, "v", id, 5).unwrap();
     assert_eq!(next.batch, b.batch);
+    // Giving back a lease that is no longer current, or of an unknown batch, is refused.
+    let release = |batch, lease_id| Command::Release { batch, lease_id };
+    let r = s.apply(req("", 6, release(b.batch, b.lease_id)));
+    assert_eq!(r, Response::Released { released: false });
+    let unknown = BatchId { job: id, seq: 99 };
+    let r = s.apply(req("", 6, release(unknown, 1)));
+    assert!(
+        matches!(r, Response::Failed(CommandError::NotFound(_))),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -310,6 +347,61 @@ fn a_retried_request_applies_once_and_gets_the_same_answer() {
 }
 
 #[test]
+fn a_request_id_reused_for_a_different_request_is_refused_and_changes_nothing() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 2, 1);
+    // "job-0" created the job: the same id on a different kind of command...
+    let r = s.apply(req("job-0", 3, Command::StopJob { job: id }));
+    match r {
+        Response::Failed(CommandError::Conflict(m)) => {
+            assert!(m.contains("job-0") && m.contains("create_job"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.job(id).unwrap().state, JobState::Running);
+    // ...or on the same kind with other content is refused as well.
+    let other_job = Command::CreateJob {
+        name: Some("other".into()),
+        model: "r18".into(),
+        inputs: Inputs::List(vec!["x.png".into()]),
+        batch_size: 1,
+        weight: 1,
+        start: true,
+    };
+    let r = s.apply(req("job-0", 4, other_job));
+    assert!(
+        matches!(r, Response::Failed(CommandError::Conflict(_))),
+        "{r:?}"
+    );
+    assert_eq!(s.jobs.len(), 1);
+    // The real retry still gets the first answer.
+    let retry = Command::CreateJob {
+        name: None,
+        model: "r18".into(),
+        inputs: Inputs::List((0..2).map(|i| format!("img/{i}.png")).collect()),
+        batch_size: 1,
+        weight: 1,
+        start: true,
+    };
+    assert_eq!(s.apply(req("job-0", 5, retry)), Response::Job { id });
+    // An upload's retry may pick other replicas and is still the same request.
+    let put = |replicas: Vec<String>| Command::PutVersion {
+        path: "a".into(),
+        hash: hash(1),
+        size: 3,
+        replicas,
+        target: 3,
+        keep: 5,
+    };
+    node(&mut s, "n1");
+    node(&mut s, "n2");
+    let first = s.apply(req("up", 6, put(vec!["n1".into()])));
+    assert!(matches!(first, Response::Version { .. }), "{first:?}");
+    assert_eq!(s.apply(req("up", 7, put(vec!["n2".into()]))), first);
+}
+
+#[test]
 fn a_retried_lease_call_gets_the_same_lease() {
     let mut s = State::default();
     model(&mut s);
@@ -370,14 +462,55 @@ fn changes_name_exactly_the_records_written() {
     let prefix = super::Key::Inputs(id).encode();
     assert_eq!(
         put.iter().filter(|k| k.starts_with(&prefix)).count(),
-        3,
-        "one record per input"
+        1,
+        "one record per chunk of inputs"
     );
     assert!(s.take_changes().is_empty());
     s.apply(req("del", 9, Command::DeleteJob { job: id }));
     let changes = s.take_changes();
     assert!(changes.contains(&Change::Delete(super::Key::Job(id).encode())));
     assert!(changes.contains(&Change::DeletePrefix(prefix)));
+}
+
+#[test]
+fn a_long_input_list_is_stored_in_chunks_and_read_back_in_order() {
+    let mut s = State::default();
+    model(&mut s);
+    // Names of 9-11 bytes: ~300 of them fill a record.
+    let id = job(&mut s, 700, 1);
+    let records: Vec<_> = s
+        .take_changes()
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::Put(k, v) => Some((k, v)),
+            _ => None,
+        })
+        .collect();
+    let prefix = super::Key::Inputs(id).encode();
+    let chunks: Vec<_> = records
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .collect();
+    assert_eq!(chunks.len(), 3);
+    assert!(chunks
+        .iter()
+        .all(|(_, v)| v.len() <= super::INPUT_CHUNK_BYTES));
+    let restored = State::load(records).unwrap();
+    assert_eq!(restored.inputs_of(id), s.inputs_of(id));
+    // A list stored by an earlier version, one name per key, still loads.
+    let mut legacy: Vec<(Vec<u8>, Vec<u8>)> = s
+        .dump()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(&prefix))
+        .collect();
+    for (i, name) in s.inputs_of(id).unwrap().iter().enumerate() {
+        let mut key = vec![b'i'];
+        key.extend_from_slice(&id.to_be_bytes());
+        key.extend_from_slice(&(i as u32).to_be_bytes());
+        legacy.push((key, name.clone().into_bytes()));
+    }
+    let restored = State::load(legacy).unwrap();
+    assert_eq!(restored.inputs_of(id), s.inputs_of(id));
 }
 
 #[test]
