@@ -681,6 +681,37 @@ async fn a_heartbeating_worker_keeps_its_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deregistered_workers_batches_go_back_to_the_queue_at_once() {
+    // A lease timeout no test waits out: only the deregistration can requeue the batch.
+    let (group, _dir) = group(1, |c| c.lease_timeout_ms = 600_000).await;
+    let c = client(&group.addrs());
+    add_model(&c).await;
+    let register = || async {
+        let r: WorkerRegistered = c
+            .post("/v1/workers/register", &WorkerRegistration::default())
+            .await
+            .unwrap();
+        r.worker_id
+    };
+    let (leaving, staying) = (register().await, register().await);
+    let job: Job = c.post("/v1/jobs", &new_job("j", 1, 1)).await.unwrap();
+    let held = lease_once(&c, &leaving, 1000).await.expect("a batch");
+    assert!(
+        lease_once(&c, &staying, 200).await.is_none(),
+        "one batch only"
+    );
+    c.delete(&format!("/v1/workers/{leaving}")).await.unwrap();
+    let again = lease_once(&c, &staying, 1000)
+        .await
+        .expect("the deregistered worker's batch is handed out again");
+    assert_eq!(again.batch_id, held.batch_id);
+    assert_ne!(again.lease_id, held.lease_id);
+    let j: Job = c.get(&format!("/v1/jobs/{}", job.id)).await.unwrap();
+    assert_eq!((j.in_flight, j.retries), (1, 1));
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_added_at_run_time_receives_the_state_and_votes() {
     let dir = tempfile::tempdir().unwrap();
     let (group, _d) = group(3, |_| {}).await;

@@ -169,6 +169,10 @@ pub(crate) async fn release(shared: &Shared, lease: &Lease) {
             shared.stats.record_release();
             tracing::info!(batch = %lease.batch_id, lease = lease.lease_id, "lease given back");
         }
+        // 404/409: the batch is gone, done, or no longer this lease's; nothing to give back.
+        Err(e) if matches!(e.status(), Some(404 | 409)) => {
+            tracing::debug!(batch = %lease.batch_id, error = %e, "lease no longer current; nothing to give back")
+        }
         Err(e) => {
             tracing::warn!(batch = %lease.batch_id, error = %e, "cannot give the lease back; it will expire")
         }

@@ -303,12 +303,20 @@ impl WorkerHandle {
             let _ = heartbeat.await;
         }
         let path = format!("/v1/workers/{}", encode_segment(&shared.worker_id));
-        shared
+        match shared
             .client
             .with_deadline(Duration::from_secs(5))
             .delete(&path)
             .await
-            .map_err(|e| WorkerError::coordinator(format!("DELETE {path}"), e))?;
+        {
+            Ok(_) => {}
+            // The leader no longer knows this worker (a new leader that never heard from it,
+            // or one that forgot it): there is nothing to deregister.
+            Err(e) if e.status() == Some(404) => {
+                tracing::debug!(worker = %shared.worker_id, "the leader did not know this worker")
+            }
+            Err(e) => return Err(WorkerError::coordinator(format!("DELETE {path}"), e)),
+        }
         let stats = shared.stats.snapshot();
         tracing::info!(worker = %shared.worker_id, ?stats, "worker stopped and deregistered");
         Ok(stats)

@@ -78,15 +78,33 @@ async fn register(
     )
 }
 
-/// Forgets a worker. 404 if this leader does not know it (never heard from it, or forgot it
-/// after a long silence): nothing was deregistered.
+/// Forgets a worker and puts the batches it still holds back in the queue at once (a worker
+/// deregisters after finishing what it computes, so whatever it still holds, such as a lease
+/// granted to a long-poll it gave up on, would otherwise wait out the lease timeout). 404 if
+/// this leader does not know it (never heard from it, or forgot it after a long silence).
 async fn deregister(
     State(c): State<Arc<Coordinator>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     check_worker_id(&id)?;
-    if !c.leader_state().workers.remove(&id) {
-        return Err(ApiError::NotFound(format!("no worker {id}")));
+    let held: Vec<(BatchId, u64)> = {
+        // Lock order everywhere: the shared state first, then the leader's soft state.
+        let applied = c.shared.read();
+        if !c.leader_state().workers.remove(&id) {
+            return Err(ApiError::NotFound(format!("no worker {id}")));
+        }
+        applied
+            .state
+            .leases()
+            .filter(|(_, _, worker, ..)| *worker == id)
+            .map(|(batch, lease, ..)| (batch, lease))
+            .collect()
+    };
+    if !held.is_empty() {
+        let count = held.len();
+        c.write(String::new(), Command::Expire { leases: held })
+            .await?;
+        tracing::info!(worker = %id, count, "requeued the leases of a deregistered worker");
     }
     tracing::info!(worker = %id, "worker deregistered");
     Ok(StatusCode::NO_CONTENT)
