@@ -69,6 +69,13 @@ fn main() {
         .map(|f| image::open(format!("{samples}/{f}")).expect("sample photo"))
         .collect();
     println!("{threads} thread(s)");
+    for f in ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"] {
+        let bytes = std::fs::read(format!("{samples}/{f}")).expect("sample photo");
+        let (secs, _) = time(Duration::from_secs(1), || {
+            std::hint::black_box(idunno_worker::inputs::decode(&bytes, f).expect("decode"));
+        });
+        println!("decode {f:<14} {:6.2} ms (one thread)", secs * 1e3);
+    }
     for arch in archs {
         let bytes = weights::generate_to_bytes(arch, 1).expect("weights");
         let model =

@@ -8,9 +8,10 @@
 //!   bias and activation fused;
 //! * the layout shuffles around candle's conv2d (NCHW→NHWC copies, a scalar
 //!   strided im2col, a scattered output copy, then separate passes for the
-//!   bias, the residual and the activation) — [`im2col`] builds the
-//!   `(C·kh·kw, OH·OW)` matrix row by row (contiguous copies, per-side zero
-//!   padding, no padded copy), candle's matmul (gemm) does the arithmetic,
+//!   bias, the residual and the activation) — [`conv_gemm`] builds each
+//!   image's `(C·kh·kw, OH·OW)` matrix row by row (contiguous copies, per-side
+//!   zero padding, no padded copy) in a buffer the thread reuses, the `gemm`
+//!   crate (what candle's matmul calls) multiplies it straight into the output,
 //!   and [`bias_act`] adds the bias and the residual and applies the
 //!   activation in one in-place pass.
 //!
@@ -20,7 +21,8 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp3, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp2, InplaceOp3, Layout, Result,
+    Shape, Tensor,
 };
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -344,76 +346,193 @@ pub fn depthwise_conv(
     )
 }
 
-/// im2col: `(N, C, H, W)` → `(N, C·kh·kw, OH·OW)`, rows ordered like a
-/// `(C_out, C, kh, kw)` weight flattened to `(C_out, C·kh·kw)`.
-struct Im2col {
+/// A dense convolution without bias: per image, the folded weight matrix `(C_out, C·kh·kw)`
+/// times that image's im2col matrix `(C·kh·kw, OH·OW)` (rows ordered like the weight's
+/// `(C, kh, kw)` columns), one gemm call writing straight into the output. A 1×1 stride-1
+/// unpadded layer skips im2col: its input already is the matrix.
+///
+/// The im2col matrix is the largest buffer of a forward pass (25 MB for one 299×299 image
+/// in Inception's second layer), and it lives only for one gemm call. It is built in a
+/// buffer each compute thread keeps for the next call ([`SCRATCH`]) rather than a fresh
+/// allocation: a fresh one of that size comes from the kernel as new zero pages, so
+/// every layer paid a page fault per 4 KiB, and how often depended on the allocator's
+/// history (the same job ran 10–20 % slower inside a worker than in a bare loop). The
+/// output is written once by gemm and is neither zeroed nor copied.
+struct ConvGemm {
     window: Window,
 }
 
-impl CustomOp1 for Im2col {
-    fn name(&self) -> &'static str {
-        "idunno-im2col"
-    }
+thread_local! {
+    /// The im2col buffer of this thread's last convolution (kept at its largest size).
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xs_l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = xs_l.shape().dims4()?;
-        let xs = f32_slice(xs, xs_l, self.name())?;
-        let win = self.window;
-        win.check(self.name())?;
-        let (kh, kw) = win.kernel;
-        let (oh, ow) = win.out;
-        let (s, p) = (win.stride, oh * ow);
-        let len = n * c * kh * kw * p;
-        // Every element is written below (padding included): no zeroing pass first,
-        // the matrix is the largest buffer of a forward pass.
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        if len > 0 {
-            // One task per input plane: it writes that plane's kh·kw rows.
-            out.spare_capacity_mut()[..len]
-                .par_chunks_mut(kh * kw * p)
-                .enumerate()
-                .for_each(|(plane, dst)| {
-                    let src = &xs[plane * h * w..(plane + 1) * h * w];
-                    for (tap, rows) in dst.chunks_exact_mut(p).enumerate() {
-                        let (i, j) = (tap / kw, tap % kw);
-                        let (lo, hi, ix) = win.valid_cols(j, w);
-                        for (oy, row) in rows.chunks_exact_mut(ow).enumerate() {
-                            let zero = |r: &mut [MaybeUninit<f32>]| {
-                                r.iter_mut().for_each(|o| {
-                                    o.write(0.0);
-                                })
-                            };
-                            let Some(iy) = win.input_row(oy, i, h) else {
-                                zero(row);
-                                continue;
-                            };
-                            zero(&mut row[..lo]);
-                            zero(&mut row[hi..]);
-                            let src_row = &src[iy * w + ix..(iy + 1) * w];
-                            let row = &mut row[lo..hi];
-                            if s == 1 {
-                                for (o, x) in row.iter_mut().zip(&src_row[..hi - lo]) {
-                                    o.write(*x);
-                                }
-                            } else {
-                                for (o, x) in row.iter_mut().zip(src_row.iter().step_by(s)) {
-                                    o.write(*x);
-                                }
-                            }
-                        }
-                    }
-                });
-            // SAFETY: the loop above wrote all `len` elements (each output row is
-            // either zeroed whole, or zeroed outside `lo..hi` and copied inside).
-            unsafe { out.set_len(len) };
-        }
-        Ok((CpuStorage::F32(out), Shape::from((n, c * kh * kw, p))))
+/// Takes this thread's im2col buffer, leaving an empty one: a convolution that runs on this
+/// thread while this one waits inside gemm (rayon steals work) allocates its own.
+fn take_scratch() -> Vec<f32> {
+    SCRATCH.with(|s| s.take())
+}
+
+/// Gives an im2col buffer back to this thread; the larger of it and any buffer a nested
+/// convolution left there is kept.
+fn return_scratch(buf: Vec<f32>) {
+    SCRATCH.with(|s| {
+        let other = s.take();
+        s.set(if other.capacity() > buf.capacity() {
+            other
+        } else {
+            buf
+        });
+    });
+}
+
+impl Window {
+    /// Whether this window is a 1×1, stride-1, unpadded one over an `h × w` input.
+    fn is_pointwise(&self, h: usize, w: usize) -> bool {
+        self.kernel == (1, 1) && self.stride == 1 && self.pad_before == (0, 0) && self.out == (h, w)
     }
 }
 
-/// The im2col matrix of `xs (N, C, H, W)`: `(N, C·kh·kw, OH·OW)`.
-pub fn im2col(xs: &Tensor, window: Window) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1_no_bwd(&Im2col { window })
+/// Writes the im2col matrix of one image `src (C, H, W)` into `dst` (`C·kh·kw·OH·OW`
+/// elements, every one written: padding as zeros), one task per input plane.
+fn fill_im2col(src: &[f32], (h, w): (usize, usize), win: Window, dst: &mut [MaybeUninit<f32>]) {
+    let (kh, kw) = win.kernel;
+    let (oh, ow) = win.out;
+    let (s, p) = (win.stride, oh * ow);
+    dst.par_chunks_mut(kh * kw * p)
+        .zip(src.par_chunks(h * w))
+        .for_each(|(dst, src)| {
+            for (tap, rows) in dst.chunks_exact_mut(p).enumerate() {
+                let (i, j) = (tap / kw, tap % kw);
+                let (lo, hi, ix) = win.valid_cols(j, w);
+                for (oy, row) in rows.chunks_exact_mut(ow).enumerate() {
+                    let zero = |r: &mut [MaybeUninit<f32>]| {
+                        r.iter_mut().for_each(|o| {
+                            o.write(0.0);
+                        })
+                    };
+                    let Some(iy) = win.input_row(oy, i, h) else {
+                        zero(row);
+                        continue;
+                    };
+                    zero(&mut row[..lo]);
+                    zero(&mut row[hi..]);
+                    let src_row = &src[iy * w + ix..(iy + 1) * w];
+                    let row = &mut row[lo..hi];
+                    if s == 1 {
+                        for (o, x) in row.iter_mut().zip(&src_row[..hi - lo]) {
+                            o.write(*x);
+                        }
+                    } else {
+                        for (o, x) in row.iter_mut().zip(src_row.iter().step_by(s)) {
+                            o.write(*x);
+                        }
+                    }
+                }
+            }
+        });
+}
+
+impl CustomOp2 for ConvGemm {
+    fn name(&self) -> &'static str {
+        "idunno-conv-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_l: &Layout,
+        ws: &CpuStorage,
+        ws_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (n, c, h, w) = xs_l.shape().dims4()?;
+        let (c_out, k) = ws_l.shape().dims2()?;
+        let win = self.window;
+        win.check(op)?;
+        let (kh, kw) = win.kernel;
+        let (oh, ow) = win.out;
+        let p = oh * ow;
+        if k != c * kh * kw {
+            bail!("{op}: a ({c_out}, {k}) weight does not fit {c} channels and a {kh}x{kw} kernel")
+        }
+        let (xs, ws) = (f32_slice(xs, xs_l, op)?, f32_slice(ws, ws_l, op)?);
+        let len = n * c_out * p;
+        if len == 0 || k == 0 {
+            return Ok((
+                CpuStorage::F32(vec![0.0; len]),
+                Shape::from((n, c_out, oh, ow)),
+            ));
+        }
+        let pointwise = win.is_pointwise(h, w);
+        let threads = rayon::current_num_threads();
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let mut scratch = if pointwise {
+            Vec::new()
+        } else {
+            take_scratch()
+        };
+        for (image, dst) in out.spare_capacity_mut()[..len]
+            .chunks_exact_mut(c_out * p)
+            .enumerate()
+        {
+            let src = &xs[image * c * h * w..(image + 1) * c * h * w];
+            let cols: &[f32] = if pointwise {
+                src
+            } else {
+                scratch.clear();
+                scratch.reserve(k * p);
+                fill_im2col(src, (h, w), win, &mut scratch.spare_capacity_mut()[..k * p]);
+                // SAFETY: `fill_im2col` wrote all `k·p` elements.
+                unsafe { scratch.set_len(k * p) };
+                &scratch
+            };
+            // SAFETY: row-major `dst (c_out × p)`, `ws (c_out × k)` and `cols (k × p)`, each
+            // exactly that long; with `read_dst = false` gemm only writes `dst`, every
+            // element of it.
+            unsafe {
+                gemm::gemm(
+                    c_out,
+                    p,
+                    k,
+                    dst.as_mut_ptr().cast::<f32>(),
+                    1,
+                    p as isize,
+                    false,
+                    ws.as_ptr(),
+                    1,
+                    k as isize,
+                    cols.as_ptr(),
+                    1,
+                    p as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+        if !pointwise {
+            return_scratch(scratch);
+        }
+        // SAFETY: one gemm per image wrote all `len` elements.
+        unsafe { out.set_len(len) };
+        Ok((CpuStorage::F32(out), Shape::from((n, c_out, oh, ow))))
+    }
+}
+
+/// `conv(xs, weight)` without bias: `xs (N, C, H, W)`, `weight (C_out, C·kh·kw)` (a
+/// `(C_out, C, kh, kw)` kernel flattened), output `(N, C_out, OH, OW)` as `window` says.
+pub fn conv_gemm(xs: &Tensor, weight: &Tensor, window: Window) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op2_no_bwd(&weight.contiguous()?, &ConvGemm { window })
 }
 
 /// In-place epilogue of a convolution: `x = act(x + bias[c] (+ residual))`.

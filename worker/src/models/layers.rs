@@ -9,9 +9,10 @@
 //! * Pooling helpers with PyTorch semantics.
 //!
 //! The arithmetic runs in [`super::kernels`]: depthwise convolutions in a
-//! direct kernel, the others as im2col (skipped for 1×1 stride-1 layers,
-//! whose input already is the matrix) times the folded weight matrix with
-//! candle's matmul, then one in-place pass for bias, residual and activation.
+//! direct kernel, the others as the folded weight matrix times each image's
+//! im2col matrix (skipped for 1×1 stride-1 layers, whose input already is the
+//! matrix) in one gemm call, then one in-place pass for bias, residual and
+//! activation.
 //! Nothing here knows tensor names beyond `<prefix>.weight` and the BatchNorm
 //! quartet; the architecture files own the layouts.
 
@@ -19,7 +20,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use super::kernels::Activation;
-use super::kernels::{avg_pool, bias_act, depthwise_conv, im2col, Window};
+use super::kernels::{avg_pool, bias_act, conv_gemm, depthwise_conv, Window};
 
 /// Zero padding of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,9 +125,8 @@ impl ConvBn {
         residual: Option<&Tensor>,
         act: Activation,
     ) -> Result<Tensor> {
-        let (n, c_in, h, w) = xs.dims4()?;
+        let (_, _, h, w) = xs.dims4()?;
         let win = self.window(h, w)?;
-        let (oh, ow) = win.out;
         if self.depthwise {
             return match residual {
                 None => depthwise_conv(xs, &self.weight, &self.bias, win, act),
@@ -138,22 +138,7 @@ impl ConvBn {
                 }
             };
         }
-        let (c_out, k) = self.weight.dims2()?;
-        let pointwise = self.kernel == (1, 1) && self.stride == 1 && win.pad_before == (0, 0);
-        let cols = if pointwise {
-            xs.reshape((n, c_in, h * w))?
-        } else {
-            im2col(xs, win)?
-        };
-        if cols.dim(1)? != k {
-            candle_core::bail!("convolution expects {k} input rows, got {}", cols.dim(1)?);
-        }
-        // A stride-0 batch dimension: the weight matrix is not copied per image.
-        let y = self
-            .weight
-            .broadcast_as((n, c_out, k))?
-            .matmul(&cols.contiguous()?)?
-            .reshape((n, c_out, oh, ow))?;
+        let y = conv_gemm(xs, &self.weight, win)?;
         bias_act(y, &self.bias, residual, act)
     }
 }
