@@ -1,5 +1,6 @@
 //! `idunno bench worker`: (a) images/s of one worker's compute path per model and batch size,
-//! standalone (decoded sample photos, generated weights, a compute pool of the worker's size);
+//! standalone (the sample photos' bytes in memory, decoded and classified with generated
+//! weights on a compute pool of the worker's size);
 //! (b) the same model and batch size through the whole cluster: a job over the same photos
 //! uploaded to SDFS, run by the one worker of an embedded cluster (coordinator, storage node
 //! and worker, real HTTP between them), timed by the coordinator from the job's start to its
@@ -10,8 +11,8 @@
 //! photo `i mod n`) and count, the same number of compute threads, and a warm model in both
 //! (the standalone run classifies every photo once untimed; the worker has loaded the model
 //! and run an untimed one-batch job before the timed one). What the cluster adds is leasing,
-//! fetching inputs from the storage node, decoding them (on the same cores, in parallel with
-//! compute), writing results and reporting completions.
+//! fetching inputs from the storage node, writing results and reporting completions, and
+//! everything the coordinator and the storage node do for that, on the same cores.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use idunno_api::model::Model;
 use idunno_api::Client;
 use idunno_worker::compute::ComputePool;
 use idunno_worker::models::{weights, Arch, LoadOptions, Model as Network};
-use idunno_worker::{standalone_throughput, WorkerConfig};
+use idunno_worker::{standalone_throughput, EncodedImage, WorkerConfig};
 
 use crate::cli::model::{add, WeightsSource};
 
@@ -77,7 +78,7 @@ pub async fn run(args: WorkerBench) -> anyhow::Result<()> {
         .unwrap_or_else(|| WorkerConfig::new(Vec::new(), PathBuf::new()).compute_threads());
     let pool = ComputePool::new(threads)?;
     let paths = sample_paths(&samples_dir()?)?;
-    let photos = Arc::new(decoded(&paths)?);
+    let photos = Arc::new(read_files(&paths)?);
     println!(
         "{} compute thread(s); {} timed images per run (the {} sample photos in turn); \
          models {}; batches {:?}",
@@ -143,14 +144,13 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-/// The photos at `paths`, decoded as a worker decodes inputs (by content).
-fn decoded(paths: &[PathBuf]) -> anyhow::Result<Vec<image::DynamicImage>> {
+/// The files at `paths`, named as they are, as a worker receives inputs.
+fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<EncodedImage>> {
     paths
         .iter()
         .map(|path| {
             let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
-            idunno_worker::inputs::decode(&bytes, &path.to_string_lossy())
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            Ok((path.to_string_lossy().into_owned(), bytes))
         })
         .collect()
 }

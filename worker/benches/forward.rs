@@ -6,7 +6,8 @@
 //! `Model::forward` call on the batch (its images side by side) on a rayon pool of
 //! THREADS threads — the worker's compute pool —
 //! and the images/s that makes (fastest of the runs in a 3 s budget), then the
-//! per-image preprocessing time of the sample photos and the whole standalone path
+//! decoding time of each sample photo (one thread), the per-image preprocessing time,
+//! and the whole standalone path from the files' bytes
 //! ([`idunno_worker::standalone_throughput`], a mean over its batches).
 //! A measuring tool, not a test: nothing is asserted.
 
@@ -64,15 +65,22 @@ fn main() {
         .build()
         .expect("rayon pool");
     let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/../samples");
-    let photos: Vec<_> = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+    let files: Vec<(String, Vec<u8>)> =
+        ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+            .iter()
+            .map(|f| {
+                let bytes = std::fs::read(format!("{samples}/{f}")).expect("sample photo");
+                (f.to_string(), bytes)
+            })
+            .collect();
+    let photos: Vec<_> = files
         .iter()
-        .map(|f| image::open(format!("{samples}/{f}")).expect("sample photo"))
+        .map(|(f, bytes)| idunno_worker::inputs::decode(bytes, f).expect("sample photo"))
         .collect();
     println!("{threads} thread(s)");
-    for f in ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"] {
-        let bytes = std::fs::read(format!("{samples}/{f}")).expect("sample photo");
+    for (f, bytes) in &files {
         let (secs, _) = time(Duration::from_secs(1), || {
-            std::hint::black_box(idunno_worker::inputs::decode(&bytes, f).expect("decode"));
+            std::hint::black_box(idunno_worker::inputs::decode(bytes, f).expect("decode"));
         });
         println!("decode {f:<14} {:6.2} ms (one thread)", secs * 1e3);
     }
@@ -115,7 +123,7 @@ fn main() {
         );
         for &n in &batches {
             let rate = pool
-                .install(|| standalone_throughput(&model, &photos, n, (32 / n).max(4)))
+                .install(|| standalone_throughput(&model, &files, n, (32 / n).max(4)))
                 .expect("standalone");
             println!(
                 "{:<18} batch {n:>3}: standalone {rate:7.2} images/s",

@@ -24,4 +24,4 @@ mod standalone;
 pub use config::{ModelSelection, WorkerConfig};
 pub use error::WorkerError;
 pub use runtime::{run, start, WorkerHandle, WorkerStats};
-pub use standalone::standalone_throughput;
+pub use standalone::{standalone_throughput, EncodedImage};

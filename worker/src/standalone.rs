@@ -1,13 +1,19 @@
-//! The worker's compute path without a cluster: images/s of a model on decoded images, for
-//! `idunno bench worker` (the figure the cluster's throughput is compared against).
+//! The worker's compute path without a cluster: images/s of a model on image files held in
+//! memory, for `idunno bench worker` (the figure the cluster's throughput is compared
+//! against).
 //!
-//! It runs exactly what a worker runs per batch ([`crate::compute::classify_images`]: per-image
-//! preprocessing, one [`Model::forward`] call for the batch — its images run side by side on
-//! the pool — softmax, top-5), minus fetching and decoding.
+//! It runs what a worker runs per batch once the inputs' bytes are in hand: decoding
+//! ([`crate::inputs::decode`], by content; the next batch is decoded while the current one
+//! computes, as the worker's prefetch does), then
+//! [`crate::compute::classify_images`] (per-image preprocessing, one [`Model::forward`] call
+//! for the batch — its images run side by side on the pool — softmax, top-5). What it leaves
+//! out is what the cluster adds: leases, fetching from storage nodes, writing results and
+//! reporting completions.
 
 use std::time::Instant;
 
 use image::DynamicImage;
+use rayon::prelude::*;
 
 use crate::compute::classify_images;
 use crate::error::WorkerError;
@@ -16,51 +22,73 @@ use crate::models::Model;
 /// Classes ranked per image, as a worker with default settings does.
 const TOP_K: usize = 5;
 
+/// An input as a worker receives it: its name (the format falls back on the extension) and
+/// the file's bytes.
+pub type EncodedImage = (String, Vec<u8>);
+
 /// Runs `batches` batches of `batch_size` images after untimed warm-up batches, and returns
-/// images per second. The images are taken from `images` in turn across batches (image `i` of
-/// the run is `images[i % len]`), as a job over inputs that cycle through them would see them,
-/// so every image's decoding-independent cost (preprocessing depends on its size) counts.
+/// images per second. The images are taken from `files` in turn across batches (image `i` of
+/// the run is `files[i % len]`), as a job over inputs that cycle through them would see them,
+/// so every file's decoding and preprocessing cost (both depend on its size) counts.
 ///
 /// It computes on the calling thread's rayon pool: the global one (`RAYON_NUM_THREADS`, else
 /// one thread per core), or a worker's [`crate::compute::ComputePool`] when called inside
 /// [`crate::compute::ComputePool::run`].
 pub fn standalone_throughput(
     model: &Model,
-    images: &[DynamicImage],
+    files: &[EncodedImage],
     batch_size: usize,
     batches: usize,
 ) -> Result<f64, WorkerError> {
-    if images.is_empty() || batch_size == 0 || batches == 0 {
+    if files.is_empty() || batch_size == 0 || batches == 0 {
         return Err(WorkerError::Config(
             "a throughput run needs images, a batch size and a batch count of at least 1".into(),
         ));
     }
-    let run: Vec<DynamicImage> = images
-        .iter()
-        .cycle()
-        .take(batch_size * batches)
-        .cloned()
-        .collect();
-    // Warm-up: untimed batches of the same size until every image was in one, and a check
-    // that each classifies (a failing image would flatter the figure).
-    let warm_up = images.len().div_ceil(batch_size) * batch_size;
-    for batch in run[..warm_up.min(run.len())].chunks(batch_size) {
-        if let Some(Err(e)) = classify_images(model, batch, TOP_K)
-            .into_iter()
-            .find(|r| r.is_err())
-        {
-            return Err(WorkerError::Config(format!(
-                "an image cannot be classified: {e}"
-            )));
-        }
-    }
+    let run: Vec<&EncodedImage> = files.iter().cycle().take(batch_size * batches).collect();
+    // Warm-up: untimed batches of the same size until every file was in one, and a check
+    // that each decodes and classifies (a failing image would flatter the figure).
+    let warm_up = files.len().div_ceil(batch_size) * batch_size;
+    run_batches(model, &run[..warm_up.min(run.len())], batch_size)
+        .map_err(|e| WorkerError::Config(format!("an image cannot be classified: {e}")))?;
     let started = Instant::now();
-    for batch in run.chunks(batch_size) {
-        let ranked = classify_images(model, batch, TOP_K);
-        std::hint::black_box(ranked);
-    }
+    run_batches(model, &run, batch_size).map_err(WorkerError::Config)?;
     let seconds = started.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);
     Ok(run.len() as f64 / seconds)
+}
+
+/// Classifies `files` in batches of `batch_size`, decoding the next batch while the current
+/// one computes (as a worker's prefetch does), both on the current pool. The first error
+/// of any image ends the run.
+fn run_batches(model: &Model, files: &[&EncodedImage], batch_size: usize) -> Result<(), String> {
+    let decode = |batch: &[&EncodedImage]| {
+        batch
+            .par_iter()
+            .map(|(name, bytes)| crate::inputs::decode(bytes, name))
+            .collect::<Result<Vec<DynamicImage>, String>>()
+    };
+    let batches: Vec<&[&EncodedImage]> = files.chunks(batch_size).collect();
+    let mut next = match batches.first() {
+        Some(batch) => decode(batch)?,
+        None => return Ok(()),
+    };
+    for i in 0..batches.len() {
+        let current = std::mem::take(&mut next);
+        let (decoded, ranked) = rayon::join(
+            || batches.get(i + 1).map(|batch| decode(batch)),
+            || classify_images(model, &current, TOP_K),
+        );
+        if let Some(e) = std::hint::black_box(ranked)
+            .into_iter()
+            .find_map(|r| r.err())
+        {
+            return Err(e);
+        }
+        if let Some(decoded) = decoded {
+            next = decoded?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -74,14 +102,20 @@ mod tests {
         let model =
             Model::from_safetensors_bytes(Arch::EfficientNetLite0, bytes, &LoadOptions::default())
                 .unwrap();
-        let image = image::open(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../samples/coffee.png"
-        ))
-        .unwrap();
-        let rate = standalone_throughput(&model, std::slice::from_ref(&image), 2, 1).unwrap();
+        let coffee = (
+            "coffee.png".to_string(),
+            std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../samples/coffee.png"
+            ))
+            .unwrap(),
+        );
+        let rate = standalone_throughput(&model, std::slice::from_ref(&coffee), 2, 1).unwrap();
         assert!(rate.is_finite() && rate > 0.0);
         assert!(standalone_throughput(&model, &[], 2, 1).is_err());
-        assert!(standalone_throughput(&model, &[image], 0, 1).is_err());
+        assert!(standalone_throughput(&model, std::slice::from_ref(&coffee), 0, 1).is_err());
+        let junk = ("junk.png".to_string(), b"not an image".to_vec());
+        let err = standalone_throughput(&model, &[coffee, junk], 2, 1).unwrap_err();
+        assert!(err.to_string().contains("cannot be classified"), "{err}");
     }
 }
