@@ -458,7 +458,8 @@ impl CustomOp2 for ConvGemm {
         }
         let (xs, ws) = (f32_slice(xs, xs_l, op)?, f32_slice(ws, ws_l, op)?);
         let len = n * c_out * p;
-        if len == 0 || k == 0 {
+        // No input pixels (or no input channels): every window sees only padding.
+        if len == 0 || k == 0 || h * w == 0 {
             return Ok((
                 CpuStorage::F32(vec![0.0; len]),
                 Shape::from((n, c_out, oh, ow)),

@@ -185,7 +185,7 @@ impl Model {
 /// `net` on each image of the batch on its own, the images in parallel on the
 /// current rayon pool (each one's layers parallel inside too), logits stacked.
 ///
-/// Batching buys no arithmetic here (candle's matmul runs one gemm per image
+/// Batching buys no arithmetic here (the convolutions run one gemm per image
 /// either way) but multiplies every activation by N: at N = 8 the early
 /// layers' tensors and im2col matrices (tens of MB) no longer fit in the
 /// caches, while one image's mostly do. Running images side by side also keeps
