@@ -1,6 +1,6 @@
 //! Prefetch: the task that long-polls the coordinators for leases and gets each batch ready
-//! (inputs fetched from storage nodes and decoded, on the compute pool) while the compute loop runs the previous
-//! one, so the worker never waits on the network between batches.
+//! (inputs fetched from storage nodes, then decoded on the compute pool) while the compute
+//! loop runs the previous one, so the worker never waits on the network between batches.
 //!
 //! The queue between the two holds one batch. The task asks for a lease only once the queue
 //! has room, so a worker holds at most its batches in compute plus one prepared batch. When
@@ -118,7 +118,7 @@ async fn prepare(shared: &Shared, lease: Lease) -> PreparedBatch {
     // Decoding runs as a job of the compute pool, not on a thread of its own: the pool's
     // threads take it up between the forward pass's tasks, so the cores never hold more
     // runnable compute threads than they have (a third thread preempting one of the pool's
-    // stalls every fork-join of the pass; measured as the standalone figure's gap).
+    // stalls the pass's fork-joins; `docs/BENCHMARKS.md`, workers, measures the difference).
     let decoded = shared
         .pool
         .run(move || {
