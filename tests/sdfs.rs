@@ -580,16 +580,22 @@ async fn bad_names_and_requests_get_a_4xx_and_leave_nothing() {
         );
         assert!(json(&bytes)["error"].is_string());
     }
-    // An upload cut off by the size limit mid-stream (no Content-Length) leaves nothing.
-    let stream =
-        futures::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![7u8; 64 << 10])));
-    let resp = reqwest::Client::new()
-        .put(url(&addr, "/v1/files/streamed.bin"))
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // An upload cut off by the size limit mid-stream (no Content-Length) gets a 413 from the
+    // leader and from followers (which forward it) alike, and leaves nothing.
+    for node in cluster.coordinator_addrs() {
+        let stream =
+            futures::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![7u8; 64 << 10])));
+        let resp = reqwest::Client::new()
+            .put(url(&node, "/v1/files/streamed.bin"))
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{node}: {body}");
+        assert!(json(body.as_bytes())["error"].is_string(), "{node}: {body}");
+    }
     let (_, body) = http(Method::GET, &url(&addr, "/v1/files"), &[], None).await;
     let names: Vec<String> = json(&body)
         .as_array()

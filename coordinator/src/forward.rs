@@ -3,6 +3,7 @@
 //! to any node works. A request already forwarded once is never forwarded again (no loops
 //! during an election): it gets a 503 and the client retries.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,7 +82,7 @@ pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Ne
         return next.run(req).await;
     }
     c.metrics.forwarded.add(1);
-    match proxy(&c.http, &leader_addr, req).await {
+    match proxy(&c.http, &leader_addr, req, limit).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -97,8 +98,16 @@ fn declared_length(req: &Request) -> Option<u64> {
         .ok()
 }
 
-/// Sends `req` to the coordinator at `addr` and streams its answer back.
-pub async fn proxy(http: &reqwest::Client, addr: &str, req: Request) -> Result<Response, ApiError> {
+/// Sends `req` to the coordinator at `addr` and streams its answer back. A body that grows
+/// past `limit` bytes is cut off here and answered with 413: the leader would refuse it at
+/// the same size, but its early answer races the rest of the body still being sent and
+/// would reach the client as a broken connection (503) instead.
+pub async fn proxy(
+    http: &reqwest::Client,
+    addr: &str,
+    req: Request,
+    limit: u64,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -113,12 +122,32 @@ pub async fn proxy(http: &reqwest::Client, addr: &str, req: Request) -> Result<R
         }
     }
     out = out.header(FORWARDED_HEADER, "1");
-    let stream = body.into_data_stream();
-    let resp = out
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("leader at {addr} did not answer: {e}")))?;
+    let over = Arc::new(AtomicBool::new(false));
+    let flag = over.clone();
+    let mut sent: u64 = 0;
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk| {
+            sent += chunk.len() as u64;
+            let result = if sent > limit {
+                flag.store(true, Ordering::SeqCst);
+                Err(std::io::Error::other(format!(
+                    "the body is over the limit of {limit} bytes"
+                )))
+            } else {
+                Ok(chunk)
+            };
+            std::future::ready(result)
+        });
+    let sent = out.body(reqwest::Body::wrap_stream(stream)).send().await;
+    if over.load(Ordering::SeqCst) {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the body is over the limit of {limit} bytes"
+        )));
+    }
+    let resp =
+        sent.map_err(|e| ApiError::Unavailable(format!("leader at {addr} did not answer: {e}")))?;
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (name, value) in resp.headers() {
         if !HOP_HEADERS.contains(&name.as_str()) {
