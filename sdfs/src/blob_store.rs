@@ -510,16 +510,11 @@ impl BlobStore {
     /// reader's whole-content hash can tell.
     pub fn forge_byte_for_tests(&self, hash: &BlobHash, offset: u64) -> Result<(), SdfsError> {
         use std::os::unix::fs::FileExt;
+        // Checks that the blob exists and holds `offset`.
+        self.corrupt_byte_for_tests(hash, offset)?;
         let meta = self
             .get(hash)?
             .ok_or_else(|| SdfsError::NotFound(format!("no blob {hash}")))?;
-        if offset >= meta.size {
-            return Err(SdfsError::BadRequest(format!(
-                "offset {offset} is past the blob's {} bytes",
-                meta.size
-            )));
-        }
-        self.corrupt_byte_for_tests(hash, offset)?;
         let index = offset / u64::from(meta.chunk_size);
         let mut chunk = vec![0u8; meta.chunk_len(index)];
         let file = std::fs::File::open(self.inner.content.path_of(meta.upload))?;
