@@ -71,7 +71,8 @@ fn up_runs_a_real_job_on_the_sample_photos_and_prints_what_it_saw() {
     );
     // The job's statistics.
     assert!(stdout.contains("4 done of 4 (0 failed"), "{stdout}");
-    assert!(stdout.contains("state        done"), "{stdout}");
+    assert!(stdout.contains("job 1 (done)"), "{stdout}");
+    assert!(stdout.contains("lease to result  4 "), "{stdout}");
 
     // Its data folder is its own: a second run empties and reuses it, a foreign one is refused.
     let again = idunno(&["up", "--data", data, "--listen", "127.0.0.1:0"]);

@@ -26,6 +26,7 @@ fn spec() -> ModelSpec {
         name: "lite0".into(),
         arch: Arch::EfficientNetLite0,
         weights: WEIGHTS.into(),
+        cost_ms: 0,
     }
 }
 

@@ -14,9 +14,13 @@ pub struct NewModel {
     pub arch: String,
     /// Where the weights are: an SDFS path (`models/resnet50.safetensors`).
     pub weights: String,
-    /// Input side in pixels; defaults to the architecture's own (224 or 299).
+    /// Input side in pixels; defaults to the architecture's own (224, 299, or 32 for
+    /// `synthetic`).
     #[serde(default)]
     pub input_size: Option<u32>,
+    /// `synthetic` only, and required for it: the CPU milliseconds one query costs.
+    #[serde(default)]
+    pub cost_ms: Option<u32>,
 }
 
 /// A registered model as the registry reports it.
@@ -30,6 +34,13 @@ pub struct Model {
     /// Workers that reported this model loaded (leader soft state; empty on a follower's stale read).
     #[serde(default)]
     pub loaded_on: Vec<String>,
+    /// The declared CPU milliseconds per query of a `synthetic` model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_ms: Option<u32>,
+    /// The scheduler's cost estimate: worker milliseconds per query, a moving average of
+    /// completed batches, seeded from the architecture's FLOPs (or the declared cost).
+    #[serde(default)]
+    pub cost_ms_per_query: f64,
 }
 
 /// The architectures the workers can run, with their default input size.
@@ -41,7 +52,14 @@ pub const ARCHITECTURES: &[(&str, u32)] = &[
     ("resnet152", 224),
     ("inception_v3", 299),
     ("efficientnet_lite0", 224),
+    ("synthetic", 32),
 ];
+
+/// The calibration architecture: declared CPU time per query, deterministic outputs.
+pub const SYNTHETIC: &str = "synthetic";
+
+/// Largest declared cost of a synthetic query (ms).
+pub const MAX_SYNTHETIC_COST_MS: u32 = 60_000;
 
 /// The default input size of a known architecture, or `None` if the name is unknown.
 pub fn default_input_size(arch: &str) -> Option<u32> {
@@ -49,4 +67,20 @@ pub fn default_input_size(arch: &str) -> Option<u32> {
         .iter()
         .find(|(name, _)| *name == arch)
         .map(|(_, size)| *size)
+}
+
+/// Approximate cost of one image at the default input size in GFLOPs (multiply-accumulates
+/// counted once, as torchvision reports them), for seeding cost estimates; `None` for
+/// `synthetic` (its cost is declared) and unknown names.
+pub fn gflops(arch: &str) -> Option<f64> {
+    Some(match arch {
+        "resnet18" => 1.81,
+        "resnet34" => 3.66,
+        "resnet50" => 4.09,
+        "resnet101" => 7.80,
+        "resnet152" => 11.51,
+        "inception_v3" => 5.71,
+        "efficientnet_lite0" => 0.39,
+        _ => return None,
+    })
 }

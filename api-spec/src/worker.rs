@@ -49,6 +49,12 @@ pub struct Heartbeat {
     pub name: String,
     #[serde(default)]
     pub accepts: Option<Vec<String>>,
+    /// Every lease the worker holds now (received and not yet completed or given back).
+    /// A lease of this worker that the leader granted a while ago but that is missing here
+    /// was never received (its answer was lost) and goes back to the queue. `None`: not
+    /// reported (nothing is reclaimed).
+    #[serde(default)]
+    pub holding: Option<Vec<u64>>,
 }
 
 /// What a heartbeat answer tells the worker.
@@ -60,10 +66,39 @@ pub struct HeartbeatAck {
 }
 
 /// `POST /v1/workers/{id}/lease`: ask for a batch, waiting up to `wait_ms` for one.
+///
+/// A worker keeps one of these outstanding at all times. With `prepared` empty it asks for
+/// its next batch. With the leases it holds but has not started in `prepared`, it asks
+/// whether any of them should be given back (its job was stopped, its batch size changed,
+/// or a job with nothing running should take its place): the answer then names them in
+/// [`LeaseAnswer::revoked`], possibly with a lease of the job that takes the place.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     #[serde(default)]
     pub wait_ms: u64,
+    #[serde(default)]
+    pub prepared: Vec<LeaseRef>,
+}
+
+/// One lease, by batch and lease id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRef {
+    pub batch_id: String,
+    pub lease_id: u64,
+}
+
+/// The answer to a lease call (204 when nothing came up within the wait).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseAnswer {
+    /// A new batch for the worker.
+    #[serde(default)]
+    pub lease: Option<Lease>,
+    /// Leases of `prepared` the worker should give back (`POST …/release`) unless it has
+    /// started them already, or drop when they are no longer current.
+    #[serde(default)]
+    pub revoked: Vec<LeaseRef>,
 }
 
 /// One input of a leased batch, with where its bytes are so the worker reads them straight
@@ -100,6 +135,9 @@ pub struct Lease {
     /// 1 for the first hand-out of this batch.
     pub attempt: u32,
     pub deadline_ms: Millis,
+    /// The declared CPU time per query of a `synthetic` model (0 for real architectures).
+    #[serde(default)]
+    pub cost_ms: u32,
 }
 
 /// `POST /v1/batches/{id}/complete`.

@@ -94,6 +94,7 @@ mod tests {
             arch: "resnet18".into(),
             weights: "w".into(),
             input_size: 224,
+            cost_ms: None,
         };
         c.write("m".into(), put).await.unwrap();
         let job = Command::CreateJob {

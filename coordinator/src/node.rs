@@ -44,7 +44,7 @@ impl LeaderState {
             term,
             since: now,
             workers: Workers::default(),
-            fair: FairShare::new(now),
+            fair: FairShare::new(),
             storage: StorageMonitor::default(),
         }
     }

@@ -1,93 +1,324 @@
-//! Fair-time scheduling: which job the next free worker serves.
+//! Fair-time scheduling: which job the next free worker serves, and when a job with nothing
+//! running should take the place of a batch a worker holds but has not started.
 //!
-//! A job's rate is the queries it completed in the last [`WINDOW`]. The next lease goes to
-//! the runnable job furthest behind its fair share: the lowest (recent completions + queries in
-//! flight) per unit of weight. A job whose model is 3× slower thus ends up with about 3× the
-//! worker time, and a new job (rate 0) is served by the very next free worker. Soft state of the
-//! leader, rebuilt from completions after a failover.
+//! The goal is equal query rates per unit of weight, whatever the models cost. The scheduler
+//! is start-time fair queueing over queries: each running job has a virtual time, the queries
+//! it was handed (done + in flight, from the replicated counters) per unit of weight since it
+//! joined, and the next free worker gets a batch of the job with the lowest one. Counting
+//! worker time instead — each batch charged its expected cost `len × c`, each job entitled to
+//! `w × c` — orders the jobs the same way, since `len × c / (w × c) = len / w`: the cost
+//! cancels out of the order. What cost × weight decides is the *share of worker time* a job
+//! ends up with (a job 4× as costly at the same rate takes 4× the worker time), which
+//! [`fair_shares`] states from the models' measured costs for the statistics.
+//!
+//! * A job that joins (is created, started, resumed, or comes back after a leader change)
+//!   starts at the lowest *completed* virtual time of the others (their virtual time less
+//!   what they have in flight): it is served first, but takes no more than one round of the
+//!   others' in-flight batches before they are served again, instead of every lease until a
+//!   long history catches up.
+//! * A job with nothing left to hand out keeps no place; when work comes back (an expired
+//!   batch) it re-joins no earlier than the others.
+//! * A weight change re-bases the job's virtual time, so only queries from then on count at
+//!   the new weight.
+//! * A batch given back (expired, released, revoked) lowers its job's in-flight count and so
+//!   its virtual time: work that was not done is not charged.
+//!
+//! Per decision the work is O(jobs), never O(batches). All of it is the leader's soft state,
+//! rebuilt from the replicated job records after a failover (every job re-joins, level).
 
-use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
 
 use crate::state::jobs::JobRecord;
 
-/// The rate window.
-pub const WINDOW: Duration = Duration::from_secs(10);
+/// A job's place in the queue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Tag {
+    /// Virtual time when the tag was last based.
+    base_v: f64,
+    /// The job's served queries (done + in flight) at that moment.
+    base_served: u64,
+    /// The weight the job has had since.
+    weight: u32,
+    /// Whether it had something to hand out at the last refresh.
+    runnable: bool,
+}
 
-/// Recent completions per job.
+impl Tag {
+    fn vtime(&self, job: &JobRecord) -> f64 {
+        let served = job.served() as f64 - self.base_served as f64;
+        self.base_v + served / f64::from(self.weight.max(1))
+    }
+
+    /// Virtual time counting only completed queries (in-flight ones taken back out).
+    fn completed_vtime(&self, job: &JobRecord) -> f64 {
+        self.vtime(job) - job.in_flight as f64 / f64::from(self.weight.max(1))
+    }
+}
+
+/// The scheduler's state: one tag per running job.
 #[derive(Debug, Default)]
 pub struct FairShare {
-    completions: HashMap<u64, VecDeque<(Instant, u64)>>,
-    /// When this leader started counting: rates are over min(WINDOW, time since).
-    since: Option<Instant>,
+    tags: HashMap<u64, Tag>,
 }
 
 impl FairShare {
-    pub fn new(now: Instant) -> FairShare {
-        FairShare {
-            completions: HashMap::new(),
-            since: Some(now),
-        }
+    pub fn new() -> FairShare {
+        FairShare::default()
     }
 
-    /// Counts `queries` completed for `job` at `now`.
-    pub fn record(&mut self, job: u64, queries: u64, now: Instant) {
-        let window = self.completions.entry(job).or_default();
-        window.push_back((now, queries));
-        prune(window, now);
-    }
-
-    /// Queries completed by `job` within the window.
-    pub fn recent(&mut self, job: u64, now: Instant) -> u64 {
-        match self.completions.get_mut(&job) {
-            Some(window) => {
-                prune(window, now);
-                window.iter().map(|(_, q)| q).sum()
+    /// Brings the tags in line with the replicated job records: drops jobs that stopped
+    /// running, lets new and returning jobs join, re-bases weight changes. `running` is every
+    /// job in the running state. O(jobs).
+    pub fn refresh<'a>(&mut self, running: impl Iterator<Item = &'a JobRecord>) {
+        let running: Vec<&JobRecord> = running.collect();
+        self.tags
+            .retain(|id, _| running.iter().any(|j| j.id == *id));
+        // Where joiners start: the lowest completed virtual time among the jobs already
+        // taking part (runnable at the last refresh, or with work in flight).
+        let floor = running
+            .iter()
+            .filter_map(|j| {
+                let tag = self.tags.get(&j.id)?;
+                (tag.runnable || j.in_flight > 0).then(|| tag.completed_vtime(j))
+            })
+            .min_by(f64::total_cmp);
+        for job in running {
+            let runnable = job.has_work();
+            match self.tags.get_mut(&job.id) {
+                None => {
+                    self.tags.insert(
+                        job.id,
+                        Tag {
+                            base_v: floor.unwrap_or(0.0),
+                            base_served: job.served(),
+                            weight: job.weight,
+                            runnable,
+                        },
+                    );
+                }
+                Some(tag) => {
+                    let v = tag.vtime(job);
+                    if tag.weight != job.weight {
+                        *tag = Tag {
+                            base_v: v,
+                            base_served: job.served(),
+                            weight: job.weight,
+                            runnable: tag.runnable,
+                        };
+                    }
+                    if runnable && !tag.runnable && job.in_flight == 0 {
+                        // Back after a pause with nothing in flight: no credit for the pause.
+                        let v = floor.map_or(v, |f| v.max(f));
+                        *tag = Tag {
+                            base_v: v,
+                            base_served: job.served(),
+                            weight: job.weight,
+                            runnable,
+                        };
+                    }
+                    tag.runnable = runnable;
+                }
             }
-            None => 0,
         }
     }
 
-    /// Completed queries per second over the window.
-    pub fn rate(&mut self, job: u64, now: Instant) -> f64 {
-        let span = self
-            .since
-            .map(|s| now.saturating_duration_since(s).min(WINDOW))
-            .unwrap_or(WINDOW)
-            .as_secs_f64()
-            .max(1.0);
-        self.recent(job, now) as f64 / span
+    /// A job's virtual time (after [`FairShare::refresh`]); `None` if it has no tag.
+    pub fn vtime(&self, job: &JobRecord) -> Option<f64> {
+        Some(self.tags.get(&job.id)?.vtime(job))
     }
 
-    /// The job to serve next among `runnable`, or `None` if there is none.
-    pub fn pick<'a>(
-        &mut self,
-        runnable: impl Iterator<Item = &'a JobRecord>,
-        now: Instant,
+    /// The job to serve next among `candidates` (runnable jobs the worker can run): the
+    /// lowest virtual time; ties go to the job with fewer queries in flight, then the older.
+    pub fn pick<'a>(&self, candidates: impl Iterator<Item = &'a JobRecord>) -> Option<u64> {
+        candidates
+            .filter_map(|j| Some((self.vtime(j)?, j.in_flight, j.id)))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)))
+            .map(|(_, _, id)| id)
+    }
+
+    /// Whether a worker holding an unstarted batch of `held` (`len` queries) should give it
+    /// back for a batch of another job, and which: the job among `candidates` that
+    /// [`FairShare::pick`] would choose even with that batch given back, if it has nothing in
+    /// flight at all while `held` keeps something running without this batch. This is what
+    /// starts a new job on the next lease call instead of after every worker's prefetched
+    /// batch, and it never takes a job's last batch away.
+    pub fn displacer<'a>(
+        &self,
+        held: &JobRecord,
+        len: u64,
+        candidates: impl Iterator<Item = &'a JobRecord>,
     ) -> Option<u64> {
-        let mut best: Option<(f64, u64)> = None;
-        for job in runnable {
-            let served =
-                (self.recent(job.id, now) + job.in_flight) as f64 / f64::from(job.weight.max(1));
-            if best.is_none_or(|(score, _)| served < score) {
-                best = Some((served, job.id));
-            }
+        if held.in_flight <= len {
+            return None;
         }
-        best.map(|(_, id)| id)
-    }
-
-    /// Forgets jobs that no longer exist.
-    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) {
-        self.completions.retain(|job, _| keep(*job));
+        let held_v = self.vtime(held)? - len as f64 / f64::from(held.weight.max(1));
+        let others: Vec<&JobRecord> = candidates.filter(|j| j.id != held.id).collect();
+        let best = self.pick(others.iter().copied())?;
+        let best = others.iter().find(|j| j.id == best)?;
+        (best.in_flight == 0 && self.vtime(best)? < held_v).then_some(best.id)
     }
 }
 
-fn prune(window: &mut VecDeque<(Instant, u64)>, now: Instant) {
-    while let Some((t, _)) = window.front() {
-        if now.saturating_duration_since(*t) > WINDOW {
-            window.pop_front();
-        } else {
-            break;
+/// Each running job's fair share of worker time: weight × cost per query, normalised over
+/// `jobs` (the running jobs, with the cost of each one's model in ms per query).
+pub fn fair_shares(jobs: &[(u64, u32, f64)]) -> HashMap<u64, f64> {
+    let total: f64 = jobs
+        .iter()
+        .map(|(_, w, c)| f64::from(*w) * c.max(0.0))
+        .sum();
+    jobs.iter()
+        .map(|(id, w, c)| {
+            let share = if total > 0.0 {
+                f64::from(*w) * c.max(0.0) / total
+            } else {
+                0.0
+            };
+            (*id, share)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use idunno_api::job::JobState;
+
+    use super::*;
+
+    fn job(id: u64, weight: u32) -> JobRecord {
+        JobRecord {
+            id,
+            name: format!("job-{id}"),
+            model: "m".into(),
+            batch_size: 8,
+            weight,
+            state: JobState::Running,
+            queries: 1_000_000,
+            next_input: 0,
+            next_seq: 0,
+            retry: VecDeque::new(),
+            returned: VecDeque::new(),
+            done: 0,
+            failed: 0,
+            in_flight: 0,
+            batches_done: 0,
+            retries: 0,
+            compute_ms: 0,
+            created_at_ms: 0,
+            started_at_ms: Some(0),
+            finished_at_ms: None,
+            resumed_at_ms: Some(0),
         }
+    }
+
+    /// Simulates `workers` workers, each running one batch at a time of `batch` queries that
+    /// takes `cost[job] × batch` time units, scheduled by `FairShare`, for `until` units;
+    /// returns the queries each job completed.
+    fn simulate(jobs: &mut [JobRecord], cost: &[u64], workers: usize, until: u64) -> Vec<u64> {
+        let mut fair = FairShare::new();
+        // (finish time, job index, len)
+        let mut running: Vec<Option<(u64, usize, u64)>> = vec![None; workers];
+        for now in 0..until {
+            for slot in running.iter_mut() {
+                if let Some((end, j, len)) = *slot {
+                    if end <= now {
+                        jobs[j].in_flight -= len;
+                        jobs[j].done += len;
+                        *slot = None;
+                    }
+                }
+                if slot.is_none() {
+                    fair.refresh(jobs.iter());
+                    let id = fair.pick(jobs.iter().filter(|j| j.has_work())).unwrap();
+                    let j = jobs.iter().position(|x| x.id == id).unwrap();
+                    let len = u64::from(jobs[j].batch_size);
+                    jobs[j].in_flight += len;
+                    *slot = Some((now + cost[j] * len, j, len));
+                }
+            }
+        }
+        jobs.iter().map(|j| j.done).collect()
+    }
+
+    #[test]
+    fn jobs_of_different_cost_get_equal_rates() {
+        let mut jobs = vec![job(1, 1), job(2, 1)];
+        let done = simulate(&mut jobs, &[10, 1], 4, 100_000);
+        let gap = done[0].max(done[1]) as f64 / done[0].min(done[1]) as f64 - 1.0;
+        assert!(gap < 0.01, "{done:?}");
+    }
+
+    #[test]
+    fn weight_two_gets_twice_the_rate() {
+        let mut jobs = vec![job(1, 2), job(2, 1), job(3, 1)];
+        let done = simulate(&mut jobs, &[3, 1, 5], 3, 100_000);
+        let ratio = done[0] as f64 / done[1] as f64;
+        assert!((ratio - 2.0).abs() < 0.03, "{done:?}");
+        assert!(
+            (done[1] as f64 / done[2] as f64 - 1.0).abs() < 0.02,
+            "{done:?}"
+        );
+    }
+
+    #[test]
+    fn a_joining_job_starts_level_not_behind_a_long_history() {
+        let mut fair = FairShare::new();
+        let mut a = job(1, 1);
+        a.done = 10_000;
+        a.in_flight = 32;
+        fair.refresh([&a].into_iter());
+        let mut b = job(2, 1);
+        fair.refresh([&a, &b].into_iter());
+        // B starts at A's completed virtual time: served first, for one round of A's batches.
+        assert_eq!(fair.pick([&a, &b].into_iter()), Some(2));
+        b.in_flight = 32;
+        assert_eq!(fair.vtime(&b), fair.vtime(&a));
+        b.in_flight = 40;
+        assert_eq!(fair.pick([&a, &b].into_iter()), Some(1));
+    }
+
+    #[test]
+    fn a_job_with_nothing_running_displaces_a_prepared_batch_but_never_the_last_one() {
+        let mut fair = FairShare::new();
+        let mut a = job(1, 1);
+        a.done = 100;
+        a.in_flight = 16;
+        fair.refresh([&a].into_iter());
+        let b = job(2, 1);
+        fair.refresh([&a, &b].into_iter());
+        assert_eq!(fair.displacer(&a, 8, [&a, &b].into_iter()), Some(2));
+        // A's only batch in flight stays.
+        a.in_flight = 8;
+        assert_eq!(fair.displacer(&a, 8, [&a, &b].into_iter()), None);
+        // Once B runs something, no more displacing.
+        a.in_flight = 16;
+        let mut b2 = b.clone();
+        b2.in_flight = 8;
+        assert_eq!(fair.displacer(&a, 8, [&a, &b2].into_iter()), None);
+    }
+
+    #[test]
+    fn a_weight_change_counts_from_then_on() {
+        let mut fair = FairShare::new();
+        let mut a = job(1, 1);
+        let b = job(2, 1);
+        fair.refresh([&a, &b].into_iter());
+        a.done = 800;
+        fair.refresh([&a, &b].into_iter());
+        let before = fair.vtime(&a).unwrap();
+        a.weight = 4;
+        fair.refresh([&a, &b].into_iter());
+        assert_eq!(fair.vtime(&a).unwrap(), before);
+        a.done = 1_200;
+        assert_eq!(fair.vtime(&a).unwrap(), before + 100.0);
+    }
+
+    #[test]
+    fn shares_follow_weight_times_cost() {
+        let s = fair_shares(&[(1, 1, 40.0), (2, 1, 10.0), (3, 2, 5.0)]);
+        assert!((s[&1] - 40.0 / 60.0).abs() < 1e-12);
+        assert!((s[&3] - 10.0 / 60.0).abs() < 1e-12);
+        assert!(fair_shares(&[(1, 1, 0.0)])[&1] == 0.0);
     }
 }

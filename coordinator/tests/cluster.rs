@@ -7,7 +7,8 @@ use idunno_api::cluster::{ClusterStatus, NewMember};
 use idunno_api::job::{Inputs, Job, NewJob};
 use idunno_api::model::NewModel;
 use idunno_api::worker::{
-    Completion, CompletionAck, Lease, LeaseRequest, WorkerRegistered, WorkerRegistration,
+    Completion, CompletionAck, Lease, LeaseAnswer, LeaseRequest, WorkerRegistered,
+    WorkerRegistration,
 };
 use idunno_api::{Client, ErrorBody};
 use idunno_coordinator::local::LocalGroup;
@@ -34,6 +35,7 @@ async fn add_model(c: &Client) {
         arch: "resnet18".into(),
         weights: "models/r18.safetensors".into(),
         input_size: None,
+        cost_ms: None,
     };
     let _: Value = c.post("/v1/models", &m).await.unwrap();
 }
@@ -521,12 +523,20 @@ async fn a_silent_workers_lease_expires_and_a_late_completion_still_counts_once(
                 .call(
                     reqwest::Method::POST,
                     &format!("/v1/workers/{worker}/lease"),
-                    Some(&LeaseRequest { wait_ms }),
+                    Some(&LeaseRequest {
+                        wait_ms,
+                        ..Default::default()
+                    }),
                     Some(Duration::from_millis(wait_ms)),
                 )
                 .await
                 .unwrap();
-            (code == StatusCode::OK).then(|| serde_json::from_slice::<Lease>(&body).unwrap())
+            (code == StatusCode::OK).then(|| {
+                serde_json::from_slice::<LeaseAnswer>(&body)
+                    .unwrap()
+                    .lease
+                    .unwrap()
+            })
         }
     };
     let (slow, fast) = (register().await, register().await);
@@ -623,7 +633,10 @@ async fn a_new_leader_learns_a_workers_name_and_models_from_its_heartbeats() {
             group.addrs()[(group.running()[0] - 1) as usize],
             w.worker_id
         ))
-        .json(&LeaseRequest { wait_ms: 300 })
+        .json(&LeaseRequest {
+            wait_ms: 300,
+            ..Default::default()
+        })
         .send()
         .await
         .unwrap();
@@ -641,13 +654,17 @@ async fn a_heartbeating_worker_keeps_its_lease() {
         .await
         .unwrap();
     let job: Job = c.post("/v1/jobs", &new_job("j", 2, 1)).await.unwrap();
-    let lease: Lease = c
+    let answer: LeaseAnswer = c
         .post(
             &format!("/v1/workers/{}/lease", w.worker_id),
-            &LeaseRequest { wait_ms: 1000 },
+            &LeaseRequest {
+                wait_ms: 1000,
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
+    let lease = answer.lease.unwrap();
     for _ in 0..12 {
         let _: Value = c
             .post(
@@ -870,12 +887,20 @@ async fn lease_once(c: &Client, worker: &str, wait_ms: u64) -> Option<Lease> {
         .call(
             reqwest::Method::POST,
             &format!("/v1/workers/{worker}/lease"),
-            Some(&LeaseRequest { wait_ms }),
+            Some(&LeaseRequest {
+                wait_ms,
+                ..Default::default()
+            }),
             Some(Duration::from_millis(wait_ms)),
         )
         .await
         .unwrap();
-    (code == StatusCode::OK).then(|| serde_json::from_slice::<Lease>(&body).unwrap())
+    (code == StatusCode::OK).then(|| {
+        serde_json::from_slice::<LeaseAnswer>(&body)
+            .unwrap()
+            .lease
+            .unwrap()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

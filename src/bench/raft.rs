@@ -12,7 +12,7 @@ use clap::Args;
 use idunno_api::job::{Inputs, Job, JobPatch, NewJob};
 use idunno_api::model::NewModel;
 use idunno_api::worker::{
-    Completion, CompletionAck, Lease, LeaseRequest, WorkerRegistered, WorkerRegistration,
+    Completion, CompletionAck, LeaseAnswer, LeaseRequest, WorkerRegistered, WorkerRegistration,
 };
 use idunno_api::Client;
 use reqwest::{Method, StatusCode};
@@ -49,6 +49,7 @@ pub async fn run(args: RaftBench) -> anyhow::Result<()> {
                 arch: "resnet18".into(),
                 weights: "models/bench.safetensors".into(),
                 input_size: None,
+                cost_ms: None,
             },
         )
         .await?;
@@ -97,7 +98,10 @@ async fn throughput(args: &RaftBench, leader: &str, all: &[String]) -> anyhow::R
                     .call(
                         Method::POST,
                         &lease_path,
-                        Some(&LeaseRequest { wait_ms: 1000 }),
+                        Some(&LeaseRequest {
+                            wait_ms: 1000,
+                            ..Default::default()
+                        }),
                         Some(Duration::from_secs(2)),
                     )
                     .await?;
@@ -105,7 +109,8 @@ async fn throughput(args: &RaftBench, leader: &str, all: &[String]) -> anyhow::R
                 if status == StatusCode::NO_CONTENT {
                     continue;
                 }
-                let lease: Lease = serde_json::from_slice(&body)?;
+                let answer: LeaseAnswer = serde_json::from_slice(&body)?;
+                let Some(lease) = answer.lease else { continue };
                 let t = Instant::now();
                 let _: CompletionAck = client
                     .post(

@@ -28,7 +28,7 @@ use idunno_worker::compute::ComputePool;
 use idunno_worker::models::{weights, Arch, LoadOptions, Model as Network};
 use idunno_worker::{standalone_throughput, EncodedImage, WorkerConfig};
 
-use crate::cli::model::{add, WeightsSource};
+use crate::cli::model::{add, Shape, WeightsSource};
 
 /// Seed of the generated weights, the same in both runs.
 const SEED: u64 = 1;
@@ -220,7 +220,7 @@ async fn cluster_runs(
             "bench",
             arch.name(),
             &WeightsSource::Generate(SEED),
-            None,
+            Shape::default(),
         )
         .await?;
         let _: Model = client.post("/v1/models/bench/load", &()).await?;

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use idunno_api::job::{BatchInfo, BatchStateInfo, Inputs, Job, JobPatch, JobState, NewJob};
+use idunno_api::job::{
+    BatchInfo, BatchStateInfo, Distribution, Inputs, Job, JobPatch, JobState, JobStats, NewJob,
+};
 use idunno_api::result::QueryResult;
 use idunno_api::Client;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,6 +61,13 @@ enum JobCmd {
     List,
     /// Show a job's batches.
     Batches { id: u64 },
+    /// A job's statistics: rate, per-query latency and compute time (mean, std, p50, p90,
+    /// p95, p99), its share of worker time, and the workers serving it.
+    Stats { id: u64 },
+    /// The workers serving a job now, and every worker that completed part of it.
+    Workers { id: u64 },
+    /// A live view of jobs (every running job by default) until they end.
+    Watch { ids: Vec<u64> },
     /// Delete a job and its batches.
     Delete { id: u64 },
     /// Wait for a job to finish, with a progress bar; then show it.
@@ -152,6 +161,23 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        JobCmd::Stats { id } => {
+            let stats: JobStats = client.get(&format!("/v1/jobs/{id}/stats")).await?;
+            if json {
+                return print_json(&stats);
+            }
+            println!("{}", stats_text(&stats));
+            Ok(())
+        }
+        JobCmd::Workers { id } => {
+            let stats: JobStats = client.get(&format!("/v1/jobs/{id}/stats")).await?;
+            if json {
+                return print_json(&stats.workers);
+            }
+            println!("{}", workers_table(&stats));
+            Ok(())
+        }
+        JobCmd::Watch { ids } => super::watch::watch(&client, &ids).await,
         JobCmd::Delete { id } => {
             client.delete(&format!("/v1/jobs/{id}")).await?;
             println!("deleted job {id}");
@@ -311,6 +337,88 @@ pub fn detail(j: &Job) -> String {
     lines.join("\n")
 }
 
+/// `job stats`: the figures, then the two distributions as a table, then the workers.
+pub fn stats_text(s: &JobStats) -> String {
+    let mut out = vec![
+        format!("job {} ({:?})", s.id, s.state).to_lowercase(),
+        format!(
+            "  queries      {} done of {} ({} failed, {} in flight)",
+            s.done, s.queries, s.failed, s.in_flight
+        ),
+        format!("  rate         {:.2} queries/s (last 10 s)", s.rate_qps),
+        format!(
+            "  share        {:.1} % of worker time (last 10 s)",
+            s.share * 100.0
+        ),
+    ];
+    if s.state == JobState::Running {
+        out.push(format!(
+            "  fair share   {:.1} % (weight × model cost, {:.1} ms/query)",
+            s.fair_share * 100.0,
+            s.cost_ms_per_query
+        ));
+    }
+    if let Some(eta) = s.eta_s {
+        out.push(format!("  eta          {eta:.0} s"));
+    }
+    let row = |name: &str, d: &Distribution| {
+        let mut r = vec![name.to_string(), d.count.to_string()];
+        r.extend(
+            [d.mean, d.std, d.p50, d.p90, d.p95, d.p99]
+                .iter()
+                .map(|v| format!("{v:.1}")),
+        );
+        r
+    };
+    out.push(String::new());
+    out.push(render(
+        &[
+            "per query (ms)",
+            "n",
+            "mean",
+            "std",
+            "p50",
+            "p90",
+            "p95",
+            "p99",
+        ],
+        &[
+            row("lease to result", &s.latency_ms),
+            row("compute", &s.compute_ms),
+        ],
+    ));
+    out.push(String::new());
+    out.push(workers_table(s));
+    out.join("\n")
+}
+
+/// `job workers`: one row per worker (C5).
+fn workers_table(s: &JobStats) -> String {
+    let rows: Vec<Vec<String>> = s
+        .workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.clone(),
+                w.name.clone(),
+                if w.current { "yes" } else { "no" }.to_string(),
+                w.batches_in_flight.to_string(),
+                w.queries_done.to_string(),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "worker",
+            "name",
+            "serving now",
+            "batches in flight",
+            "queries done",
+        ],
+        &rows,
+    )
+}
+
 fn batch_row(b: &BatchInfo) -> Vec<String> {
     let (state, worker, detail) = match &b.state {
         BatchStateInfo::Pending => ("pending".to_string(), String::new(), String::new()),
@@ -329,6 +437,7 @@ fn batch_row(b: &BatchInfo) -> Vec<String> {
             worker,
             failed,
             compute_ms,
+            ..
         } => (
             "done".into(),
             worker.clone(),

@@ -8,6 +8,7 @@ pub mod model;
 pub mod sdfs;
 pub mod table;
 pub mod up;
+pub mod watch;
 
 use clap::Args;
 use idunno_api::Client;

@@ -30,7 +30,8 @@ enum ModelCmd {
     /// Put a model's weights into SDFS and register it (a new version replaces the old).
     Add {
         name: String,
-        /// resnet18|resnet34|resnet50|resnet101|resnet152|inception_v3|efficientnet_lite0
+        /// resnet18|resnet34|resnet50|resnet101|resnet152|inception_v3|efficientnet_lite0, or
+        /// synthetic (the calibration model: give --cost-ms and --weights generate)
         #[arg(long)]
         arch: String,
         /// Where the weights come from: a local safetensors file; `sdfs:NAME` (already in
@@ -43,6 +44,9 @@ enum ModelCmd {
         /// Input side in pixels (default: the architecture's).
         #[arg(long)]
         input_size: Option<u32>,
+        /// `synthetic` only: CPU milliseconds each query costs.
+        #[arg(long)]
+        cost_ms: Option<u32>,
     },
     /// List registered models.
     List,
@@ -63,9 +67,14 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
             arch,
             weights,
             input_size,
+            cost_ms,
         } => {
             let source = WeightsSource::parse(&weights);
-            vec![add(&client, &name, &arch, &source, input_size).await?]
+            let shape = Shape {
+                input_size,
+                cost_ms,
+            };
+            vec![add(&client, &name, &arch, &source, shape).await?]
         }
         ModelCmd::List => client.get("/v1/models").await?,
         ModelCmd::Show { name } => vec![client.get(&model_path(&name)).await?],
@@ -93,13 +102,17 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
                 m.arch.clone(),
                 m.input_size.to_string(),
                 m.weights.clone(),
+                format!("{:.1}", m.cost_ms_per_query),
                 m.loaded_on.join(","),
             ]
         })
         .collect();
     println!(
         "{}",
-        render(&["name", "arch", "input", "weights", "loaded on"], &rows)
+        render(
+            &["name", "arch", "input", "weights", "ms/query", "loaded on"],
+            &rows
+        )
     );
     Ok(())
 }
@@ -151,6 +164,15 @@ impl WeightsSource {
     }
 }
 
+/// What a registration may set besides the weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Input side in pixels (default: the architecture's).
+    pub input_size: Option<u32>,
+    /// The declared CPU milliseconds per query of a synthetic model.
+    pub cost_ms: Option<u32>,
+}
+
 /// Puts the weights of `source` into SDFS (checked to load as `arch`), registers model `name`
 /// over them, and returns the registry entry.
 pub async fn add(
@@ -158,9 +180,12 @@ pub async fn add(
     name: &str,
     arch: &str,
     source: &WeightsSource,
-    input_size: Option<u32>,
+    shape: Shape,
 ) -> anyhow::Result<Model> {
     let arch: Arch = arch.parse()?;
+    if (arch == Arch::Synthetic) != shape.cost_ms.is_some() {
+        anyhow::bail!("--cost-ms goes with --arch synthetic, and synthetic needs it");
+    }
     let stored = format!("models/{name}.safetensors");
     let tmp = tempfile::tempdir()?;
     let local: PathBuf = match source {
@@ -171,7 +196,7 @@ pub async fn add(
             check_loads(arch, &local)
                 .await
                 .with_context(|| format!("SDFS file {sdfs:?}"))?;
-            return register(client, name, arch, sdfs, input_size).await;
+            return register(client, name, arch, sdfs, shape).await;
         }
         WeightsSource::Either(text) if !Path::new(text).exists() => {
             let local = download_from_sdfs(client, text, tmp.path())
@@ -182,7 +207,7 @@ pub async fn add(
             check_loads(arch, &local)
                 .await
                 .with_context(|| format!("SDFS file {text:?}"))?;
-            return register(client, name, arch, text, input_size).await;
+            return register(client, name, arch, text, shape).await;
         }
         WeightsSource::Either(path) => PathBuf::from(path),
         WeightsSource::Local(path) => path.clone(),
@@ -200,7 +225,7 @@ pub async fn add(
         .upload_file(&stored, &local, None)
         .await
         .with_context(|| format!("cannot store the weights as {stored}"))?;
-    register(client, name, arch, &version.name, input_size).await
+    register(client, name, arch, &version.name, shape).await
 }
 
 async fn register(
@@ -208,13 +233,14 @@ async fn register(
     name: &str,
     arch: Arch,
     weights: &str,
-    input_size: Option<u32>,
+    shape: Shape,
 ) -> anyhow::Result<Model> {
     let body = NewModel {
         name: name.to_string(),
         arch: arch.name().to_string(),
         weights: weights.to_string(),
-        input_size,
+        input_size: shape.input_size,
+        cost_ms: shape.cost_ms,
     };
     Ok(client.post("/v1/models", &body).await?)
 }
@@ -257,7 +283,8 @@ async fn check_loads(arch: Arch, path: &Path) -> anyhow::Result<()> {
 
 /// Downloads a hub repository's `model.safetensors` and rewrites it under native names.
 async fn download_from_hub(arch: Arch, repo: Option<&str>, dir: &Path) -> anyhow::Result<PathBuf> {
-    let default = hub::default_weights(arch);
+    let default = hub::default_weights(arch)
+        .ok_or_else(|| anyhow::anyhow!("{arch} has no weights on the hub; use generate"))?;
     let (url, names) = match repo {
         None => (default.url(), default.tensor_names),
         Some(repo) => {

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use idunno::embedded::{ClusterSpec, EmbeddedCluster};
-use idunno_api::job::{Inputs, Job, NewJob};
+use idunno_api::job::{Inputs, Job, JobStats, NewJob};
 use idunno_api::model::Model;
 use idunno_api::result::QueryResult;
 use idunno_api::Client;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::job::{detail, results_table, wait_with_progress};
-use super::model::{add, model_path, WeightsSource};
+use super::job::{results_table, stats_text, wait_with_progress};
+use super::model::{add, model_path, Shape, WeightsSource};
 
 /// Marks a folder `idunno up` made, so that it only ever wipes its own.
 const MARKER: &str = ".idunno-up";
@@ -93,7 +93,7 @@ async fn demo(client: &Client, args: &UpArgs, images: &Path, lite0: &Path) -> an
         "lite0",
         "efficientnet_lite0",
         &WeightsSource::Local(lite0.into()),
-        None,
+        Shape::default(),
     )
     .await?;
     add(
@@ -101,7 +101,7 @@ async fn demo(client: &Client, args: &UpArgs, images: &Path, lite0: &Path) -> an
         "r18",
         "resnet18",
         &WeightsSource::Generate(18),
-        None,
+        Shape::default(),
     )
     .await?;
     step(&format!(
@@ -132,7 +132,8 @@ async fn demo(client: &Client, args: &UpArgs, images: &Path, lite0: &Path) -> an
     let job = wait_with_progress(client, job.id).await?;
     let results: Vec<QueryResult> = client.get(&format!("/v1/jobs/{}/results", job.id)).await?;
     println!("\n{}\n", results_table(&results, 3));
-    println!("{}", detail(&job));
+    let stats: JobStats = client.get(&format!("/v1/jobs/{}/stats", job.id)).await?;
+    println!("{}", stats_text(&stats));
     Ok(())
 }
 

@@ -13,6 +13,17 @@ use serde_json::Value;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Logs to stderr when `IDUNNO_TEST_LOG` is set (an env filter such as
+/// `idunno_worker=debug`), for looking into a failing test.
+pub fn init_log() {
+    if let Ok(filter) = std::env::var("IDUNNO_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Starts a cluster under a fresh temp folder (returned, to keep it alive).
 pub async fn cluster(
     coordinators: u64,

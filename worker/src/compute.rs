@@ -13,7 +13,7 @@ use candle_core::D;
 use idunno_api::result::Class;
 use image::DynamicImage;
 use rayon::prelude::*;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 
 use crate::error::WorkerError;
 use crate::model_cache::ModelSpec;
@@ -143,22 +143,12 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<Class> {
 
 /// One compute slot: takes prepared batches until the worker stops, runs them, and hands
 /// the results to the reporter. It finishes the batch in hand before it returns.
-pub(crate) async fn compute_loop(
-    shared: Arc<Shared>,
-    queue: Arc<Mutex<mpsc::Receiver<PreparedBatch>>>,
-    reports: mpsc::Sender<Finished>,
-) {
+pub(crate) async fn compute_loop(shared: Arc<Shared>, reports: mpsc::Sender<Finished>) {
     let mut stop = shared.stop.clone();
     loop {
-        let next = {
-            let mut queue = queue.lock().await;
-            tokio::select! {
-                biased;
-                _ = stopped(&mut stop) => None,
-                batch = queue.recv() => batch,
-            }
+        let Some(batch) = shared.queue.take(&mut stop).await else {
+            return;
         };
-        let Some(batch) = next else { return };
         if let Some(finished) = run_batch(&shared, batch).await {
             if reports.send(finished).await.is_err() {
                 return;

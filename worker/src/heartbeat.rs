@@ -45,6 +45,7 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>) {
             capacity: shared.config.capacity,
             name: shared.config.display_name(),
             accepts: shared.config.models.accepts(),
+            holding: Some(shared.holding.list()),
         };
         match shared.client.post::<_, HeartbeatAck>(&path, &beat).await {
             Ok(ack) => {

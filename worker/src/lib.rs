@@ -16,6 +16,7 @@ pub mod inputs;
 pub mod model_cache;
 pub mod models;
 mod prefetch;
+mod queue;
 pub mod results;
 mod runtime;
 pub mod sdfs;

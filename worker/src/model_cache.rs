@@ -31,20 +31,27 @@ pub struct ModelSpec {
     pub arch: Arch,
     /// SDFS name of the safetensors weights.
     pub weights: String,
+    /// The declared CPU ms per image of a synthetic model (0 otherwise).
+    pub cost_ms: u32,
 }
 
 impl ModelSpec {
     /// The model a lease's batch needs.
     pub fn from_lease(lease: &Lease) -> Result<ModelSpec, WorkerError> {
-        Self::new(&lease.model, &lease.arch, &lease.weights)
+        Self::new(&lease.model, &lease.arch, &lease.weights, lease.cost_ms)
     }
 
     /// The model a registry entry describes.
     pub fn from_registry(model: &idunno_api::model::Model) -> Result<ModelSpec, WorkerError> {
-        Self::new(&model.name, &model.arch, &model.weights)
+        Self::new(
+            &model.name,
+            &model.arch,
+            &model.weights,
+            model.cost_ms.unwrap_or(0),
+        )
     }
 
-    fn new(name: &str, arch: &str, weights: &str) -> Result<ModelSpec, WorkerError> {
+    fn new(name: &str, arch: &str, weights: &str, cost_ms: u32) -> Result<ModelSpec, WorkerError> {
         let arch = arch
             .parse::<Arch>()
             .map_err(|e| WorkerError::UnknownModel {
@@ -61,6 +68,7 @@ impl ModelSpec {
             name: name.to_string(),
             arch,
             weights: weights.to_string(),
+            cost_ms,
         })
     }
 }
@@ -133,10 +141,14 @@ impl ModelCache {
             self.downloads.fetch_add(1, Ordering::Relaxed);
         }
         let (arch, path) = (spec.arch, file.path.clone());
+        let options = LoadOptions {
+            synthetic_cost_ms: spec.cost_ms,
+            ..LoadOptions::default()
+        };
         let model = self
             .pool
             .run(move || -> Result<Model, WorkerError> {
-                let model = Model::load(arch, &path, &LoadOptions::default())?;
+                let model = Model::load(arch, &path, &options)?;
                 warm_up(&model)?;
                 Ok(model)
             })
@@ -179,6 +191,8 @@ mod tests {
             input_size: 224,
             created_at_ms: 0,
             loaded_on: vec![],
+            cost_ms: None,
+            cost_ms_per_query: 0.0,
         };
         assert_eq!(
             ModelSpec::from_registry(&registry).unwrap().arch,

@@ -1,20 +1,26 @@
-//! Prefetch: the task that long-polls the coordinators for leases and gets each batch ready
-//! (inputs fetched from storage nodes, then decoded on the compute pool) while the compute
-//! loop runs the previous one, so the worker never waits on the network between batches.
+//! Prefetch: the task that keeps a lease call outstanding at all times and gets each batch
+//! ready (inputs fetched from storage nodes, then decoded on the compute pool) while the
+//! compute loop runs the previous one, so the worker never waits on the network between
+//! batches.
 //!
-//! The queue between the two holds one batch. The task asks for a lease only once the queue
-//! has room, so a worker holds at most its batches in compute plus one prepared batch. When
-//! the worker stops, a lease in hand that was not started is given back (`release`), and its
-//! batch goes to the next free worker first.
+//! The task keeps at most one prepared batch in the
+//! [`PreparedQueue`](crate::queue::PreparedQueue). With the queue empty,
+//! its lease call asks for the next batch. With a batch waiting there, the call lists it as
+//! `prepared` and waits for the leader to revoke it (its job stopped, its batch size shrank,
+//! or a job with nothing running takes its place, whose lease comes in the same answer); a
+//! revoked batch that no compute slot has taken is given back (`release`) and goes to the
+//! next free worker first. When a compute slot takes the waiting batch, the task drops its
+//! call and asks for the next batch with the same request id, so a lease granted to the
+//! dropped call is the one it gets. When the worker stops, a lease in hand that was not
+//! started is given back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idunno_api::worker::{Lease, LeaseRequest, Release};
+use idunno_api::worker::{Lease, LeaseAnswer, LeaseRef, LeaseRequest, Release};
 use image::DynamicImage;
 use rayon::prelude::*;
 use reqwest::{Method, StatusCode};
-use tokio::sync::mpsc;
 
 use crate::coordinator::{call_until_answered, encode_segment};
 use crate::error::WorkerError;
@@ -36,27 +42,26 @@ pub(crate) struct PreparedBatch {
     pub leased_at: Instant,
 }
 
-/// The prefetch loop; returns when the worker stops (or the compute side is gone), after
-/// giving back any lease it holds.
-pub(crate) async fn prefetch_loop(shared: Arc<Shared>, queue: mpsc::Sender<PreparedBatch>) {
+/// The prefetch loop; returns when the worker stops (the queue's batches, prepared or being
+/// prepared, are given back by whoever stops the worker).
+pub(crate) async fn prefetch_loop(shared: Arc<Shared>) {
     let mut stop = shared.stop.clone();
+    let mut taken = shared.queue.taken();
+    // Kept until a call is answered: an answer lost to a dropped call is not a lost lease.
+    let mut request_id = idunno_api::client::new_request_id();
     loop {
-        // Wait for room: the compute loop has taken the previous batch.
-        let permit = tokio::select! {
-            permit = queue.reserve() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
+        taken.borrow_and_update();
+        let prepared = shared.queue.prepared();
+        let waiting = !prepared.is_empty();
+        let answer = tokio::select! {
+            answer = next_lease(&shared, &request_id, prepared) => answer,
+            // The waiting batch was started: ask for the next one instead.
+            _ = taken.changed(), if waiting => continue,
             _ = stopped(&mut stop) => return,
         };
-        // A lease call cancelled here may still have been granted; deregistration on stop
-        // makes the coordinator expire it at once.
-        let lease = tokio::select! {
-            lease = next_lease(&shared) => lease,
-            _ = stopped(&mut stop) => return,
-        };
-        let lease = match lease {
-            Ok(Some(lease)) => lease,
+        request_id = idunno_api::client::new_request_id();
+        let answer = match answer {
+            Ok(Some(answer)) => answer,
             Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "lease call failed");
@@ -66,33 +71,57 @@ pub(crate) async fn prefetch_loop(shared: Arc<Shared>, queue: mpsc::Sender<Prepa
                 }
             }
         };
+        for revoked in &answer.revoked {
+            give_back_revoked(&shared, revoked);
+        }
+        let Some(lease) = answer.lease else { continue };
         tracing::debug!(batch = %lease.batch_id, lease = lease.lease_id, inputs = lease.inputs.len(), "leased");
+        shared.holding.add(lease.lease_id);
         shared.stats.record_lease();
-        let prepared = tokio::select! {
-            prepared = prepare(&shared, lease.clone()) => prepared,
-            _ = stopped(&mut stop) => {
-                release(&shared, &lease).await;
-                return;
-            }
-        };
-        permit.send(prepared);
+        // Prepared in a task of its own, so that the next lease call (which lists this batch)
+        // goes out at once and a revocation can reach it while its inputs are still decoding.
+        let task_shared = shared.clone();
+        let task_lease = lease.clone();
+        shared.queue.preparing(lease, move || {
+            tokio::spawn(async move {
+                let batch = prepare(&task_shared, task_lease).await;
+                task_shared.queue.ready(batch);
+            })
+            .abort_handle()
+        });
     }
 }
 
-/// One long poll for a batch: `Some(lease)`, or `None` when none came up within the wait.
-/// The request id is kept until a coordinator answers, so a lost answer is not a lost lease.
-async fn next_lease(shared: &Shared) -> Result<Option<Lease>, WorkerError> {
+/// A batch the leader revoked: given back if no compute slot has started it (in the
+/// background, so the next lease call goes out at once), else left to finish.
+fn give_back_revoked(shared: &Arc<Shared>, revoked: &LeaseRef) {
+    let Some(lease) = shared.queue.remove(revoked.lease_id) else {
+        tracing::debug!(batch = %revoked.batch_id, "revoked batch already started; it finishes");
+        return;
+    };
+    tracing::info!(batch = %revoked.batch_id, lease = revoked.lease_id, "batch revoked before it started; giving it back");
+    let shared = shared.clone();
+    tokio::spawn(async move { release(&shared, &lease).await });
+}
+
+/// One long poll: the answer, or `None` when nothing came up within the wait. The caller
+/// keeps `request_id` until a call is answered.
+async fn next_lease(
+    shared: &Shared,
+    request_id: &str,
+    prepared: Vec<LeaseRef>,
+) -> Result<Option<LeaseAnswer>, WorkerError> {
     let path = format!("/v1/workers/{}/lease", encode_segment(&shared.worker_id));
     let wait = Duration::from_millis(shared.config.batch_wait_ms);
-    let request_id = idunno_api::client::new_request_id();
     let (status, body) = call_until_answered(
         &shared.client,
         Method::POST,
         &path,
         &LeaseRequest {
             wait_ms: shared.config.batch_wait_ms,
+            prepared,
         },
-        &request_id,
+        request_id,
         Some(wait),
         None,
     )
@@ -104,7 +133,7 @@ async fn next_lease(shared: &Shared) -> Result<Option<Lease>, WorkerError> {
     serde_json::from_slice(&body).map(Some).map_err(|e| {
         WorkerError::coordinator(
             format!("POST {path}"),
-            idunno_api::ClientError::Protocol(format!("bad lease: {e}")),
+            idunno_api::ClientError::Protocol(format!("bad lease answer: {e}")),
         )
     })
 }
@@ -153,8 +182,14 @@ async fn prepare(shared: &Shared, lease: Lease) -> PreparedBatch {
 
 /// Gives back a lease that was not (or could not be) run: `POST /v1/workers/{id}/release`,
 /// one request id, retried on every coordinator (5xx included) for [`RELEASE_DEADLINE`].
-/// Best effort: if no coordinator takes it, the lease expires on its own.
+/// Best effort: if no coordinator takes it, the lease expires on its own (the worker no
+/// longer lists it as held either way).
 pub(crate) async fn release(shared: &Shared, lease: &Lease) {
+    release_once(shared, lease).await;
+    shared.holding.remove(lease.lease_id);
+}
+
+async fn release_once(shared: &Shared, lease: &Lease) {
     let path = format!("/v1/workers/{}/release", encode_segment(&shared.worker_id));
     let body = Release {
         lease_id: lease.lease_id,

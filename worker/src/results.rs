@@ -122,6 +122,7 @@ async fn publish(shared: &Shared, finished: Finished) {
     };
     match complete(shared, &lease.batch_id, &completion).await {
         Ok(ack) => {
+            shared.holding.remove(lease.lease_id);
             shared
                 .stats
                 .record_completion(queries, failed as u64, ack.accepted);
@@ -198,6 +199,7 @@ mod tests {
                 .collect(),
             attempt: 1,
             deadline_ms: 0,
+            cost_ms: 0,
         }
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use idunno_api::worker::{WorkerRegistered, WorkerRegistration};
 use idunno_api::Client;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::compute::{compute_loop, ComputePool};
@@ -27,7 +27,8 @@ use crate::error::WorkerError;
 use crate::heartbeat::heartbeat_loop;
 use crate::inputs::InputFetcher;
 use crate::model_cache::ModelCache;
-use crate::prefetch::{self, prefetch_loop, PreparedBatch};
+use crate::prefetch::{self, prefetch_loop};
+use crate::queue::{Holding, PreparedQueue};
 use crate::results::{report_loop, Finished};
 
 /// Computed batches that may wait for the reporter before compute waits for it.
@@ -46,6 +47,10 @@ pub(crate) struct Shared {
     pub inputs: InputFetcher,
     pub models: ModelCache,
     pub pool: ComputePool,
+    /// Batches prepared and not started.
+    pub queue: PreparedQueue,
+    /// Every lease held now (heartbeats list them).
+    pub holding: Holding,
     pub stats: Stats,
     /// Becomes `true` when the worker stops taking work.
     pub stop: watch::Receiver<bool>,
@@ -132,8 +137,6 @@ pub struct WorkerHandle {
     tasks: Tasks,
     shared: Arc<Shared>,
     stop_tx: watch::Sender<bool>,
-    /// The prefetch queue, drained (and its batch released) on stop.
-    queue: Arc<Mutex<mpsc::Receiver<PreparedBatch>>>,
 }
 
 /// The worker's named tasks; whatever is still here when it drops is aborted.
@@ -211,28 +214,22 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         worker_id: registered.worker_id,
         client,
         pool,
+        queue: PreparedQueue::default(),
+        holding: Holding::default(),
         stats: Stats::default(),
         stop,
         heartbeat_interval,
         config,
     });
 
-    let (queue_tx, queue_rx) = mpsc::channel::<PreparedBatch>(1);
-    let queue = Arc::new(Mutex::new(queue_rx));
     let (report_tx, report_rx) = mpsc::channel::<Finished>(REPORT_QUEUE);
     let heartbeat = tokio::spawn(heartbeat_loop(shared.clone()));
     let reporter = tokio::spawn(report_loop(shared.clone(), report_rx));
     let compute = (0..shared.config.capacity)
-        .map(|_| {
-            tokio::spawn(compute_loop(
-                shared.clone(),
-                queue.clone(),
-                report_tx.clone(),
-            ))
-        })
+        .map(|_| tokio::spawn(compute_loop(shared.clone(), report_tx.clone())))
         .collect();
     drop(report_tx);
-    let prefetch = tokio::spawn(prefetch_loop(shared.clone(), queue_tx));
+    let prefetch = tokio::spawn(prefetch_loop(shared.clone()));
     Ok(WorkerHandle {
         tasks: Tasks {
             heartbeat: Some(heartbeat),
@@ -242,7 +239,6 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         },
         shared,
         stop_tx,
-        queue,
     })
 }
 
@@ -280,17 +276,11 @@ impl WorkerHandle {
         let shared = self.shared.clone();
         let _ = self.stop_tx.send(true);
         tracing::info!(worker = %shared.worker_id, "stopping: finishing the batch in hand");
-        // The prefetch task gives back a lease it is still preparing.
         join(self.tasks.prefetch.take()).await;
         // A prepared batch no compute slot has taken goes back at once, so another worker
-        // can start it while this one finishes. (A slot waiting on the queue holds its lock
-        // only until it sees the stop; a slot computing does not hold it.)
-        {
-            let mut queue = self.queue.lock().await;
-            queue.close();
-            while let Ok(batch) = queue.try_recv() {
-                prefetch::release(&shared, &batch.lease).await;
-            }
+        // can start it while this one finishes.
+        for lease in shared.queue.close() {
+            prefetch::release(&shared, &lease).await;
         }
         for compute in std::mem::take(&mut self.tasks.compute) {
             let _ = compute.await;
@@ -335,6 +325,8 @@ impl WorkerHandle {
         for task in tasks {
             let _ = task.await;
         }
+        // Preparations in flight end too; their leases are not given back.
+        drop(self.shared.queue.close());
         tracing::info!(worker = %self.shared.worker_id, "worker killed");
     }
 }

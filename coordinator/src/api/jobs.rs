@@ -1,14 +1,13 @@
 //! `/v1/jobs`: create, list, show, change, start, stop and delete inference jobs.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use idunno_api::job::{BatchInfo, Job, JobPatch, NewJob};
+use idunno_api::job::{BatchInfo, Job, JobPatch, JobStats, NewJob};
 use idunno_api::result::{BatchResult, QueryResult};
 
 use super::{request_id, ReadOptions};
@@ -16,6 +15,7 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::files::download::{read_all, ReadPlan};
 use crate::files::placement::replicas_in_read_order;
 use crate::node::Coordinator;
+use crate::proposer::now_ms;
 use crate::state::command::{Command, Response};
 use crate::state::jobs::{validate_batch_size, validate_weight, BatchState};
 
@@ -26,19 +26,15 @@ pub fn router() -> Router<Arc<Coordinator>> {
         .route("/v1/jobs/{id}/start", post(start))
         .route("/v1/jobs/{id}/stop", post(stop))
         .route("/v1/jobs/{id}/batches", get(batches))
+        .route("/v1/jobs/{id}/stats", get(stats))
         .route("/v1/jobs/{id}/results", get(results))
 }
 
-/// The API view of a job, with its rate if this node leads.
+/// The API view of a job, with its rate (derived from replicated records: any node).
 fn view(c: &Coordinator, id: u64) -> Result<Job, ApiError> {
     let applied = c.shared.read();
     let record = applied.state.job(id)?;
-    let rate = if c.is_leader() {
-        c.leader_state().fair.rate(id, Instant::now())
-    } else {
-        0.0
-    };
-    Ok(record.to_api(rate))
+    Ok(record.to_api(applied.state.job_rate(record, now_ms())))
 }
 
 /// Commits a job command and answers with the job as it is afterwards.
@@ -139,6 +135,17 @@ async fn remove(
     c.write(request_id(&headers), Command::DeleteJob { job: id })
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// C1, C2 and C5 of one job, the same from every coordinator (derived from the replicated
+/// batch records).
+async fn stats(
+    State(c): State<Arc<Coordinator>>,
+    ApiPath(id): ApiPath<u64>,
+    ApiQuery(opts): ApiQuery<ReadOptions>,
+) -> Result<Json<JobStats>, ApiError> {
+    c.read_barrier(opts.stale).await?;
+    Ok(Json(c.shared.read().state.job_stats_view(id, now_ms())?))
 }
 
 async fn batches(

@@ -5,6 +5,7 @@ mod cluster;
 mod files;
 mod health;
 mod jobs;
+mod lease;
 mod models;
 mod nodes;
 mod workers;

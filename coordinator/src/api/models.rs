@@ -12,7 +12,7 @@ use super::{request_id, ReadOptions};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::node::Coordinator;
 use crate::state::command::{Command, Response};
-use crate::state::models::validate;
+use crate::state::models::{validate, ModelRecord};
 
 pub fn router() -> Router<Arc<Coordinator>> {
     Router::new()
@@ -31,6 +31,12 @@ fn loaded_on(c: &Coordinator, model: &str) -> Vec<String> {
         .with_model(model, c.config.lease_timeout())
 }
 
+/// The API view: the record, the workers that have it loaded, the cost estimate.
+fn view(c: &Coordinator, m: &ModelRecord) -> Model {
+    let cost = c.shared.read().state.cost_ms_per_query(&m.name);
+    m.to_api(loaded_on(c, &m.name), cost)
+}
+
 async fn create(
     State(c): State<Arc<Coordinator>>,
     headers: HeaderMap,
@@ -40,18 +46,22 @@ async fn create(
         .input_size
         .or_else(|| default_input_size(&body.arch))
         .unwrap_or(0);
-    validate(&body.name, &body.arch, &body.weights, input_size)?;
+    validate(
+        &body.name,
+        &body.arch,
+        &body.weights,
+        input_size,
+        body.cost_ms,
+    )?;
     let cmd = Command::PutModel {
         name: body.name,
         arch: body.arch,
         weights: body.weights,
         input_size,
+        cost_ms: body.cost_ms,
     };
     match c.write(request_id(&headers), cmd).await? {
-        Response::Model(m) => {
-            let loaded = loaded_on(&c, &m.name);
-            Ok((StatusCode::CREATED, Json(m.to_api(loaded))))
-        }
+        Response::Model(m) => Ok((StatusCode::CREATED, Json(view(&c, &m)))),
         other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
     }
 }
@@ -62,15 +72,7 @@ async fn list(
 ) -> Result<Json<Vec<Model>>, ApiError> {
     c.read_barrier(opts.stale).await?;
     let models: Vec<_> = c.shared.read().state.models.values().cloned().collect();
-    Ok(Json(
-        models
-            .into_iter()
-            .map(|m| {
-                let loaded = loaded_on(&c, &m.name);
-                m.to_api(loaded)
-            })
-            .collect(),
-    ))
+    Ok(Json(models.iter().map(|m| view(&c, m)).collect()))
 }
 
 async fn show(
@@ -81,8 +83,7 @@ async fn show(
     c.read_barrier(opts.stale).await?;
     let model = c.shared.read().state.models.get(&name).cloned();
     let model = model.ok_or_else(|| ApiError::NotFound(format!("no model named {name:?}")))?;
-    let loaded = loaded_on(&c, &name);
-    Ok(Json(model.to_api(loaded)))
+    Ok(Json(view(&c, &model)))
 }
 
 async fn remove(
@@ -105,10 +106,7 @@ async fn load(
         .write(request_id(&headers), Command::LoadModel { name })
         .await?
     {
-        Response::Model(m) => {
-            let loaded = loaded_on(&c, &m.name);
-            Ok(Json(m.to_api(loaded)))
-        }
+        Response::Model(m) => Ok(Json(view(&c, &m))),
         other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
     }
 }

@@ -3,27 +3,26 @@
 //! soft state and commits leases and completions through Raft.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use idunno_api::worker::{
-    Completion, CompletionAck, Heartbeat, HeartbeatAck, Lease, LeaseRequest, LeasedInput, Release,
-    WorkerInfo, WorkerRegistered, WorkerRegistration,
+    Completion, CompletionAck, Heartbeat, HeartbeatAck, Release, WorkerInfo, WorkerRegistered,
+    WorkerRegistration,
 };
 
-use super::request_id;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::node::Coordinator;
-use crate::state::command::{Command, LeaseGrant, Response};
+use crate::proposer::now_ms;
+use crate::state::command::{Command, Response};
 use crate::state::jobs::{BatchId, MAX_BATCH_SIZE, MAX_COMPUTE_MS};
 use crate::workers::new_worker_id;
 
-/// Longest a lease call waits for work.
-const MAX_WAIT: Duration = Duration::from_secs(30);
+/// A lease granted this long ago that a worker's heartbeat does not list was never received
+/// by it (the answer was lost): at least this long, and three heartbeat intervals.
+const ORPHAN_GRACE_MS: u64 = 2_000;
 
 pub fn router() -> Router<Arc<Coordinator>> {
     Router::new()
@@ -31,12 +30,12 @@ pub fn router() -> Router<Arc<Coordinator>> {
         .route("/v1/workers/register", post(register))
         .route("/v1/workers/{id}", delete(deregister))
         .route("/v1/workers/{id}/heartbeat", post(heartbeat))
-        .route("/v1/workers/{id}/lease", post(lease))
+        .route("/v1/workers/{id}/lease", post(super::lease::lease))
         .route("/v1/workers/{id}/release", post(release))
         .route("/v1/batches/{id}/complete", post(complete))
 }
 
-fn check_worker_id(id: &str) -> Result<(), ApiError> {
+pub(super) fn check_worker_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty()
         || id.len() > 64
         || !id
@@ -55,8 +54,14 @@ async fn list(State(c): State<Arc<Coordinator>>) -> Json<Vec<WorkerInfo>> {
 async fn register(
     State(c): State<Arc<Coordinator>>,
     ApiJson(body): ApiJson<WorkerRegistration>,
-) -> (StatusCode, Json<WorkerRegistered>) {
+) -> Result<(StatusCode, Json<WorkerRegistered>), ApiError> {
     let id = new_worker_id();
+    // Every coordinator learns the worker's name (statistics name the workers of a job).
+    let cmd = Command::RegisterWorker {
+        id: id.clone(),
+        name: body.name.clone(),
+    };
+    c.write(String::new(), cmd).await?;
     {
         let mut leader = c.leader_state();
         let w = leader.workers.seen(&id);
@@ -68,14 +73,14 @@ async fn register(
         w.loaded = body.loaded;
     }
     tracing::info!(worker = %id, "worker registered");
-    (
+    Ok((
         StatusCode::CREATED,
         Json(WorkerRegistered {
             worker_id: id,
             heartbeat_interval_ms: c.config.worker_heartbeat_ms,
             lease_timeout_ms: c.config.lease_timeout_ms,
         }),
-    )
+    ))
 }
 
 /// Forgets a worker and puts the batches it still holds back in the queue at once (a worker
@@ -90,7 +95,8 @@ async fn deregister(
     let held: Vec<(BatchId, u64)> = {
         // Lock order everywhere: the shared state first, then the leader's soft state.
         let applied = c.shared.read();
-        if !c.leader_state().workers.remove(&id) {
+        let known = c.leader_state().workers.remove(&id);
+        if !known && !applied.state.is_registered_worker(&id) {
             return Err(ApiError::NotFound(format!("no worker {id}")));
         }
         applied
@@ -106,137 +112,72 @@ async fn deregister(
             .await?;
         tracing::info!(worker = %id, count, "requeued the leases of a deregistered worker");
     }
+    c.write(String::new(), Command::DeregisterWorker { id: id.clone() })
+        .await?;
     tracing::info!(worker = %id, "worker deregistered");
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A sign of life: records the worker's models, answers with the models to load, registers
+/// a worker the replicated state does not know yet, and gives back leases granted to it that
+/// it does not hold (their answers never reached it).
 async fn heartbeat(
     State(c): State<Arc<Coordinator>>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
     check_worker_id(&id)?;
-    let applied = c.shared.read();
-    let mut leader = c.leader_state();
-    let w = leader.workers.seen(&id);
-    w.loaded = body.loaded;
-    w.capacity = body.capacity.max(1);
-    if !body.name.is_empty() {
-        w.name = body.name;
-    }
-    if body.accepts.is_some() {
-        w.accepts = body.accepts;
-    }
-    let load = applied
-        .state
-        .preloaded_models()
-        .filter(|m| !w.loaded.contains(&m.name))
-        .filter(|m| w.accepts.as_ref().is_none_or(|a| a.contains(&m.name)))
-        .map(|m| m.name.clone())
-        .collect();
-    Ok(Json(HeartbeatAck { load }))
-}
-
-/// Long-polls for a batch: the scheduler picks the job, the lease commits through Raft, and
-/// the answer carries everything the worker needs. 204 if nothing came up in time.
-async fn lease(
-    State(c): State<Arc<Coordinator>>,
-    headers: HeaderMap,
-    ApiPath(worker): ApiPath<String>,
-    ApiJson(body): ApiJson<LeaseRequest>,
-) -> Result<HttpResponse, ApiError> {
-    check_worker_id(&worker)?;
-    let request = request_id(&headers);
-    let deadline = Instant::now() + Duration::from_millis(body.wait_ms).min(MAX_WAIT);
-    let mut shutdown = c.shutdown.clone();
-    loop {
-        let notified = c.shared.work.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if let Some(job) = pick(&c, &worker) {
-            let cmd = Command::Lease {
-                worker: worker.clone(),
-                job,
-                lease_timeout_ms: c.config.max_batch_ms,
-            };
-            match c.write(request.clone(), cmd).await? {
-                Response::Leased(grant) => {
-                    c.metrics.leases_granted.add(1);
-                    return Ok(Json(to_lease(&c, grant)?).into_response());
-                }
-                Response::NoWork => continue,
-                other => return Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
-            }
+    let (ack, register, orphans) = {
+        let applied = c.shared.read();
+        let state = &applied.state;
+        let mut leader = c.leader_state();
+        let w = leader.workers.seen(&id);
+        w.loaded = body.loaded;
+        w.capacity = body.capacity.max(1);
+        if !body.name.is_empty() {
+            w.name = body.name;
         }
-        if Instant::now() >= deadline {
-            return Ok(StatusCode::NO_CONTENT.into_response());
+        if body.accepts.is_some() {
+            w.accepts = body.accepts;
         }
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep_until(deadline.into()) => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.wait_for(|s| *s) => return Err(ApiError::Unavailable("shutting down".into())),
-        }
+        let load = state
+            .preloaded_models()
+            .filter(|m| !w.loaded.contains(&m.name))
+            .filter(|m| w.accepts.as_ref().is_none_or(|a| a.contains(&m.name)))
+            .map(|m| m.name.clone())
+            .collect();
+        let register = (!state.is_registered_worker(&id)).then(|| w.name.clone());
+        let grace = ORPHAN_GRACE_MS.max(c.config.worker_heartbeat_ms.saturating_mul(3));
+        let horizon = now_ms().saturating_sub(grace);
+        let orphans: Vec<(BatchId, u64)> = match &body.holding {
+            Some(holding) => state
+                .leases()
+                .filter(|(_, lease, worker, leased_at, _)| {
+                    *worker == id && *leased_at < horizon && !holding.contains(lease)
+                })
+                .map(|(batch, lease, ..)| (batch, lease))
+                .collect(),
+            None => Vec::new(),
+        };
+        (HeartbeatAck { load }, register, orphans)
+    };
+    if let Some(name) = register {
+        c.write(
+            String::new(),
+            Command::RegisterWorker {
+                id: id.clone(),
+                name,
+            },
+        )
+        .await?;
     }
-}
-
-/// The job the scheduler serves next with this worker, marking the worker alive.
-fn pick(c: &Coordinator, worker: &str) -> Option<u64> {
-    let applied = c.shared.read();
-    let mut leader = c.leader_state();
-    leader.workers.seen(worker);
-    let runnable: Vec<_> = applied
-        .state
-        .runnable_jobs()
-        .filter(|j| leader.workers.accepts(worker, &j.model))
-        .collect();
-    leader.fair.pick(runnable.into_iter(), Instant::now())
-}
-
-fn to_lease(c: &Coordinator, grant: LeaseGrant) -> Result<Lease, ApiError> {
-    let applied = c.shared.read();
-    let state = &applied.state;
-    let job = state.job(grant.batch.job)?;
-    let model = state
-        .models
-        .get(&job.model)
-        .ok_or_else(|| ApiError::Conflict(format!("model {:?} was deleted", job.model)))?;
-    Ok(Lease {
-        lease_id: grant.lease_id,
-        batch_id: grant.batch.to_string(),
-        job_id: grant.batch.job,
-        model: model.name.clone(),
-        arch: model.arch.clone(),
-        weights: model.weights.clone(),
-        input_size: model.input_size,
-        inputs: grant
-            .inputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let located = state.version(&name, None).ok().map(|v| {
-                    (
-                        v.hash.clone(),
-                        v.size,
-                        crate::files::placement::live_replicas(state, &v.hash),
-                    )
-                });
-                let (hash, size, replicas) = match located {
-                    Some((hash, size, replicas)) => (Some(hash), size, replicas),
-                    None => (None, 0, Vec::new()),
-                };
-                LeasedInput {
-                    index: grant.start + i as u64,
-                    name,
-                    hash,
-                    size,
-                    replicas,
-                }
-            })
-            .collect(),
-        attempt: grant.attempt,
-        deadline_ms: grant.deadline_ms,
-    })
+    if !orphans.is_empty() {
+        let count = orphans.len();
+        c.write(String::new(), Command::Expire { leases: orphans })
+            .await?;
+        tracing::warn!(worker = %id, count, "requeued leases the worker never received");
+    }
+    Ok(Json(ack))
 }
 
 /// Gives a lease back. 404 for an unknown batch; 409 for a lease that is not this worker's,
@@ -316,14 +257,6 @@ async fn complete(
         Response::Completed { accepted } => {
             if accepted {
                 c.metrics.batches_completed.add(1);
-                let applied = c.shared.read();
-                let len = applied
-                    .state
-                    .batches
-                    .get(&batch)
-                    .map_or(0, |b| u64::from(b.len));
-                let mut leader = c.leader_state();
-                leader.fair.record(batch.job, len, Instant::now());
             }
             Ok(Json(CompletionAck { accepted }))
         }

@@ -33,6 +33,9 @@ pub enum Command {
         arch: String,
         weights: String,
         input_size: u32,
+        /// Declared CPU ms per query (`synthetic` models only).
+        #[serde(default)]
+        cost_ms: Option<u32>,
     },
     DeleteModel {
         name: String,
@@ -121,6 +124,15 @@ pub enum Command {
         hash: String,
         nodes: Vec<String>,
     },
+    /// A worker registered (or a leader heard from one it had no record of).
+    RegisterWorker {
+        id: String,
+        name: String,
+    },
+    /// A worker deregistered, or was silent for so long that the leader forgot it.
+    DeregisterWorker {
+        id: String,
+    },
 }
 
 impl Command {
@@ -130,6 +142,7 @@ impl Command {
             self,
             Command::Expire { .. }
                 | Command::SetNodeAlive { .. }
+                | Command::DeregisterWorker { .. }
                 | Command::AddReplicas { .. }
                 | Command::DropReplicas { .. }
         )
@@ -169,6 +182,10 @@ pub enum Response {
     },
     /// Whether a replica change found its blob.
     Replicas {
+        known: bool,
+    },
+    /// Whether the worker was registered.
+    Deregistered {
         known: bool,
     },
     Failed(CommandError),

@@ -5,6 +5,10 @@
 //! million inputs costs one record until it runs. A batch that comes back (expired or given
 //! back) waits in the job's retry queue and is handed out before new inputs.
 //! A batch is done exactly once: the first completion for any lease ever issued for it wins.
+//!
+//! A batch given back after its job's batch size shrank is dissolved: its inputs go to the
+//! job's returned ranges and are cut again at the new size (a late completion of one of its
+//! old leases then finds no batch and is refused; its queries run again in the new batches).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -16,6 +20,7 @@ use idunno_api::Millis;
 use serde::{Deserialize, Serialize};
 
 use super::command::{CommandError, LeaseGrant, Response};
+use super::stats::JobStatsIndex;
 use super::{Key, State};
 
 /// Largest batch a job may ask for.
@@ -72,6 +77,10 @@ pub struct JobRecord {
     pub next_seq: u64,
     /// Batches handed back (expired or released), handed out again before new inputs.
     pub retry: VecDeque<u64>,
+    /// Input ranges `(start, len)` of dissolved batches, cut again at the current batch size
+    /// after `retry` and before new inputs.
+    #[serde(default)]
+    pub returned: VecDeque<(u64, u64)>,
     pub done: u64,
     pub failed: u64,
     pub in_flight: u64,
@@ -81,13 +90,24 @@ pub struct JobRecord {
     pub created_at_ms: Millis,
     pub started_at_ms: Option<Millis>,
     pub finished_at_ms: Option<Millis>,
+    /// When it last went to running (created running, or started after a stop).
+    #[serde(default)]
+    pub resumed_at_ms: Option<Millis>,
 }
 
 impl JobRecord {
     /// True if a lease for this job would hand something out now.
     pub fn has_work(&self) -> bool {
         self.state == JobState::Running
-            && (!self.retry.is_empty() || self.next_input < self.queries)
+            && (!self.retry.is_empty()
+                || !self.returned.is_empty()
+                || self.next_input < self.queries)
+    }
+
+    /// Queries handed out and not given back: done, or in flight. What the scheduler counts
+    /// as served.
+    pub fn served(&self) -> u64 {
+        self.done.saturating_add(self.in_flight)
     }
 
     pub fn to_api(&self, rate_qps: f64) -> Job {
@@ -107,6 +127,7 @@ impl JobRecord {
             created_at_ms: self.created_at_ms,
             started_at_ms: self.started_at_ms,
             finished_at_ms: self.finished_at_ms,
+            resumed_at_ms: self.resumed_at_ms.or(self.started_at_ms),
             compute_ms: self.compute_ms,
             rate_qps,
         }
@@ -123,6 +144,9 @@ pub struct BatchRecord {
     pub attempts: u32,
     /// Every lease ever issued for it, with its worker: a late completion of any of them counts.
     pub leases: Vec<(u64, String)>,
+    /// When each of `leases` was granted (same order; shorter in records of earlier versions).
+    #[serde(default)]
+    pub lease_times: Vec<Millis>,
     pub state: BatchState,
 }
 
@@ -145,6 +169,9 @@ pub enum BatchState {
         failed: u32,
         compute_ms: u64,
         completed_at_ms: Millis,
+        /// When the lease whose completion counted was granted (0: not recorded).
+        #[serde(default)]
+        leased_at_ms: Millis,
     },
 }
 
@@ -156,24 +183,29 @@ impl BatchRecord {
                 worker,
                 lease_id,
                 deadline_ms,
+                leased_at_ms,
                 ..
             } => BatchStateInfo::Leased {
                 worker: worker.clone(),
                 lease_id: *lease_id,
                 attempt: self.attempts,
                 deadline_ms: *deadline_ms,
+                leased_at_ms: *leased_at_ms,
             },
             BatchState::Done {
                 result,
                 worker,
                 failed,
                 compute_ms,
-                ..
+                completed_at_ms,
+                leased_at_ms,
             } => BatchStateInfo::Done {
                 result: result.clone(),
                 worker: worker.clone(),
                 failed: *failed,
                 compute_ms: *compute_ms,
+                leased_at_ms: *leased_at_ms,
+                completed_at_ms: *completed_at_ms,
             },
         };
         BatchInfo {
@@ -309,6 +341,7 @@ impl State {
             next_input: 0,
             next_seq: 0,
             retry: VecDeque::new(),
+            returned: VecDeque::new(),
             done: 0,
             failed: 0,
             in_flight: 0,
@@ -318,9 +351,11 @@ impl State {
             created_at_ms: now,
             started_at_ms: start.then_some(now),
             finished_at_ms: None,
+            resumed_at_ms: start.then_some(now),
         };
         self.jobs.insert(id, record);
         self.inputs.insert(id, Arc::new(inputs));
+        self.job_stats.insert(id, JobStatsIndex::default());
         self.touch(Key::Job(id));
         self.touch(Key::Inputs(id));
         self.work_changed = true;
@@ -346,6 +381,9 @@ impl State {
         if let Some(w) = weight {
             record.weight = w;
         }
+        // Workers holding batches cut at the old size hear of it at once (and the
+        // scheduler re-weighs).
+        self.work_changed = true;
         Ok(job)
     }
 
@@ -358,6 +396,7 @@ impl State {
             JobState::Created | JobState::Stopped => {
                 record.state = JobState::Running;
                 record.started_at_ms.get_or_insert(now);
+                record.resumed_at_ms = Some(now);
             }
             JobState::Running => {}
         }
@@ -365,12 +404,16 @@ impl State {
         Ok(job)
     }
 
+    /// Stops handing out the job's batches. Batches leased but not started are revoked by
+    /// the leader's answers to the workers' lease calls (they give them back); batches being
+    /// computed finish and count.
     pub(super) fn stop_job(&mut self, job: u64) -> Result<u64, CommandError> {
         let record = self.job_mut(job)?;
         match record.state {
             JobState::Done => Err(CommandError::Conflict(format!("job {job} is already done"))),
             _ => {
                 record.state = JobState::Stopped;
+                self.work_changed = true;
                 Ok(job)
             }
         }
@@ -379,6 +422,8 @@ impl State {
     pub(super) fn delete_job(&mut self, job: u64) -> Result<(), CommandError> {
         self.jobs.remove(&job).ok_or_else(|| not_found(job))?;
         self.touch(Key::Job(job));
+        self.job_stats.remove(&job);
+        self.work_changed = true;
         self.inputs.remove(&job);
         self.touch(Key::Inputs(job));
         let ids: Vec<BatchId> = self.batches_of(job).map(|b| b.id).collect();
@@ -415,24 +460,37 @@ impl State {
         let id = if let Some(seq) = record.retry.pop_front() {
             BatchId { job, seq }
         } else {
-            let len = u64::from(record.batch_size).min(record.queries - record.next_input);
+            let size = u64::from(record.batch_size);
+            let (start, len) = match record.returned.pop_front() {
+                Some((start, len)) if len > size => {
+                    record.returned.push_front((start + size, len - size));
+                    (start, size)
+                }
+                Some(range) => range,
+                None => {
+                    let start = record.next_input;
+                    let len = size.min(record.queries - start);
+                    record.next_input += len;
+                    (start, len)
+                }
+            };
             let id = BatchId {
                 job,
                 seq: record.next_seq,
             };
+            record.next_seq += 1;
             self.batches.insert(
                 id,
                 BatchRecord {
                     id,
-                    start: record.next_input,
+                    start,
                     len: len as u32,
                     attempts: 0,
                     leases: Vec::new(),
+                    lease_times: Vec::new(),
                     state: BatchState::Pending,
                 },
             );
-            record.next_seq += 1;
-            record.next_input += len;
             id
         };
         self.touch(Key::Job(job));
@@ -444,7 +502,11 @@ impl State {
             return Response::Failed(CommandError::Conflict(format!("batch {id} vanished")));
         };
         batch.attempts = batch.attempts.saturating_add(1);
+        // Records of earlier versions have no lease times: pad, so the two lists line up.
+        batch.lease_times.resize(batch.leases.len(), 0);
         batch.leases.push((lease_id, worker.clone()));
+        batch.lease_times.push(now);
+        self.job_stats.entry(job).or_default().leased(&worker);
         batch.state = BatchState::Leased {
             worker,
             lease_id,
@@ -464,6 +526,15 @@ impl State {
             Some(grant) => Response::Leased(grant),
             None => Response::NoWork,
         }
+    }
+
+    /// The lease a worker's lease call with this request id got, while it lasts: a call
+    /// retried (or re-sent after the worker gave up waiting) gets the same lease.
+    pub fn lease_for_request(&self, request: &str) -> Option<LeaseGrant> {
+        if request.is_empty() {
+            return None;
+        }
+        self.grant_of(*self.lease_requests.get(request)?)
     }
 
     /// The grant a leased batch was handed out with.
@@ -520,16 +591,21 @@ impl State {
             .get(&id)
             .cloned()
             .ok_or_else(|| CommandError::NotFound(format!("no batch {id}")))?;
-        let Some((_, worker)) = batch.leases.iter().find(|(l, _)| *l == lease_id) else {
+        let Some(position) = batch.leases.iter().position(|(l, _)| *l == lease_id) else {
             return Err(CommandError::Conflict(format!(
                 "lease {lease_id} was never issued for batch {id}"
             )));
         };
+        let worker = &batch.leases[position].1;
+        let leased_at_ms = batch.lease_times.get(position).copied().unwrap_or(0);
         let len = u64::from(batch.len);
         match &batch.state {
             BatchState::Done { .. } => return Ok(false),
-            BatchState::Leased { .. } => {
+            BatchState::Leased { worker: holder, .. } => {
                 self.forget_lease(&batch);
+                if let Some(stats) = self.job_stats.get_mut(&id.job) {
+                    stats.lease_ended(holder);
+                }
                 if let Some(job) = self.jobs.get_mut(&id.job) {
                     job.in_flight -= len.min(job.in_flight);
                 }
@@ -541,6 +617,11 @@ impl State {
             }
         }
         let worker = worker.clone();
+        let stats = self.job_stats.entry(id.job).or_default();
+        stats.completed(&worker, len, leased_at_ms, now, compute_ms);
+        if let Some(model) = self.jobs.get(&id.job).map(|j| j.model.clone()) {
+            self.costs.entry(model).or_default().add(compute_ms, len);
+        }
         if let Some(b) = self.batches.get_mut(&id) {
             b.state = BatchState::Done {
                 result,
@@ -548,6 +629,7 @@ impl State {
                 failed: failed.min(batch.len),
                 compute_ms,
                 completed_at_ms: now,
+                leased_at_ms,
             };
         }
         self.touch(Key::Batch(id));
@@ -567,29 +649,46 @@ impl State {
         Ok(true)
     }
 
-    /// Puts a leased batch back in its job's queue (at the front if `urgent`).
+    /// Puts a leased batch back in its job's queue (at the front if `urgent`). A batch
+    /// longer than its job's batch size now is dissolved into a returned range instead, so
+    /// that its inputs are cut again at the new size.
     fn requeue(&mut self, id: BatchId, lease_id: u64, urgent: bool) -> bool {
         let Some(batch) = self.batches.get(&id) else {
             return false;
         };
-        match &batch.state {
-            BatchState::Leased { lease_id: l, .. } if *l == lease_id => {}
+        let holder = match &batch.state {
+            BatchState::Leased {
+                lease_id: l,
+                worker,
+                ..
+            } if *l == lease_id => worker.clone(),
             _ => return false,
-        }
+        };
         let batch = batch.clone();
         self.forget_lease(&batch);
-        if let Some(b) = self.batches.get_mut(&id) {
-            b.state = BatchState::Pending;
+        if let Some(stats) = self.job_stats.get_mut(&id.job) {
+            stats.lease_ended(&holder);
         }
         self.touch(Key::Batch(id));
         self.touch(Key::Job(id.job));
+        let dissolve = self
+            .jobs
+            .get(&id.job)
+            .is_some_and(|job| batch.len > job.batch_size);
+        if dissolve {
+            self.batches.remove(&id);
+        } else if let Some(b) = self.batches.get_mut(&id) {
+            b.state = BatchState::Pending;
+        }
         if let Some(job) = self.jobs.get_mut(&id.job) {
             job.in_flight -= u64::from(batch.len).min(job.in_flight);
             job.retries = job.retries.saturating_add(1);
-            if urgent {
-                job.retry.push_front(id.seq);
-            } else {
-                job.retry.push_back(id.seq);
+            let range = (batch.start, u64::from(batch.len));
+            match (dissolve, urgent) {
+                (true, true) => job.returned.push_front(range),
+                (true, false) => job.returned.push_back(range),
+                (false, true) => job.retry.push_front(id.seq),
+                (false, false) => job.retry.push_back(id.seq),
             }
         }
         self.work_changed = true;
@@ -631,5 +730,27 @@ impl State {
     /// Jobs that a lease would hand something out for now.
     pub fn runnable_jobs(&self) -> impl Iterator<Item = &JobRecord> {
         self.jobs.values().filter(|j| j.has_work())
+    }
+
+    /// Jobs in the running state (with or without anything left to hand out).
+    pub fn running_jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.jobs.values().filter(|j| j.state == JobState::Running)
+    }
+
+    /// The derived statistics of a job (empty for a job with no batches yet).
+    pub fn job_stats(&self, job: u64) -> Option<&JobStatsIndex> {
+        self.job_stats.get(&job)
+    }
+
+    /// A model's cost estimate in worker milliseconds per query: measured over its last
+    /// batches, else seeded from its architecture.
+    pub fn cost_ms_per_query(&self, model: &str) -> f64 {
+        if let Some(ms) = self.costs.get(model).and_then(|w| w.ms_per_query()) {
+            return ms.max(0.001);
+        }
+        match self.models.get(model) {
+            Some(m) => super::stats::seed_cost_ms(&m.arch, m.cost_ms),
+            None => super::stats::seed_cost_ms("", None),
+        }
     }
 }

@@ -8,6 +8,8 @@ pub mod command;
 pub mod files;
 pub mod jobs;
 pub mod models;
+pub mod stats;
+pub mod workers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,6 +22,8 @@ use command::{Command, CommandError, Request, Response};
 use files::{BlobRecord, FileRecord, NodeRecord};
 use jobs::{BatchId, BatchRecord, BatchState, JobRecord};
 use models::ModelRecord;
+use stats::{CostWindow, JobStatsIndex};
+use workers::WorkerRecord;
 
 /// Most bytes of input names in one stored record of a job's input list (a record holds at
 /// least one name). Small enough that a sled leaf of such records (16 at most) stays below
@@ -95,6 +99,8 @@ fn kind(cmd: &Command) -> &'static str {
         Command::DeleteFile { .. } => "delete_file",
         Command::AddReplicas { .. } => "add_replicas",
         Command::DropReplicas { .. } => "drop_replicas",
+        Command::RegisterWorker { .. } => "register_worker",
+        Command::DeregisterWorker { .. } => "deregister_worker",
     }
 }
 
@@ -116,6 +122,7 @@ pub enum Key {
     File(String),
     Blob(String),
     Node(String),
+    Worker(String),
 }
 
 impl Key {
@@ -157,6 +164,10 @@ impl Key {
                 out.push(b'n');
                 out.extend_from_slice(id.as_bytes());
             }
+            Key::Worker(id) => {
+                out.push(b'w');
+                out.extend_from_slice(id.as_bytes());
+            }
         }
         out
     }
@@ -194,6 +205,7 @@ pub struct State {
     pub(crate) files: BTreeMap<String, FileRecord>,
     pub(crate) blobs: BTreeMap<String, BlobRecord>,
     pub(crate) nodes: BTreeMap<String, NodeRecord>,
+    pub(crate) workers: BTreeMap<String, WorkerRecord>,
 
     // Indexes derived from the records above, rebuilt on load, never stored.
     /// Batches in the leased state, for the leader's expiry scan.
@@ -202,6 +214,10 @@ pub struct State {
     lease_requests: HashMap<String, BatchId>,
     /// Remembered requests by age, for pruning.
     request_ages: BTreeSet<(Millis, String)>,
+    /// Per job: latency and compute distributions, workers, recent completions.
+    job_stats: BTreeMap<u64, JobStatsIndex>,
+    /// Per model: the cost of its last completed batches.
+    costs: BTreeMap<String, CostWindow>,
 
     /// Records changed since the last [`State::take_changes`].
     dirty: BTreeSet<Key>,
@@ -267,8 +283,9 @@ impl State {
                 arch,
                 weights,
                 input_size,
+                cost_ms,
             } => self
-                .put_model(name, arch, weights, input_size, now)
+                .put_model(name, arch, weights, input_size, cost_ms, now)
                 .map_or_else(Response::Failed, Response::Model),
             Command::DeleteModel { name } => done(self.delete_model(&name)),
             Command::LoadModel { name } => self
@@ -339,6 +356,13 @@ impl State {
             },
             Command::DropReplicas { hash, nodes } => Response::Replicas {
                 known: self.drop_replicas(&hash, &nodes),
+            },
+            Command::RegisterWorker { id, name } => {
+                self.register_worker(id, name, now);
+                Response::Done
+            }
+            Command::DeregisterWorker { id } => Response::Deregistered {
+                known: self.deregister_worker(&id),
             },
         }
     }
@@ -411,6 +435,7 @@ impl State {
             Key::File(path) => enc(self.files.get(path)),
             Key::Blob(hash) => enc(self.blobs.get(hash)),
             Key::Node(id) => enc(self.nodes.get(id)),
+            Key::Worker(id) => enc(self.workers.get(id)),
         }
     }
 
@@ -423,7 +448,8 @@ impl State {
             .chain(self.requests.keys().cloned().map(Key::Request))
             .chain(self.files.keys().cloned().map(Key::File))
             .chain(self.blobs.keys().cloned().map(Key::Blob))
-            .chain(self.nodes.keys().cloned().map(Key::Node));
+            .chain(self.nodes.keys().cloned().map(Key::Node))
+            .chain(self.workers.keys().cloned().map(Key::Worker));
         let mut records: Vec<Record> = keys
             .filter_map(|k| {
                 let v = self.encode_value(&k)?;
@@ -499,6 +525,10 @@ impl State {
                     let n: NodeRecord = dec(&key, &value)?;
                     state.nodes.insert(n.id.clone(), n);
                 }
+                b'w' => {
+                    let w: WorkerRecord = dec(&key, &value)?;
+                    state.workers.insert(w.id.clone(), w);
+                }
                 _ => {}
             }
         }
@@ -514,7 +544,66 @@ impl State {
                 }
             }
         }
+        state.rebuild_stats();
         Ok(state)
+    }
+
+    /// Derives the statistics from the batch records, as applying them one by one did:
+    /// completions in the order they were applied (their stamps are monotonic), leases
+    /// of batches in flight.
+    fn rebuild_stats(&mut self) {
+        let mut stats: BTreeMap<u64, JobStatsIndex> = self
+            .jobs
+            .keys()
+            .map(|id| (*id, JobStatsIndex::default()))
+            .collect();
+        let mut costs: BTreeMap<String, CostWindow> = BTreeMap::new();
+        let mut done: Vec<(Millis, BatchId)> = Vec::new();
+        for batch in self.batches.values() {
+            match &batch.state {
+                BatchState::Leased { worker, .. } => {
+                    stats.entry(batch.id.job).or_default().leased(worker);
+                }
+                BatchState::Done {
+                    completed_at_ms, ..
+                } => {
+                    done.push((*completed_at_ms, batch.id));
+                }
+                BatchState::Pending => {}
+            }
+        }
+        done.sort_unstable();
+        for (_, id) in done {
+            let Some(batch) = self.batches.get(&id) else {
+                continue;
+            };
+            let BatchState::Done {
+                worker,
+                compute_ms,
+                completed_at_ms,
+                leased_at_ms,
+                ..
+            } = &batch.state
+            else {
+                continue;
+            };
+            let len = u64::from(batch.len);
+            stats.entry(id.job).or_default().completed(
+                worker,
+                len,
+                *leased_at_ms,
+                *completed_at_ms,
+                *compute_ms,
+            );
+            if let Some(job) = self.jobs.get(&id.job) {
+                costs
+                    .entry(job.model.clone())
+                    .or_default()
+                    .add(*compute_ms, len);
+            }
+        }
+        self.job_stats = stats;
+        self.costs = costs;
     }
 }
 

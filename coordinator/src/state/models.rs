@@ -1,6 +1,6 @@
 //! The model registry in the replicated state: name → architecture, input size, weights file.
 
-use idunno_api::model::default_input_size;
+use idunno_api::model::{default_input_size, MAX_SYNTHETIC_COST_MS, SYNTHETIC};
 use idunno_api::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -20,10 +20,18 @@ pub struct ModelRecord {
     /// phase) rather than on its first batch.
     #[serde(default)]
     pub preload: bool,
+    /// Declared CPU milliseconds per query of a `synthetic` model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_ms: Option<u32>,
 }
 
 impl ModelRecord {
-    pub fn to_api(&self, loaded_on: Vec<String>) -> idunno_api::model::Model {
+    /// The API view, with the workers that have it loaded and the scheduler's cost estimate.
+    pub fn to_api(
+        &self,
+        loaded_on: Vec<String>,
+        cost_ms_per_query: f64,
+    ) -> idunno_api::model::Model {
         idunno_api::model::Model {
             name: self.name.clone(),
             arch: self.arch.clone(),
@@ -31,6 +39,8 @@ impl ModelRecord {
             input_size: self.input_size,
             created_at_ms: self.created_at_ms,
             loaded_on,
+            cost_ms: self.cost_ms,
+            cost_ms_per_query,
         }
     }
 }
@@ -41,7 +51,26 @@ pub fn validate(
     arch: &str,
     weights: &str,
     input_size: u32,
+    cost_ms: Option<u32>,
 ) -> Result<(), CommandError> {
+    match (arch == SYNTHETIC, cost_ms) {
+        (true, None) => {
+            return Err(CommandError::Invalid(format!(
+                "a synthetic model needs cost_ms (CPU milliseconds per query, 1..={MAX_SYNTHETIC_COST_MS})"
+            )))
+        }
+        (true, Some(ms)) if ms == 0 || ms > MAX_SYNTHETIC_COST_MS => {
+            return Err(CommandError::Invalid(format!(
+                "cost_ms must be in 1..={MAX_SYNTHETIC_COST_MS}, not {ms}"
+            )))
+        }
+        (false, Some(_)) => {
+            return Err(CommandError::Invalid(format!(
+                "cost_ms is declared by synthetic models only; {arch:?} is measured"
+            )))
+        }
+        _ => {}
+    }
     if name.is_empty() || name.len() > 128 || !name.chars().all(name_char) {
         return Err(CommandError::Invalid(format!(
             "model name {name:?} must be 1-128 characters of a-z, A-Z, 0-9, '.', '_' or '-'"
@@ -79,9 +108,10 @@ impl State {
         arch: String,
         weights: String,
         input_size: u32,
+        cost_ms: Option<u32>,
         now: Millis,
     ) -> Result<ModelRecord, CommandError> {
-        validate(&name, &arch, &weights, input_size)?;
+        validate(&name, &arch, &weights, input_size, cost_ms)?;
         let previous = self.models.get(&name);
         let created_at_ms = previous.map(|m| m.created_at_ms).unwrap_or(now);
         let preload = previous.is_some_and(|m| m.preload);
@@ -92,6 +122,7 @@ impl State {
             input_size,
             created_at_ms,
             preload,
+            cost_ms,
         };
         self.models.insert(name.clone(), record.clone());
         self.touch(Key::Model(name));

@@ -24,6 +24,7 @@ fn model(state: &mut State) {
             arch: "resnet18".into(),
             weights: "models/r18.safetensors".into(),
             input_size: 224,
+            cost_ms: None,
         },
     ));
     assert!(matches!(r, Response::Model(_)), "{r:?}");

@@ -13,7 +13,7 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// An architecture name that is not one of [`crate::models::Arch::ALL`].
-    #[error("unknown architecture {0:?} (expected one of resnet18, resnet34, resnet50, resnet101, resnet152, inception_v3, efficientnet_lite0)")]
+    #[error("unknown architecture {0:?} (expected one of resnet18, resnet34, resnet50, resnet101, resnet152, inception_v3, efficientnet_lite0, synthetic)")]
     UnknownArch(String),
 
     /// Reading or writing a file failed.

@@ -75,8 +75,9 @@ impl HubWeights {
 }
 
 /// Recommended hub weights for `arch` (torchvision-trained where available,
-/// so the preprocessing of [`Arch::preprocess`] applies).
-pub fn default_weights(arch: Arch) -> HubWeights {
+/// so the preprocessing of [`Arch::preprocess`] applies); `None` for
+/// [`Arch::Synthetic`], which has no trained weights.
+pub fn default_weights(arch: Arch) -> Option<HubWeights> {
     let (repo, tensor_names) = match arch {
         Arch::ResNet18 => ("timm/resnet18.tv_in1k", TensorNames::Native),
         Arch::ResNet34 => ("timm/resnet34.tv_in1k", TensorNames::Native),
@@ -85,12 +86,13 @@ pub fn default_weights(arch: Arch) -> HubWeights {
         Arch::ResNet152 => ("timm/resnet152.tv_in1k", TensorNames::Native),
         Arch::InceptionV3 => ("timm/inception_v3.tv_in1k", TensorNames::Native),
         Arch::EfficientNetLite0 => ("timm/tf_efficientnet_lite0.in1k", TensorNames::Timm),
+        Arch::Synthetic => return None,
     };
-    HubWeights {
+    Some(HubWeights {
         repo,
         file: "model.safetensors",
         tensor_names,
-    }
+    })
 }
 
 /// Naming scheme of the tensors in a weights file.
@@ -170,7 +172,7 @@ mod tests {
     #[test]
     fn urls() {
         assert_eq!(
-            default_weights(Arch::ResNet50).url(),
+            default_weights(Arch::ResNet50).unwrap().url(),
             "https://huggingface.co/timm/resnet50.tv_in1k/resolve/main/model.safetensors"
         );
         assert_eq!(

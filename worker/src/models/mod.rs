@@ -15,8 +15,8 @@
 //!   tensor-name mapping only; no HTTP client here).
 //!
 //! One file per architecture (`resnet.rs`, `inception_v3.rs`,
-//! `efficientnet_lite0.rs`); this module does no scheduling, caching or
-//! networking.
+//! `efficientnet_lite0.rs`, and `synthetic.rs`, the calibration model of
+//! declared cost); this module does no scheduling, caching or networking.
 
 mod efficientnet_lite0;
 mod error;
@@ -28,6 +28,7 @@ mod layers;
 mod model;
 pub mod preprocess;
 mod resnet;
+mod synthetic;
 mod tensors;
 pub mod weights;
 
@@ -61,10 +62,14 @@ pub enum Arch {
     InceptionV3,
     #[serde(rename = "efficientnet_lite0")]
     EfficientNetLite0,
+    /// The calibration model: a declared CPU cost per image, deterministic outputs
+    /// (`synthetic.rs`). Not in [`Arch::ALL`], which lists the ImageNet networks.
+    #[serde(rename = "synthetic")]
+    Synthetic,
 }
 
 impl Arch {
-    /// Every supported architecture, cheapest family first.
+    /// Every ImageNet network, cheapest family first (not [`Arch::Synthetic`]).
     pub const ALL: [Arch; 7] = [
         Arch::ResNet18,
         Arch::ResNet34,
@@ -85,20 +90,23 @@ impl Arch {
             Arch::ResNet152 => "resnet152",
             Arch::InceptionV3 => "inception_v3",
             Arch::EfficientNetLite0 => "efficientnet_lite0",
+            Arch::Synthetic => "synthetic",
         }
     }
 
-    /// Side of the square network input after preprocessing (224 or 299).
+    /// Side of the square network input after preprocessing (224, 299; 32 for synthetic).
     pub const fn input_size(self) -> usize {
         match self {
             Arch::InceptionV3 => 299,
+            Arch::Synthetic => 32,
             _ => 224,
         }
     }
 
     /// Approximate cost of one image at [`Arch::input_size`], in GFLOPs as
     /// torchvision reports them (multiply-accumulates counted once).
-    /// Meant only to seed a scheduler's cost estimates.
+    /// Meant only to seed a scheduler's cost estimates; 0 for
+    /// [`Arch::Synthetic`], whose cost is declared per model.
     pub const fn gflops(self) -> f64 {
         match self {
             Arch::ResNet18 => 1.81,
@@ -108,6 +116,7 @@ impl Arch {
             Arch::ResNet152 => 11.51,
             Arch::InceptionV3 => 5.71,
             Arch::EfficientNetLite0 => 0.39,
+            Arch::Synthetic => 0.0,
         }
     }
 
@@ -116,6 +125,7 @@ impl Arch {
         match self {
             Arch::InceptionV3 => inception_v3::PREPROCESS,
             Arch::EfficientNetLite0 => efficientnet_lite0::PREPROCESS,
+            Arch::Synthetic => synthetic::PREPROCESS,
             _ => resnet::PREPROCESS,
         }
     }
@@ -141,6 +151,7 @@ impl FromStr for Arch {
         let wanted = s.trim().to_ascii_lowercase().replace('-', "_");
         Arch::ALL
             .into_iter()
+            .chain([Arch::Synthetic])
             .find(|a| a.name() == wanted)
             .ok_or_else(|| ModelError::UnknownArch(s.to_string()))
     }
@@ -175,6 +186,8 @@ mod tests {
             assert_eq!(arch.preprocess().crop as usize, arch.input_size());
             assert!(arch.gflops() > 0.0);
         }
+        assert_eq!(Arch::Synthetic.preprocess().crop, 32);
+        assert_eq!("synthetic".parse::<Arch>().unwrap(), Arch::Synthetic);
         assert!(Arch::ResNet152.gflops() > Arch::ResNet101.gflops());
     }
 }

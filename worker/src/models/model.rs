@@ -19,6 +19,7 @@ use super::hub::TensorNames;
 use super::inception_v3::{self, InceptionV3};
 use super::labels::{imagenet_label, NUM_CLASSES};
 use super::resnet::{Depth, ResNet};
+use super::synthetic::Synthetic;
 use super::tensors::WeightSource;
 use super::Arch;
 
@@ -31,6 +32,8 @@ pub struct LoadOptions {
     pub transform_input: bool,
     /// Naming scheme of the tensors in the weights file.
     pub tensor_names: TensorNames,
+    /// [`Arch::Synthetic`] only: the CPU milliseconds each image costs.
+    pub synthetic_cost_ms: u32,
 }
 
 impl Default for LoadOptions {
@@ -38,6 +41,7 @@ impl Default for LoadOptions {
         LoadOptions {
             transform_input: true,
             tensor_names: TensorNames::Native,
+            synthetic_cost_ms: 0,
         }
     }
 }
@@ -81,6 +85,7 @@ pub(crate) fn build_net(
         Arch::ResNet152 => Box::new(ResNet::load(Depth::D152, vb)?),
         Arch::InceptionV3 => Box::new(InceptionV3::load(vb, options.transform_input)?),
         Arch::EfficientNetLite0 => Box::new(EfficientNetLite0::load(vb)?),
+        Arch::Synthetic => Box::new(Synthetic::load(vb, options.synthetic_cost_ms)?),
     })
 }
 
