@@ -12,10 +12,10 @@
 //! [`fair_shares`] states from the models' measured costs for the statistics.
 //!
 //! * A job that joins (is created, started, resumed, or comes back after a leader change)
-//!   starts at the lowest *completed* virtual time of the others (their virtual time less
-//!   what they have in flight): it is served first, but takes no more than one round of the
-//!   others' in-flight batches before they are served again, instead of every lease until a
-//!   long history catches up.
+//!   starts level with the lowest virtual time of the others: it is served next and then in
+//!   turn with them, instead of taking every lease until a long history catches up (or, had
+//!   it started at their *completed* work, a whole round of their in-flight batches, which
+//!   for a costly model starves the others for seconds).
 //! * A job with nothing left to hand out keeps no place; when work comes back (an expired
 //!   batch) it re-joins no earlier than the others.
 //! * A weight change re-bases the job's virtual time, so only queries from then on count at
@@ -48,11 +48,6 @@ impl Tag {
         let served = job.served() as f64 - self.base_served as f64;
         self.base_v + served / f64::from(self.weight.max(1))
     }
-
-    /// Virtual time counting only completed queries (in-flight ones taken back out).
-    fn completed_vtime(&self, job: &JobRecord) -> f64 {
-        self.vtime(job) - job.in_flight as f64 / f64::from(self.weight.max(1))
-    }
 }
 
 /// The scheduler's state: one tag per running job.
@@ -73,13 +68,13 @@ impl FairShare {
         let running: Vec<&JobRecord> = running.collect();
         self.tags
             .retain(|id, _| running.iter().any(|j| j.id == *id));
-        // Where joiners start: the lowest completed virtual time among the jobs already
-        // taking part (runnable at the last refresh, or with work in flight).
+        // Where joiners start: the lowest virtual time among the jobs already taking part
+        // (runnable at the last refresh, or with work in flight).
         let floor = running
             .iter()
             .filter_map(|j| {
                 let tag = self.tags.get(&j.id)?;
-                (tag.runnable || j.in_flight > 0).then(|| tag.completed_vtime(j))
+                (tag.runnable || j.in_flight > 0).then(|| tag.vtime(j))
             })
             .min_by(f64::total_cmp);
         for job in running {
@@ -138,10 +133,11 @@ impl FairShare {
 
     /// Whether a worker holding an unstarted batch of `held` (`len` queries) should give it
     /// back for a batch of another job, and which: the job among `candidates` that
-    /// [`FairShare::pick`] would choose even with that batch given back, if it has nothing in
-    /// flight at all while `held` keeps something running without this batch. This is what
-    /// starts a new job on the next lease call instead of after every worker's prefetched
-    /// batch, and it never takes a job's last batch away.
+    /// [`FairShare::pick`] would choose next, if it has nothing in flight at all and is not
+    /// ahead of `held`, while `held` keeps something running without this batch. This is
+    /// what starts a new job on the next lease call instead of after every worker's
+    /// prefetched batch; it never takes a job's last batch away, and jobs that both run
+    /// never trade places this way.
     pub fn displacer<'a>(
         &self,
         held: &JobRecord,
@@ -151,11 +147,11 @@ impl FairShare {
         if held.in_flight <= len {
             return None;
         }
-        let held_v = self.vtime(held)? - len as f64 / f64::from(held.weight.max(1));
+        let held_v = self.vtime(held)?;
         let others: Vec<&JobRecord> = candidates.filter(|j| j.id != held.id).collect();
         let best = self.pick(others.iter().copied())?;
         let best = others.iter().find(|j| j.id == best)?;
-        (best.in_flight == 0 && self.vtime(best)? < held_v).then_some(best.id)
+        (best.in_flight == 0 && self.vtime(best)? <= held_v).then_some(best.id)
     }
 }
 
@@ -270,12 +266,13 @@ mod tests {
         fair.refresh([&a].into_iter());
         let mut b = job(2, 1);
         fair.refresh([&a, &b].into_iter());
-        // B starts at A's completed virtual time: served first, for one round of A's batches.
-        assert_eq!(fair.pick([&a, &b].into_iter()), Some(2));
-        b.in_flight = 32;
+        // B starts level with A: served next (fewer in flight), then in turn.
         assert_eq!(fair.vtime(&b), fair.vtime(&a));
-        b.in_flight = 40;
+        assert_eq!(fair.pick([&a, &b].into_iter()), Some(2));
+        b.in_flight = 8;
         assert_eq!(fair.pick([&a, &b].into_iter()), Some(1));
+        a.in_flight = 40;
+        assert_eq!(fair.pick([&a, &b].into_iter()), Some(2));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `idunno bench …`: measurements of the real system (separate processes on loopback, durable
 //! storage). Benchmarks print figures; they assert nothing.
 
+mod fairness;
 mod processes;
 mod raft;
 mod sdfs;
@@ -23,6 +24,9 @@ enum BenchCmd {
     Sdfs(sdfs::SdfsBench),
     /// Workers: images/s per model and batch size standalone, and through the cluster.
     Worker(worker::WorkerBench),
+    /// Fair-time scheduling: a cheap job running, a costly one submitted; shares of worker
+    /// time, time to the new job's first lease and result, rate gaps per 10 s window.
+    Fairness(fairness::FairnessBench),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -30,6 +34,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCmd::Raft(b) => raft::run(b).await,
         BenchCmd::Sdfs(b) => sdfs::run(b).await,
         BenchCmd::Worker(b) => worker::run(b).await,
+        BenchCmd::Fairness(b) => fairness::run(b).await,
     }
 }
 

@@ -194,6 +194,63 @@ impl Drop for StorageNodeProcess {
     }
 }
 
+/// One inference worker process (`idunno worker`).
+pub struct WorkerProcess {
+    pub name: String,
+    cache: PathBuf,
+    log: PathBuf,
+    coordinators: String,
+    /// More flags (e.g. `--threads 1`), passed on every start.
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl WorkerProcess {
+    /// A worker named `name` with its weights cache and log under `dir`; not started yet.
+    pub fn new(name: &str, dir: &Path, coordinators: &[String], extra: &[String]) -> Self {
+        WorkerProcess {
+            name: name.to_string(),
+            cache: dir.join(format!("{name}-cache")),
+            log: dir.join(format!("{name}.log")),
+            coordinators: coordinators.join(","),
+            extra: extra.to_vec(),
+            child: None,
+        }
+    }
+
+    /// Starts (or restarts) the process.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let mut cmd = idunno_command(&self.log)?;
+        cmd.args([
+            "worker",
+            "--name",
+            &self.name,
+            "--coordinators",
+            &self.coordinators,
+        ])
+        .arg("--cache")
+        .arg(&self.cache)
+        .args(&self.extra);
+        let child = cmd.spawn().context("cannot start a worker process")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// `idunno` (this very binary) with stdout discarded and stderr appended to `log`.
 fn idunno_command(log: &Path) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find the idunno binary")?;
