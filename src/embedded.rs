@@ -42,7 +42,11 @@ pub struct ClusterSpec {
 
 /// A running in-process cluster.
 pub struct EmbeddedCluster {
+    /// The in-process coordinators (none when the cluster was attached to external ones).
     pub coordinators: LocalGroup,
+    /// Coordinators running elsewhere (processes of their own) that this cluster's storage
+    /// nodes and workers use instead.
+    external: Vec<String>,
     nodes: Vec<(NodeConfig, Option<NodeHandle>)>,
     workers: Vec<(WorkerConfig, Option<WorkerHandle>)>,
     dir: PathBuf,
@@ -72,23 +76,52 @@ impl EmbeddedCluster {
             .ok_or_else(|| EmbeddedError::NotReady("no coordinator leader".into()))?;
         let mut cluster = EmbeddedCluster {
             coordinators,
+            external: Vec::new(),
             nodes: Vec::new(),
             workers: Vec::new(),
             dir: dir.to_path_buf(),
         };
-        for _ in 0..spec.storage_nodes {
-            cluster.add_storage_node().await?;
-        }
-        cluster.wait_for_nodes(spec.storage_nodes).await?;
-        for _ in 0..spec.workers {
-            cluster.add_worker(|_| {}).await?;
-        }
+        cluster.start_satellites(spec).await?;
         Ok(cluster)
+    }
+
+    /// Starts `spec`'s storage nodes and workers under `dir`, in this process, for the
+    /// coordinators at `coordinators` (processes of their own; `spec.coordinators` is
+    /// ignored). Returns once every storage node is registered and alive.
+    pub async fn attach(
+        dir: &Path,
+        coordinators: &[String],
+        spec: &ClusterSpec,
+    ) -> Result<EmbeddedCluster, EmbeddedError> {
+        let mut cluster = EmbeddedCluster {
+            coordinators: LocalGroup::start(0, dir, |_| {}).await?,
+            external: coordinators.to_vec(),
+            nodes: Vec::new(),
+            workers: Vec::new(),
+            dir: dir.to_path_buf(),
+        };
+        cluster.start_satellites(spec).await?;
+        Ok(cluster)
+    }
+
+    async fn start_satellites(&mut self, spec: &ClusterSpec) -> Result<(), EmbeddedError> {
+        for _ in 0..spec.storage_nodes {
+            self.add_storage_node().await?;
+        }
+        self.wait_for_nodes(spec.storage_nodes).await?;
+        for _ in 0..spec.workers {
+            self.add_worker(|_| {}).await?;
+        }
+        Ok(())
     }
 
     /// The coordinators' addresses.
     pub fn coordinator_addrs(&self) -> Vec<String> {
-        self.coordinators.addrs()
+        if self.external.is_empty() {
+            self.coordinators.addrs()
+        } else {
+            self.external.clone()
+        }
     }
 
     /// A client of the coordinators.

@@ -1,4 +1,6 @@
 //! The `idunno` package's library half: what the binary and the system tests share — the
-//! embedded cluster (every role in one process) that `idunno up` runs.
+//! embedded cluster (every role in one process) that `idunno up` runs, and clusters of real
+//! `idunno` processes for benchmarks and crash tests.
 
 pub mod embedded;
+pub mod processes;

@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use common::{eventually, http, json};
 use idunno::embedded::{ClusterSpec, EmbeddedCluster};
-use idunno_api::job::{BatchInfo, BatchStateInfo, Inputs, Job, JobState, JobStats, NewJob};
-use idunno_api::model::Model;
+use idunno_api::job::{BatchInfo, BatchStateInfo, Job, JobState, JobStats};
 use idunno_api::result::QueryResult;
 use idunno_api::Client;
-use idunno_worker::models::{weights, Arch};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -53,66 +51,15 @@ async fn cluster(coordinators: u64, workers: usize) -> (EmbeddedCluster, tempfil
     (cluster, dir)
 }
 
-/// An 8 × 8 PNG (decoding costs next to nothing, so a query costs what its model declares).
-fn tiny_png(seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(8, 8, |x, y| {
-        image::Rgb([seed, (x * 30) as u8, (y * 30) as u8])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
-/// Puts the input and registers synthetic models of the given costs (name → ms per query).
+/// Registers synthetic models of the given costs (name → ms per query) and their input.
 async fn setup(cluster: &EmbeddedCluster, models: &[(&str, u32)]) -> Client {
     let client = cluster.client();
-    let addr = &cluster.coordinator_addrs()[0];
-    let put = |name: &str, bytes: Vec<u8>| {
-        let url = format!("http://{addr}/v1/files/{name}");
-        async move {
-            let (code, body) = http(Method::PUT, &url, &[], Some(bytes)).await;
-            assert_eq!(
-                code,
-                StatusCode::CREATED,
-                "{}",
-                String::from_utf8_lossy(&body)
-            );
-        }
-    };
-    put("in/tiny.png", tiny_png(7)).await;
-    put(
-        "models/syn.safetensors",
-        weights::generate_to_bytes(Arch::Synthetic, 3).unwrap(),
-    )
-    .await;
-    for (name, cost) in models {
-        let _: Model = client
-            .post(
-                "/v1/models",
-                &json!({"name": name, "arch": "synthetic", "weights": "models/syn.safetensors",
-                        "cost_ms": cost}),
-            )
-            .await
-            .unwrap();
-    }
+    common::synthetic_models(&client, &cluster.coordinator_addrs()[0], models).await;
     client
 }
 
 async fn add_job(client: &Client, model: &str, queries: usize, batch: u32, weight: u32) -> Job {
-    client
-        .post(
-            "/v1/jobs",
-            &NewJob {
-                name: Some(model.to_string()),
-                model: model.to_string(),
-                inputs: Inputs::List(vec!["in/tiny.png".to_string(); queries]),
-                batch_size: batch,
-                weight,
-                start: true,
-            },
-        )
-        .await
-        .unwrap()
+    common::synthetic_job(client, model, queries, batch, weight).await
 }
 
 async fn batches(client: &Client, job: u64) -> Vec<BatchInfo> {

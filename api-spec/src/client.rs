@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{ErrorBody, REQUEST_ID_HEADER};
+use crate::{ErrorBody, REQUEST_ID_HEADER, SECRET_HEADER};
 
 /// What a call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,8 @@ struct Inner {
     /// Index of the coordinator that answered last; tried first.
     current: AtomicUsize,
     token: Option<String>,
+    /// The cluster secret, sent with every call when set (membership changes need it).
+    secret: Option<String>,
     /// How long one logical call may keep retrying through elections and dead nodes.
     deadline: Duration,
     /// Per-attempt timeout (a long-poll adds its own wait to it).
@@ -83,6 +85,7 @@ impl Client {
                 coordinators,
                 current: AtomicUsize::new(0),
                 token,
+                secret: None,
                 deadline: Duration::from_secs(15),
                 attempt_timeout: Duration::from_secs(10),
             }),
@@ -97,7 +100,24 @@ impl Client {
                 coordinators: self.inner.coordinators.clone(),
                 current: AtomicUsize::new(self.inner.current.load(Ordering::Relaxed)),
                 token: self.inner.token.clone(),
+                secret: self.inner.secret.clone(),
                 deadline,
+                attempt_timeout: self.inner.attempt_timeout,
+            }),
+        }
+    }
+
+    /// The same client sending the cluster secret with every call (for administration:
+    /// membership changes).
+    pub fn with_secret(&self, secret: Option<String>) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                coordinators: self.inner.coordinators.clone(),
+                current: AtomicUsize::new(self.inner.current.load(Ordering::Relaxed)),
+                token: self.inner.token.clone(),
+                secret,
+                deadline: self.inner.deadline,
                 attempt_timeout: self.inner.attempt_timeout,
             }),
         }
@@ -218,6 +238,9 @@ impl Client {
             if let Some(token) = &self.inner.token {
                 req = req.bearer_auth(token);
             }
+            if let Some(secret) = &self.inner.secret {
+                req = req.header(SECRET_HEADER, secret);
+            }
             match build(req).send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => {
@@ -323,11 +346,15 @@ pub fn encode_path(name: &str) -> String {
     out
 }
 
-/// Statuses that mean "ask again, maybe elsewhere": no leader yet, leader changing, overloaded.
+/// Statuses that mean "ask again, maybe elsewhere": no leader yet, leader changing,
+/// overloaded, or a coordinator that is no longer a member of the group (421).
 fn retryable(status: StatusCode) -> bool {
     matches!(
         status,
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+        StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::GATEWAY_TIMEOUT
+            | StatusCode::MISDIRECTED_REQUEST
     )
 }
 

@@ -4,6 +4,7 @@
 //! The human-readable contract is `api-spec/openapi.yaml`; every type here is named there.
 //! This crate holds no server code.
 
+pub mod address;
 pub mod client;
 pub mod cluster;
 pub mod error;
@@ -18,6 +19,10 @@ pub use error::ErrorBody;
 
 /// HTTP header carrying a client-chosen id for a write, so that a retried write is applied once.
 pub const REQUEST_ID_HEADER: &str = "idempotency-key";
+
+/// HTTP header carrying the cluster secret between IDunno processes, and from administrators
+/// (membership changes).
+pub const SECRET_HEADER: &str = "x-idunno-secret";
 
 /// Milliseconds since the Unix epoch, as stamped by the Raft leader.
 pub type Millis = u64;

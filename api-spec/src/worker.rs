@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::Millis;
 
 /// `POST /v1/workers/register`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerRegistration {
     /// A human label (host name); ids are assigned by the coordinator.
     #[serde(default)]
@@ -25,6 +25,18 @@ fn one() -> u32 {
     1
 }
 
+impl Default for WorkerRegistration {
+    /// No name, capacity 1, any model, nothing loaded.
+    fn default() -> Self {
+        WorkerRegistration {
+            name: String::new(),
+            capacity: 1,
+            accepts: None,
+            loaded: Vec::new(),
+        }
+    }
+}
+
 /// The answer to a registration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerRegistered {
@@ -36,7 +48,7 @@ pub struct WorkerRegistered {
 }
 
 /// `POST /v1/workers/{id}/heartbeat`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Models loaded now (the previous list is replaced).
     #[serde(default)]
@@ -55,6 +67,19 @@ pub struct Heartbeat {
     /// reported (nothing is reclaimed).
     #[serde(default)]
     pub holding: Option<Vec<u64>>,
+}
+
+impl Default for Heartbeat {
+    /// Nothing loaded, capacity 1, no name, any model, holdings not reported.
+    fn default() -> Self {
+        Heartbeat {
+            loaded: Vec::new(),
+            capacity: 1,
+            name: String::new(),
+            accepts: None,
+            holding: None,
+        }
+    }
 }
 
 /// What a heartbeat answer tells the worker.

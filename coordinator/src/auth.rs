@@ -3,6 +3,10 @@
 //! place nodes into the namespace and report blobs lost, so nothing else may send them).
 //! Either is off when not configured (a local cluster). Health and metrics endpoints are
 //! always open.
+//!
+//! Membership changes (`POST /v1/cluster/members`, `DELETE /v1/cluster/members/{id}`) are
+//! administration: they need the cluster secret or the token whenever either is configured,
+//! and one of them must be configured on a node that listens beyond the loopback interface.
 
 use std::sync::Arc;
 
@@ -14,12 +18,17 @@ use axum::response::{IntoResponse, Response};
 use crate::error::ApiError;
 use crate::node::Coordinator;
 
-/// Header carrying the cluster secret between IDunno processes.
-pub const SECRET_HEADER: &str = "x-idunno-secret";
+pub use idunno_api::SECRET_HEADER;
 
 /// Checks the credentials a path requires.
 pub async fn check(State(c): State<Arc<Coordinator>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
+    if is_membership_change(req.method(), path) {
+        return match membership_allowed(&c, &req) {
+            Ok(()) => next.run(req).await,
+            Err(e) => e.into_response(),
+        };
+    }
     if path.starts_with("/raft/") || is_storage_node_route(path) {
         if let Some(secret) = &c.config.cluster_secret {
             let given = req
@@ -46,6 +55,56 @@ pub async fn check(State(c): State<Arc<Coordinator>>, req: Request, next: Next) 
     next.run(req).await
 }
 
+/// `POST /v1/cluster/members` and `DELETE /v1/cluster/members/{id}`.
+fn is_membership_change(method: &axum::http::Method, path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    (*method == axum::http::Method::POST && path == "/v1/cluster/members")
+        || (*method == axum::http::Method::DELETE && path.starts_with("/v1/cluster/members/"))
+}
+
+/// A membership change goes through with the cluster secret or the token, if either is
+/// configured (either will do); with neither, only on a node that listens on loopback.
+fn membership_allowed(c: &Coordinator, req: &Request) -> Result<(), ApiError> {
+    let headers = req.headers();
+    let secret_given = headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok());
+    let token_given = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let matches = |given: Option<&str>, want: &Option<String>| matches!((given, want), (Some(g), Some(w)) if constant_time_eq(g.as_bytes(), w.as_bytes()));
+    match (&c.config.cluster_secret, &c.config.token) {
+        (None, None) if is_loopback(&c.addr) => Ok(()),
+        (None, None) => Err(ApiError::ForbiddenBecause(
+            "membership changes need a credential: start the coordinators with --cluster-secret \
+             or --token (this node listens beyond 127.0.0.1)"
+                .into(),
+        )),
+        (secret, token) => {
+            if matches(secret_given, secret) || matches(token_given, token) {
+                Ok(())
+            } else {
+                Err(ApiError::ForbiddenBecause(
+                    "membership changes need the cluster secret (x-idunno-secret) or the token"
+                        .into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Whether `host:port` names the loopback interface.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `/v1/nodes/register` and `/v1/nodes/{id}/heartbeat`: only storage nodes call these.
 fn is_storage_node_route(path: &str) -> bool {
     let Some(rest) = path.strip_prefix("/v1/nodes/") else {
@@ -70,6 +129,30 @@ mod tests {
         assert!(super::constant_time_eq(b"abc", b"abc"));
         assert!(!super::constant_time_eq(b"abc", b"abd"));
         assert!(!super::constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn membership_changes_are_recognised_and_loopback_is_told_apart() {
+        use axum::http::Method;
+        assert!(super::is_membership_change(
+            &Method::POST,
+            "/v1/cluster/members"
+        ));
+        assert!(super::is_membership_change(
+            &Method::DELETE,
+            "/v1/cluster/members/2"
+        ));
+        assert!(!super::is_membership_change(&Method::GET, "/v1/cluster"));
+        assert!(!super::is_membership_change(
+            &Method::GET,
+            "/v1/cluster/members"
+        ));
+        for addr in ["127.0.0.1:7001", "localhost:1", "[::1]:7", "127.9.9.9:1"] {
+            assert!(super::is_loopback(addr), "{addr}");
+        }
+        for addr in ["0.0.0.0:7001", "10.0.0.2:1", "example.org:80", "[::]:7"] {
+            assert!(!super::is_loopback(addr), "{addr}");
+        }
     }
 
     #[test]

@@ -61,8 +61,10 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 1000)]
     pub keep_logs: u64,
 
-    /// A worker silent for this long is dead: its leases go back to the queue. A new leader
-    /// also waits this long before expiring anything.
+    /// A worker silent for this long is dead: its leases go back to the queue. Silence is
+    /// each coordinator's own record (workers heartbeat every coordinator), so a new leader
+    /// expires a dead worker's leases on schedule; a worker it never heard from counts as
+    /// silent three heartbeat intervals after the coordinator started.
     #[arg(long, default_value_t = 5000)]
     pub lease_timeout_ms: u64,
 
@@ -70,8 +72,8 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 600_000)]
     pub max_batch_ms: u64,
 
-    /// How often workers heartbeat.
-    #[arg(long, default_value_t = 1000)]
+    /// How often workers heartbeat (each coordinator).
+    #[arg(long, default_value_t = 500)]
     pub worker_heartbeat_ms: u64,
 
     /// SDFS replication factor: copies kept of each file (at most the live storage nodes).
@@ -138,7 +140,7 @@ impl CoordinatorConfig {
             keep_logs: 1000,
             lease_timeout_ms: 5000,
             max_batch_ms: 600_000,
-            worker_heartbeat_ms: 1000,
+            worker_heartbeat_ms: 500,
             replication: 3,
             keep_versions: 5,
             node_timeout_ms: 600,

@@ -31,6 +31,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("missing or wrong cluster secret")]
     Forbidden,
+    /// Refused, for the reason given.
+    #[error("{0}")]
+    ForbiddenBecause(String),
+    /// This node is not a member of the coordinator group (it was removed): ask another.
+    #[error("{0}")]
+    NotAMember(String),
     /// No leader is known (an election is running, or there is no quorum).
     #[error("no leader: {0}")]
     NoLeader(String),
@@ -53,7 +59,8 @@ impl ApiError {
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::ForbiddenBecause(_) => StatusCode::FORBIDDEN,
+            ApiError::NotAMember(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::NoLeader(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,7 +76,8 @@ impl ApiError {
             ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden => "forbidden",
+            ApiError::Forbidden | ApiError::ForbiddenBecause(_) => "forbidden",
+            ApiError::NotAMember(_) => "not_a_member",
             ApiError::NoLeader(_) => "no_leader",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",

@@ -16,6 +16,7 @@ use futures::TryStreamExt;
 
 use crate::error::ApiError;
 use crate::node::Coordinator;
+use crate::raft::links::NODE_HEADER;
 
 /// Marks a request a coordinator forwarded.
 pub const FORWARDED_HEADER: &str = "x-idunno-forwarded";
@@ -32,14 +33,23 @@ const HOP_HEADERS: &[&str] = &[
     "host",
 ];
 
-/// True if the request must be served by the leader.
+/// True if the request must be served by the leader. Reads are served by any node, and so
+/// are worker heartbeats: a worker sends them to every coordinator, and each keeps its own
+/// record of which workers are alive.
 fn needs_leader(method: &Method, path: &str) -> bool {
     if !path.starts_with("/v1/") {
         return false;
     }
     let reads = *method == Method::GET || *method == Method::HEAD;
-    // Workers and which models they loaded are the leader's soft state.
-    !reads || path.starts_with("/v1/workers") || path.starts_with("/v1/models")
+    let heartbeat = *method == Method::POST && is_worker_heartbeat(path);
+    !reads && !heartbeat
+}
+
+/// `/v1/workers/{id}/heartbeat`.
+fn is_worker_heartbeat(path: &str) -> bool {
+    path.strip_prefix("/v1/workers/")
+        .and_then(|rest| rest.strip_suffix("/heartbeat"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// True if a path has a `.` or `..` segment (also percent-encoded). No route takes one, and
@@ -56,6 +66,9 @@ pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Ne
     if has_dot_segment(req.uri().path()) {
         return ApiError::BadRequest(format!("{:?} has a '.' or '..' segment", req.uri().path()))
             .into_response();
+    }
+    if let Some(why) = not_a_member(&c, req.uri().path()) {
+        return why.into_response();
     }
     if !needs_leader(req.method(), req.uri().path()) || c.is_leader() {
         return next.run(req).await;
@@ -81,11 +94,40 @@ pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Ne
     if leader_id == c.id {
         return next.run(req).await;
     }
+    if c.links.is_cut(leader_id) {
+        return ApiError::NoLeader("the link to the leader is cut".into()).into_response();
+    }
     c.metrics.forwarded.add(1);
-    match proxy(&c.http, &leader_addr, req, limit).await {
+    match proxy(&c.http, c.id, &leader_addr, req, limit).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
+}
+
+/// Why this node cannot serve `/v1/…` requests, if it is no member of a group: removed from
+/// one, or started with `--join` and not added yet. `GET /v1/cluster` stays open, to say so.
+fn not_a_member(c: &Coordinator, path: &str) -> Option<ApiError> {
+    if !path.starts_with("/v1/") || path == "/v1/cluster" {
+        return None;
+    }
+    let members = c.members();
+    if members.contains_key(&c.id) {
+        return None;
+    }
+    Some(ApiError::NotAMember(if members.is_empty() {
+        format!(
+            "node {} has not joined a coordinator group yet (add it with POST \
+             /v1/cluster/members on a member); ask another coordinator",
+            c.id
+        )
+    } else {
+        let known: Vec<String> = members.values().cloned().collect();
+        format!(
+            "node {} is not a member of the coordinator group (it was removed); ask one of {}",
+            c.id,
+            known.join(", ")
+        )
+    }))
 }
 
 /// The request's `Content-Length`, if it gave a valid one.
@@ -104,6 +146,7 @@ fn declared_length(req: &Request) -> Option<u64> {
 /// would reach the client as a broken connection (503) instead.
 pub async fn proxy(
     http: &reqwest::Client,
+    from: u64,
     addr: &str,
     req: Request,
     limit: u64,
@@ -117,11 +160,13 @@ pub async fn proxy(
     let url = format!("{}{}", idunno_api::client::base_url(addr), path);
     let mut out = http.request(parts.method.clone(), &url);
     for (name, value) in &parts.headers {
-        if !HOP_HEADERS.contains(&name.as_str()) {
+        if !HOP_HEADERS.contains(&name.as_str()) && name.as_str() != NODE_HEADER {
             out = out.header(name, value);
         }
     }
-    out = out.header(FORWARDED_HEADER, "1");
+    out = out
+        .header(FORWARDED_HEADER, "1")
+        .header(NODE_HEADER, from.to_string());
     let over = Arc::new(AtomicBool::new(false));
     let flag = over.clone();
     let mut sent: u64 = 0;
@@ -178,8 +223,11 @@ mod tests {
     fn writes_and_worker_calls_go_to_the_leader() {
         assert!(needs_leader(&Method::POST, "/v1/jobs"));
         assert!(needs_leader(&Method::DELETE, "/v1/jobs/3"));
-        assert!(needs_leader(&Method::GET, "/v1/workers"));
-        assert!(needs_leader(&Method::GET, "/v1/models/lite0"));
+        assert!(!needs_leader(&Method::GET, "/v1/workers"));
+        assert!(!needs_leader(&Method::GET, "/v1/models/lite0"));
+        assert!(!needs_leader(&Method::POST, "/v1/workers/w1/heartbeat"));
+        assert!(needs_leader(&Method::POST, "/v1/workers/w1/lease"));
+        assert!(needs_leader(&Method::POST, "/v1/workers/a/b/heartbeat"));
         assert!(!needs_leader(&Method::GET, "/v1/jobs"));
         assert!(!needs_leader(&Method::POST, "/raft/vote"));
         assert!(!needs_leader(&Method::GET, "/healthz"));

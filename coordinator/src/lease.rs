@@ -2,9 +2,12 @@
 //! timeout, or when it outlives its deadline. The expiry itself is a Raft command, so every
 //! replica puts the batch back in the queue at the same point of the log.
 //!
-//! A new leader has no heartbeat history, so it counts every worker as heard from at the moment
-//! it took over: a failover alone never re-runs work. "Took over" is this term's takeover: the
-//! soft state is checked against the current term before anything is expired.
+//! Who is silent is this node's own knowledge, not the leader's: workers heartbeat every
+//! coordinator, so each node knows when it last heard from each worker, across leadership
+//! changes. A new leader therefore expires a dead worker's leases on the dead worker's
+//! schedule — however often the leader changes — instead of waiting a lease timeout from its
+//! own takeover. A worker this node has never heard from counts as silent once the node has
+//! been up for a few heartbeat intervals (a live one would have been heard by then).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +16,7 @@ use crate::node::Coordinator;
 use crate::proposer::now_ms;
 use crate::state::command::Command;
 use crate::state::jobs::BatchId;
+use crate::workers::Workers;
 
 /// How often the leader looks for dead leases.
 const SCAN_EVERY: Duration = Duration::from_millis(200);
@@ -48,25 +52,49 @@ pub async fn expire_leases(coordinator: Arc<Coordinator>) {
     }
 }
 
+/// How long a worker this node never heard from is given after the node started: three
+/// heartbeat intervals, and no more than a lease timeout.
+pub fn unheard_grace(heartbeat: Duration, lease_timeout: Duration) -> Duration {
+    (heartbeat * 3).min(lease_timeout)
+}
+
 /// The leases whose holder went silent or whose deadline passed.
 fn expired_leases(coordinator: &Coordinator, now: Instant, now_ms: u64) -> Vec<(BatchId, u64)> {
     let timeout = coordinator.config.lease_timeout();
-    // Lock order everywhere: the shared state first, then the leader's soft state.
+    let grace = unheard_grace(
+        Duration::from_millis(coordinator.config.worker_heartbeat_ms),
+        timeout,
+    );
+    // Lock order everywhere: the shared state first, then the workers.
     let applied = coordinator.shared.read();
-    // Checked against the current term (and reset if it is an earlier term's): an old term's
-    // takeover time and heartbeat times would expire live workers' leases at once.
-    let mut leader = coordinator.leader_state();
-    if now.saturating_duration_since(leader.since) < timeout {
-        return Vec::new();
-    }
-    leader.workers.forget_silent(timeout * 20);
-    let since = leader.since;
-    applied
+    let mut workers = coordinator.workers();
+    workers.forget_silent(timeout * 20);
+    let up = now.saturating_duration_since(coordinator.started);
+    let leases = applied
         .state
         .leases()
-        .filter(|(_, _, worker, _, deadline)| {
-            let heard = leader.workers.last_seen(worker).unwrap_or(since).max(since);
-            now.saturating_duration_since(heard) > timeout || now_ms > *deadline
+        .map(|(batch, lease, worker, _, deadline)| (batch, lease, worker, deadline));
+    silent_or_late(leases, &workers, now, now_ms, up, timeout, grace)
+}
+
+/// Of `leases` (batch, lease id, worker, deadline), those of a worker silent for `timeout`
+/// (or never heard from by a node up for more than `grace`) or past their deadline.
+fn silent_or_late<'a>(
+    leases: impl Iterator<Item = (BatchId, u64, &'a str, u64)>,
+    workers: &Workers,
+    now: Instant,
+    now_ms: u64,
+    up: Duration,
+    timeout: Duration,
+    grace: Duration,
+) -> Vec<(BatchId, u64)> {
+    leases
+        .filter(|(_, _, worker, deadline)| {
+            let silent = match workers.last_seen(worker) {
+                Some(heard) => now.saturating_duration_since(heard) > timeout,
+                None => up > grace,
+            };
+            silent || now_ms > *deadline
         })
         .map(|(batch, lease, ..)| (batch, lease))
         .collect()
@@ -75,60 +103,48 @@ fn expired_leases(coordinator: &Coordinator, now: Instant, now_ms: u64) -> Vec<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CoordinatorConfig;
-    use crate::node::LeaderState;
-    use crate::state::command::Response;
-    use idunno_api::job::Inputs;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn soft_state_of_an_earlier_term_never_expires_a_lease() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = CoordinatorConfig::new(1, dir.path().join("c1"));
-        config.lease_timeout_ms = 200;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = crate::start(config, listener).await.unwrap();
-        let c = node.coordinator.clone();
-        c.wait_for_leader(Duration::from_secs(10)).await.unwrap();
-        let put = Command::PutModel {
-            name: "r18".into(),
-            arch: "resnet18".into(),
-            weights: "w".into(),
-            input_size: 224,
-            cost_ms: None,
-        };
-        c.write("m".into(), put).await.unwrap();
-        let job = Command::CreateJob {
-            name: None,
-            model: "r18".into(),
-            inputs: Inputs::List(vec!["a.png".into()]),
-            batch_size: 1,
-            weight: 1,
-            start: true,
-        };
-        let Response::Job { id } = c.write("j".into(), job).await.unwrap() else {
-            panic!("no job")
-        };
-        let lease = Command::Lease {
-            worker: "w1".into(),
-            job: id,
-            lease_timeout_ms: 60_000,
-        };
-        assert!(matches!(
-            c.write(String::new(), lease).await.unwrap(),
-            Response::Leased(_)
-        ));
-        // What a node that led before and leads again holds until `watch_leadership` runs:
-        // an earlier term's state, taken over long ago, that never heard from w1.
-        let term = c.raft.metrics().borrow().current_term;
-        {
-            let mut stale = LeaderState::new(term - 1);
-            stale.since = Instant::now()
-                .checked_sub(Duration::from_secs(5))
-                .unwrap_or(stale.since);
-            *c.leader_state_unchecked() = stale;
-        }
-        assert!(expired_leases(&c, Instant::now(), now_ms()).is_empty());
-        assert_eq!(c.leader_state_unchecked().term, term, "reset to this term");
-        node.shutdown().await;
+    fn batch(seq: u64) -> BatchId {
+        BatchId { job: 1, seq }
+    }
+
+    #[test]
+    fn silence_is_judged_from_this_node_s_own_record() {
+        let mut workers = Workers::default();
+        workers.seen("alive");
+        workers.seen("quiet");
+        let timeout = Duration::from_secs(5);
+        let grace = Duration::from_millis(1500);
+        let later = Instant::now() + Duration::from_secs(6);
+        let leases = [
+            (batch(0), 10, "alive", u64::MAX),
+            (batch(1), 11, "quiet", u64::MAX),
+            (batch(2), 12, "unknown", u64::MAX),
+            (batch(3), 13, "alive", 50),
+        ];
+        // Just now: nobody silent; the unknown worker is within the node's start-up grace; the
+        // lease past its deadline goes.
+        let now = Instant::now();
+        let up = Duration::from_millis(500);
+        let expired = silent_or_late(leases.into_iter(), &workers, now, 100, up, timeout, grace);
+        assert_eq!(expired, vec![(batch(3), 13)]);
+        // Up for longer than the grace: the worker never heard from is silent.
+        let up = Duration::from_secs(2);
+        let expired = silent_or_late(leases.into_iter(), &workers, now, 0, up, timeout, grace);
+        assert_eq!(expired, vec![(batch(2), 12)]);
+        // A lease timeout later, with nobody heard meanwhile: every holder is silent; no
+        // takeover grace, whoever leads now.
+        let expired = silent_or_late(leases.into_iter(), &workers, later, 0, up, timeout, grace);
+        assert_eq!(expired.len(), 4);
+    }
+
+    #[test]
+    fn the_start_up_grace_is_a_few_heartbeats_and_never_more_than_the_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            unheard_grace(Duration::from_millis(500), s(5)),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(unheard_grace(s(4), s(5)), s(5));
     }
 }

@@ -17,6 +17,7 @@ use crate::files::monitor::StorageMonitor;
 use crate::files::node_client::NodeClient;
 use crate::metrics::Metrics;
 use crate::proposer::{ProposeError, Proposer};
+use crate::raft::links::Links;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::{SharedState, StateMachineStore};
@@ -30,9 +31,8 @@ use crate::workers::Workers;
 pub struct LeaderState {
     /// The term this soft state belongs to.
     pub term: u64,
-    /// When this node became leader: expiry waits one lease timeout from here.
+    /// When this node became leader.
     pub since: Instant,
-    pub workers: Workers,
     pub fair: FairShare,
     pub storage: StorageMonitor,
 }
@@ -43,7 +43,6 @@ impl LeaderState {
         LeaderState {
             term,
             since: now,
-            workers: Workers::default(),
             fair: FairShare::new(),
             storage: StorageMonitor::default(),
         }
@@ -66,8 +65,16 @@ pub struct Coordinator {
     pub nodes: NodeClient,
     /// Wakes the repair loop (a node died or came back, a copy was lost).
     pub repair_wake: Notify,
+    /// When each peer last answered this node's appends, and links cut by fault injection.
+    pub links: Arc<Links>,
     pub metrics: Metrics,
+    /// When this process started: a worker it has never heard from is given a few heartbeat
+    /// intervals from here before it counts as dead.
+    pub started: Instant,
     leader: Mutex<LeaderState>,
+    /// The workers this node hears from (they heartbeat every coordinator): its own record,
+    /// kept across leadership changes, so a new leader already knows who went silent.
+    workers: Mutex<Workers>,
     /// Flips to true once when the node shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -96,11 +103,48 @@ impl Coordinator {
         self.leader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// True if this node currently believes it is the leader.
+    /// The workers this node hears from. Lock order everywhere: the shared state, then the
+    /// leader's soft state, then this.
+    pub fn workers(&self) -> MutexGuard<'_, Workers> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True if this node leads and can reach a quorum: a leader that has not heard from a
+    /// majority of the voters for [`Coordinator::step_down_after`] (once it has led that long)
+    /// is cut off — the others are electing or have elected another — and acts as no leader:
+    /// it schedules nothing, expires nothing, and refuses writes, which could not commit.
     pub fn is_leader(&self) -> bool {
+        self.raft_says_leader() && !self.isolated()
+    }
+
+    /// Whether openraft has this node as the leader (whatever its quorum).
+    fn raft_says_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// How long a leader may go without a quorum's answer before it stops acting as one: two
+    /// election timeouts (by then the others have campaigned).
+    pub fn step_down_after(&self) -> Duration {
+        Duration::from_millis(self.config.election_max_ms * 2)
+    }
+
+    /// A leader (per openraft) that has led for a while and heard from no quorum lately.
+    pub fn isolated(&self) -> bool {
+        if !self.raft_says_leader() {
+            return false;
+        }
+        let window = self.step_down_after();
+        if self.leader_state_unchecked().since.elapsed() < window {
+            return false;
+        }
+        let voters: std::collections::BTreeSet<NodeId> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        !self.links.quorum_within(self.id, &voters, window)
     }
 
     /// The leader this node knows of: id and address.
@@ -127,6 +171,14 @@ impl Coordinator {
 
     /// Commits a command through the leader's proposer; refusals become API errors.
     pub async fn write(&self, request_id: String, cmd: Command) -> Result<Response, ApiError> {
+        if self.isolated() {
+            return Err(ApiError::NoLeader(format!(
+                "node {} has not heard from a majority of the coordinators for {} ms; retry \
+                 another coordinator",
+                self.id,
+                self.step_down_after().as_millis()
+            )));
+        }
         match self.proposer.propose(request_id, cmd).await {
             Ok(Response::Failed(e)) => Err(e.into()),
             Ok(r) => Ok(r),
@@ -144,6 +196,11 @@ impl Coordinator {
     pub async fn read_barrier(&self, stale: bool) -> Result<(), ApiError> {
         if stale {
             return Ok(());
+        }
+        if self.isolated() {
+            return Err(ApiError::NoLeader(
+                "this node has lost contact with a majority of the coordinators".into(),
+            ));
         }
         if self.is_leader() {
             return self
@@ -273,11 +330,13 @@ pub async fn start(
         .tcp_nodelay(true)
         .build()
         .map_err(|e| StartError::Raft(e.to_string()))?;
+    let links = Arc::new(Links::default());
     let network = Network::new(
         config.id,
         http.clone(),
         config.cluster_secret.clone(),
         config.raft_body_limit,
+        links.clone(),
     );
     let raft = Raft::new(config.id, Arc::new(raft_config), network, log.clone(), sm)
         .await
@@ -294,9 +353,12 @@ pub async fn start(
         log,
         nodes: NodeClient::new(http.clone(), config.cluster_secret.clone()),
         repair_wake: Notify::new(),
+        links,
         http,
         metrics: Metrics::default(),
+        started: Instant::now(),
         leader: Mutex::new(LeaderState::new(0)),
+        workers: Mutex::new(Workers::default()),
         shutdown: shutdown.clone(),
     });
 

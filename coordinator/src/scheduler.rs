@@ -3,8 +3,11 @@
 //!
 //! The goal is equal query rates per unit of weight, whatever the models cost. The scheduler
 //! is start-time fair queueing over queries: each running job has a virtual time, the queries
-//! it was handed (done + in flight, from the replicated counters) per unit of weight since it
-//! joined, and the next free worker gets a batch of the job with the lowest one. Counting
+//! it was charged (done + in flight, from the replicated counters, less the batches workers
+//! hold prepared but have not started) per unit of weight since it joined, and the next free
+//! worker gets a batch of the job with the lowest one. A prefetched batch is charged when it
+//! starts, not when it is leased: a costly job's prefetch queue holds many seconds of work,
+//! and charging it up front would hand the cheap jobs that much ahead of time. Counting
 //! worker time instead — each batch charged its expected cost `len × c`, each job entitled to
 //! `w × c` — orders the jobs the same way, since `len × c / (w × c) = len / w`: the cost
 //! cancels out of the order. What cost × weight decides is the *share of worker time* a job
@@ -28,7 +31,7 @@
 
 use std::collections::HashMap;
 
-use crate::state::jobs::JobRecord;
+use crate::state::jobs::{BatchId, JobRecord};
 
 /// A job's place in the queue.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,16 +47,26 @@ struct Tag {
 }
 
 impl Tag {
-    fn vtime(&self, job: &JobRecord) -> f64 {
-        let served = job.served() as f64 - self.base_served as f64;
+    fn vtime(&self, charged: u64) -> f64 {
+        let served = charged as f64 - self.base_served as f64;
         self.base_v + served / f64::from(self.weight.max(1))
     }
 }
 
-/// The scheduler's state: one tag per running job.
+/// The scheduler's state: one tag per running job, and the batches each worker holds
+/// prepared but not started (from its last lease call), which are not charged yet.
 #[derive(Debug, Default)]
 pub struct FairShare {
     tags: HashMap<u64, Tag>,
+    prepared: HashMap<String, Vec<Prepared>>,
+}
+
+/// A batch a worker holds but has not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared {
+    pub batch: BatchId,
+    pub lease_id: u64,
+    pub len: u64,
 }
 
 impl FairShare {
@@ -61,23 +74,53 @@ impl FairShare {
         FairShare::default()
     }
 
+    /// What `worker` holds prepared now (its lease call lists it).
+    pub fn set_prepared(&mut self, worker: &str, prepared: Vec<Prepared>) {
+        if prepared.is_empty() {
+            self.prepared.remove(worker);
+        } else {
+            self.prepared.insert(worker.to_string(), prepared);
+        }
+    }
+
+    /// Keeps only the prepared batches `current` says are still leased as recorded (a batch
+    /// given back, expired or done is charged as the counters say).
+    pub fn retain_prepared(&mut self, current: impl Fn(&Prepared) -> bool) {
+        self.prepared.retain(|_, list| {
+            list.retain(&current);
+            !list.is_empty()
+        });
+    }
+
+    /// Queries of `job` charged: done and in flight, less the prepared ones.
+    fn charged(&self, job: &JobRecord) -> u64 {
+        let prepared: u64 = self
+            .prepared
+            .values()
+            .flatten()
+            .filter(|p| p.batch.job == job.id)
+            .map(|p| p.len)
+            .sum();
+        job.served().saturating_sub(prepared)
+    }
+
     /// Brings the tags in line with the replicated job records: drops jobs that stopped
     /// running, lets new and returning jobs join, re-bases weight changes. `running` is every
     /// job in the running state. O(jobs).
     pub fn refresh<'a>(&mut self, running: impl Iterator<Item = &'a JobRecord>) {
-        let running: Vec<&JobRecord> = running.collect();
+        let running: Vec<(&JobRecord, u64)> = running.map(|j| (j, self.charged(j))).collect();
         self.tags
-            .retain(|id, _| running.iter().any(|j| j.id == *id));
+            .retain(|id, _| running.iter().any(|(j, _)| j.id == *id));
         // Where joiners start: the lowest virtual time among the jobs already taking part
         // (runnable at the last refresh, or with work in flight).
         let floor = running
             .iter()
-            .filter_map(|j| {
+            .filter_map(|(j, charged)| {
                 let tag = self.tags.get(&j.id)?;
-                (tag.runnable || j.in_flight > 0).then(|| tag.vtime(j))
+                (tag.runnable || j.in_flight > 0).then(|| tag.vtime(*charged))
             })
             .min_by(f64::total_cmp);
-        for job in running {
+        for (job, charged) in running {
             let runnable = job.has_work();
             match self.tags.get_mut(&job.id) {
                 None => {
@@ -85,18 +128,18 @@ impl FairShare {
                         job.id,
                         Tag {
                             base_v: floor.unwrap_or(0.0),
-                            base_served: job.served(),
+                            base_served: charged,
                             weight: job.weight,
                             runnable,
                         },
                     );
                 }
                 Some(tag) => {
-                    let v = tag.vtime(job);
+                    let v = tag.vtime(charged);
                     if tag.weight != job.weight {
                         *tag = Tag {
                             base_v: v,
-                            base_served: job.served(),
+                            base_served: charged,
                             weight: job.weight,
                             runnable: tag.runnable,
                         };
@@ -106,7 +149,7 @@ impl FairShare {
                         let v = floor.map_or(v, |f| v.max(f));
                         *tag = Tag {
                             base_v: v,
-                            base_served: job.served(),
+                            base_served: charged,
                             weight: job.weight,
                             runnable,
                         };
@@ -119,7 +162,7 @@ impl FairShare {
 
     /// A job's virtual time (after [`FairShare::refresh`]); `None` if it has no tag.
     pub fn vtime(&self, job: &JobRecord) -> Option<f64> {
-        Some(self.tags.get(&job.id)?.vtime(job))
+        Some(self.tags.get(&job.id)?.vtime(self.charged(job)))
     }
 
     /// The job to serve next among `candidates` (runnable jobs the worker can run): the
@@ -293,6 +336,34 @@ mod tests {
         let mut b2 = b.clone();
         b2.in_flight = 8;
         assert_eq!(fair.displacer(&a, 8, [&a, &b2].into_iter()), None);
+    }
+
+    #[test]
+    fn a_prepared_batch_is_charged_when_it_starts() {
+        let mut fair = FairShare::new();
+        let mut a = job(1, 1);
+        let mut b = job(2, 1);
+        fair.refresh([&a, &b].into_iter());
+        // B's worker holds 32 queries prepared: not charged, so A is not owed them yet.
+        b.in_flight = 32;
+        a.in_flight = 8;
+        let held = Prepared {
+            batch: BatchId { job: 2, seq: 0 },
+            lease_id: 1,
+            len: 32,
+        };
+        fair.set_prepared("w1", vec![held]);
+        fair.refresh([&a, &b].into_iter());
+        assert_eq!(fair.vtime(&b), Some(0.0));
+        assert_eq!(fair.pick([&a, &b].into_iter()), Some(2));
+        // It started: charged.
+        fair.set_prepared("w1", Vec::new());
+        assert_eq!(fair.vtime(&b), Some(32.0));
+        assert_eq!(fair.pick([&a, &b].into_iter()), Some(1));
+        // A batch that is no longer leased as recorded is not held back.
+        fair.set_prepared("w1", vec![held]);
+        fair.retain_prepared(|p| p.lease_id != 1);
+        assert_eq!(fair.vtime(&b), Some(32.0));
     }
 
     #[test]

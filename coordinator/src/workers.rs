@@ -1,12 +1,13 @@
-//! The leader's registry of live workers: soft state, rebuilt from heartbeats after a failover
-//! and never replicated (a heartbeat is not a Raft write).
+//! This node's record of the workers it hears from: soft state of every coordinator (workers
+//! heartbeat each one), kept across leadership changes and never replicated (a heartbeat is
+//! not a Raft write). A worker's id and name are replicated apart (`state/workers.rs`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use idunno_api::worker::WorkerInfo;
 
-/// What the leader knows of one worker.
+/// What this node knows of one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerEntry {
     pub name: String,
@@ -25,8 +26,8 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Records a sign of life, creating the entry if this leader has not seen the worker yet
-    /// (it registered with a previous leader).
+    /// Records a sign of life, creating the entry if this node has not heard from the worker
+    /// yet (it registered while this node was down, or with another leader).
     pub fn seen(&mut self, id: &str) -> &mut WorkerEntry {
         let entry = self
             .map
@@ -42,7 +43,7 @@ impl Workers {
         entry
     }
 
-    /// When the worker was last heard from, if ever by this leader.
+    /// When the worker was last heard from, if ever by this node.
     pub fn last_seen(&self, id: &str) -> Option<Instant> {
         self.map.get(id).map(|w| w.last_seen)
     }

@@ -25,8 +25,8 @@ use idunno_api::job::{BatchInfo, BatchStateInfo, Inputs, Job, NewJob};
 use idunno_api::model::Model;
 use idunno_api::Client;
 
-use super::processes::{CoordinatorGroup, StorageNodeProcess, WorkerProcess};
 use crate::cli::model::{add, Shape, WeightsSource};
+use idunno::processes::{CoordinatorGroup, StorageNodeProcess, WorkerProcess};
 
 /// A rate window.
 const WINDOW_MS: u64 = 10_000;

@@ -2,7 +2,6 @@
 //! storage). Benchmarks print figures; they assert nothing.
 
 mod fairness;
-mod processes;
 mod raft;
 mod sdfs;
 mod worker;

@@ -17,8 +17,8 @@ use idunno_api::worker::{
 use idunno_api::Client;
 use reqwest::{Method, StatusCode};
 
-use super::processes::CoordinatorGroup;
 use super::summary;
+use idunno::processes::CoordinatorGroup;
 
 #[derive(Debug, Args)]
 pub struct RaftBench {

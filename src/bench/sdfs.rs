@@ -18,8 +18,8 @@ use idunno_api::file::{FileVersion, ReplicaSet, StorageNode};
 use idunno_api::Client;
 use reqwest::Method;
 
-use super::processes::{CoordinatorGroup, StorageNodeProcess};
 use super::summary;
+use idunno::processes::{CoordinatorGroup, StorageNodeProcess};
 
 /// Replicas of every file the benchmark puts.
 const REPLICAS: usize = 3;

@@ -124,3 +124,137 @@ pub async fn raw_request(addr: &str, method: &str, path: &str, body: &[u8]) -> (
         .map_or(out.len(), |p| p + 4);
     (status, out[body_at..].to_vec())
 }
+
+/// An 8 × 8 PNG (decoding costs next to nothing, so a query costs what its model declares).
+pub fn tiny_png(seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(8, 8, |x, y| {
+        image::Rgb([seed, (x * 30) as u8, (y * 30) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Puts `bytes` as SDFS file `name` through the coordinator at `addr`.
+pub async fn put_file(addr: &str, name: &str, bytes: Vec<u8>) {
+    let url = format!("http://{addr}/v1/files/{name}");
+    let (code, body) = http(reqwest::Method::PUT, &url, &[], Some(bytes)).await;
+    assert_eq!(
+        code,
+        StatusCode::CREATED,
+        "put {name}: {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// Puts the input `in/tiny.png` and registers synthetic models of the given costs
+/// (name → CPU ms per query).
+pub async fn synthetic_models(client: &idunno_api::Client, addr: &str, models: &[(&str, u32)]) {
+    use idunno_worker::models::{weights, Arch};
+    put_file(addr, "in/tiny.png", tiny_png(7)).await;
+    put_file(
+        addr,
+        "models/syn.safetensors",
+        weights::generate_to_bytes(Arch::Synthetic, 3).unwrap(),
+    )
+    .await;
+    for (name, cost) in models {
+        let _: Value = client
+            .post(
+                "/v1/models",
+                &serde_json::json!({"name": name, "arch": "synthetic",
+                    "weights": "models/syn.safetensors", "cost_ms": cost}),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Creates and starts a job of `model` over `queries` copies of `in/tiny.png`.
+pub async fn synthetic_job(
+    client: &idunno_api::Client,
+    model: &str,
+    queries: usize,
+    batch: u32,
+    weight: u32,
+) -> idunno_api::job::Job {
+    client
+        .post(
+            "/v1/jobs",
+            &idunno_api::job::NewJob {
+                name: Some(model.to_string()),
+                model: model.to_string(),
+                inputs: idunno_api::job::Inputs::List(vec!["in/tiny.png".to_string(); queries]),
+                batch_size: batch,
+                weight,
+                start: true,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// Waits (up to `limit`) for job `id` to be done; returns it.
+pub async fn wait_done(
+    client: &idunno_api::Client,
+    id: u64,
+    limit: Duration,
+) -> idunno_api::job::Job {
+    let started = Instant::now();
+    loop {
+        if let Ok(job) = client
+            .get::<idunno_api::job::Job>(&format!("/v1/jobs/{id}"))
+            .await
+        {
+            if job.state == idunno_api::job::JobState::Done {
+                return job;
+            }
+        }
+        assert!(
+            started.elapsed() < limit,
+            "job {id} not done after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks that every query of job `id` (of `queries`) has exactly one result, without
+/// error, and that the job's counters agree with its batch records and its results.
+pub async fn assert_exactly_one_result_each(client: &idunno_api::Client, id: u64, queries: u64) {
+    use idunno_api::job::{BatchInfo, BatchStateInfo, Job};
+    use idunno_api::result::QueryResult;
+    let job: Job = client.get(&format!("/v1/jobs/{id}")).await.unwrap();
+    let results: Vec<QueryResult> = client.get(&format!("/v1/jobs/{id}/results")).await.unwrap();
+    let indexes: Vec<u64> = results.iter().map(|r| r.index).collect();
+    assert_eq!(
+        indexes,
+        (0..queries).collect::<Vec<u64>>(),
+        "one result per query, in order"
+    );
+    let errors: Vec<&QueryResult> = results.iter().filter(|r| r.error.is_some()).collect();
+    assert!(errors.is_empty(), "error results: {errors:?}");
+    let batches: Vec<BatchInfo> = client.get(&format!("/v1/jobs/{id}/batches")).await.unwrap();
+    let mut covered: u64 = 0;
+    let mut done_batches = 0;
+    for b in &batches {
+        match b.state {
+            BatchStateInfo::Done { failed, .. } => {
+                covered += u64::from(b.len);
+                done_batches += 1;
+                assert_eq!(failed, 0, "{b:?}");
+            }
+            _ => panic!("a batch of a done job is not done: {b:?}"),
+        }
+    }
+    assert_eq!(
+        (
+            job.done,
+            job.failed,
+            job.in_flight,
+            job.batches_done,
+            covered
+        ),
+        (queries, 0, 0, done_batches, queries),
+        "counters: {job:?}"
+    );
+}

@@ -109,10 +109,11 @@ pub async fn call_until_answered<B: Serialize>(
     }
 }
 
-/// Not a definite answer: no leader now, leader changing, or the coordinator failed on its
-/// side (any 5xx). Ask again, maybe elsewhere; the request id makes a repeat harmless.
+/// Not a definite answer: no leader now, leader changing, the coordinator failed on its
+/// side (any 5xx), or it is no longer a member of the group (421). Ask again, maybe
+/// elsewhere; the request id makes a repeat harmless.
 fn retryable(status: StatusCode) -> bool {
-    status.is_server_error()
+    status.is_server_error() || status == StatusCode::MISDIRECTED_REQUEST
 }
 
 /// The pause after round `round` (0-based) of unanswered attempts: doubling, capped.
@@ -156,6 +157,7 @@ mod tests {
         for code in [500, 502, 503, 504] {
             assert!(retryable(StatusCode::from_u16(code).unwrap()), "{code}");
         }
+        assert!(retryable(StatusCode::MISDIRECTED_REQUEST));
         for code in [400, 404, 409, 422] {
             assert!(!retryable(StatusCode::from_u16(code).unwrap()), "{code}");
         }

@@ -1,5 +1,7 @@
-//! Heartbeats: the worker's sign of life, every `heartbeat_interval_ms` the coordinator gave
-//! at registration, reporting the models loaded now. A worker silent for one lease timeout
+//! Heartbeats: the worker's sign of life, sent to *every* coordinator each
+//! `heartbeat_interval_ms` the coordinator gave at registration, reporting the models loaded
+//! now and the leases held. Each coordinator keeps its own record of who is alive, so a new
+//! leader already knows which workers went silent. A worker silent for one lease timeout
 //! loses its leases, so this task never waits on compute.
 //!
 //! The answer may name models the cluster wants every worker to load
@@ -47,7 +49,7 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>) {
             accepts: shared.config.models.accepts(),
             holding: Some(shared.holding.list()),
         };
-        match shared.client.post::<_, HeartbeatAck>(&path, &beat).await {
+        match beat_everyone(&shared, &path, &beat).await {
             Ok(ack) => {
                 if let Some(since) = failing_since.take() {
                     tracing::info!(
@@ -67,6 +69,59 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// Sends `beat` to every coordinator at once, each attempt bounded by the heartbeat interval;
+/// the models to load are those any of them named. An error only if none answered.
+async fn beat_everyone(
+    shared: &Shared,
+    path: &str,
+    beat: &Heartbeat,
+) -> Result<HeartbeatAck, String> {
+    let timeout = shared.heartbeat_interval.max(Duration::from_millis(200));
+    let calls = shared.client.coordinators().into_iter().map(|base| {
+        let mut request = shared
+            .client
+            .http()
+            .post(format!("{base}{path}"))
+            .timeout(timeout)
+            .json(beat);
+        if let Some(token) = shared.client.token() {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.map_err(|e| format!("{base}: {e}"))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(format!("{base}: answered {status}"));
+            }
+            response
+                .json::<HeartbeatAck>()
+                .await
+                .map_err(|e| format!("{base}: bad answer: {e}"))
+        }
+    });
+    let mut answered = false;
+    let mut load: Vec<String> = Vec::new();
+    let mut last_error = String::new();
+    for outcome in futures::future::join_all(calls).await {
+        match outcome {
+            Ok(ack) => {
+                answered = true;
+                for name in ack.load {
+                    if !load.contains(&name) {
+                        load.push(name);
+                    }
+                }
+            }
+            Err(e) => last_error = e,
+        }
+    }
+    if answered {
+        Ok(HeartbeatAck { load })
+    } else {
+        Err(last_error)
     }
 }
 

@@ -93,7 +93,12 @@ fn local_status(c: &Coordinator) -> ClusterStatus {
     ClusterStatus {
         node_id: c.id,
         addr: c.addr.clone(),
-        role: format!("{:?}", m.state).to_lowercase(),
+        // A leader cut off from its quorum acts as none: say so.
+        role: if c.isolated() {
+            "isolated".to_string()
+        } else {
+            format!("{:?}", m.state).to_lowercase()
+        },
         leader_id: m.current_leader,
         leader_addr,
         term: m.current_term,
@@ -106,24 +111,48 @@ fn local_status(c: &Coordinator) -> ClusterStatus {
     }
 }
 
-/// Adds a coordinator: first as a learner (it catches up, by snapshot if need be), then as a
-/// voter unless asked not to.
+/// How long a new member gets to catch up with the log before it is given up on.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// How long the new member's address gets to answer the probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Adds a coordinator, never leaving the group unable to form a quorum: the address must parse
+/// and be nobody's yet, a coordinator started with `--join --id ID` must answer there, it
+/// joins as a learner and catches up with the log, and only then becomes a voter (unless asked
+/// not to). Anything that fails on the way leaves the membership as it was.
 async fn add_member(
     State(c): State<Arc<Coordinator>>,
     ApiJson(body): ApiJson<NewMember>,
 ) -> Result<(StatusCode, Json<ClusterStatus>), ApiError> {
-    if body.id == 0 || !body.addr.contains(':') {
-        return Err(ApiError::BadRequest(
-            "need an id ≥ 1 and an addr HOST:PORT".into(),
-        ));
+    if body.id == 0 {
+        return Err(ApiError::BadRequest("a node id is at least 1".into()));
     }
-    let node = BasicNode {
-        addr: body.addr.clone(),
-    };
+    let addr = idunno_api::address::parse_host_port(&body.addr).map_err(ApiError::BadRequest)?;
+    if let Some((id, at)) = c
+        .members()
+        .into_iter()
+        .find(|(id, at)| *id == body.id || same_addr(at, &addr))
+    {
+        return Err(ApiError::Conflict(format!(
+            "node {id} at {at} is a member already; a new member needs an id and an address of \
+             its own"
+        )));
+    }
+    probe(&c, body.id, &addr).await?;
+    let node = BasicNode { addr: addr.clone() };
     c.raft
-        .add_learner(body.id, node, true)
+        .add_learner(body.id, node, false)
         .await
         .map_err(|e| ApiError::Conflict(format!("cannot add node {}: {e}", body.id)))?;
+    if let Err(e) = wait_caught_up(&c, body.id).await {
+        // Leave nothing behind: a learner that cannot follow is removed again.
+        let _ = c
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([body.id])), false)
+            .await;
+        return Err(e);
+    }
     if body.voter {
         c.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([body.id])), true)
@@ -132,9 +161,82 @@ async fn add_member(
                 ApiError::Conflict(format!("cannot make node {} a voter: {e}", body.id))
             })?;
     }
+    tracing::info!(node = body.id, %addr, voter = body.voter, "member added");
     Ok((StatusCode::CREATED, Json(local_status(&c))))
 }
 
+/// Two `host:port` addresses that name the same listener (`localhost` is 127.0.0.1).
+fn same_addr(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.trim()
+            .to_ascii_lowercase()
+            .replace("localhost:", "127.0.0.1:")
+    };
+    norm(a) == norm(b)
+}
+
+/// Asks `addr` for its status: it must be an IDunno coordinator with node id `id`.
+async fn probe(c: &Coordinator, id: u64, addr: &str) -> Result<(), ApiError> {
+    let url = format!("{}/v1/cluster", idunno_api::client::base_url(addr));
+    let mut req = c
+        .http
+        .get(&url)
+        .header(FORWARDED_HEADER, "1")
+        .timeout(PROBE_TIMEOUT);
+    if let Some(token) = &c.config.token {
+        req = req.bearer_auth(token);
+    }
+    if let Some(secret) = &c.config.cluster_secret {
+        req = req.header(crate::auth::SECRET_HEADER, secret);
+    }
+    let answer = async {
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("it answered {status}"));
+        }
+        resp.json::<ClusterStatus>()
+            .await
+            .map_err(|e| format!("it is not an IDunno coordinator ({e})"))
+    };
+    match answer.await {
+        Ok(status) if status.node_id == id => Ok(()),
+        Ok(status) => Err(ApiError::Conflict(format!(
+            "the coordinator at {addr} is node {}, not {id}",
+            status.node_id
+        ))),
+        Err(e) => Err(ApiError::Conflict(format!(
+            "no coordinator answers at {addr}: {e}; start one there with --join --id {id} first"
+        ))),
+    }
+}
+
+/// Waits until learner `id` has replicated the log as it was when it was added.
+async fn wait_caught_up(c: &Coordinator, id: u64) -> Result<(), ApiError> {
+    let target = c.raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let caught_up = c
+        .raft
+        .wait(Some(CATCH_UP))
+        .metrics(
+            |m| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .is_some_and(|l| l.index >= target)
+            },
+            "the new member caught up",
+        )
+        .await;
+    caught_up.map(|_| ()).map_err(|_| {
+        ApiError::Conflict(format!(
+            "node {id} did not catch up with the log within {} s; it was not added",
+            CATCH_UP.as_secs()
+        ))
+    })
+}
+
+/// Removes a coordinator, unless that would leave the group without a reachable majority
+/// (or without voters).
 async fn remove_member(
     State(c): State<Arc<Coordinator>>,
     ApiPath(id): ApiPath<u64>,
@@ -151,6 +253,13 @@ async fn remove_member(
         if voters.len() == 1 {
             return Err(ApiError::Conflict("cannot remove the last voter".into()));
         }
+        let rest: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+        if !c.links.quorum_within(c.id, &rest, c.step_down_after()) {
+            return Err(ApiError::Conflict(format!(
+                "removing node {id} would leave voters {rest:?}, of which no majority is \
+                 reachable now"
+            )));
+        }
         ChangeMembers::RemoveVoters(BTreeSet::from([id]))
     } else {
         ChangeMembers::RemoveNodes(BTreeSet::from([id]))
@@ -159,5 +268,6 @@ async fn remove_member(
         .change_membership(change, false)
         .await
         .map_err(|e| ApiError::Conflict(format!("cannot remove node {id}: {e}")))?;
+    tracing::info!(node = id, "member removed");
     Ok(Json(local_status(&c)))
 }

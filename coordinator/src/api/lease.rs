@@ -24,9 +24,11 @@ use super::request_id;
 use super::workers::check_worker_id;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::node::{Coordinator, LeaderState};
+use crate::scheduler::Prepared;
 use crate::state::command::{Command, LeaseGrant, Response};
 use crate::state::jobs::{BatchId, BatchState, JobRecord};
 use crate::state::State as Replicated;
+use crate::workers::Workers;
 use idunno_api::job::JobState;
 
 /// Longest a lease call waits for work.
@@ -120,21 +122,22 @@ fn answer(
 
 /// The scheduler's answer for `worker`, which holds `prepared`, marking it alive.
 fn decide(c: &Coordinator, worker: &str, prepared: &[LeaseRef]) -> Decision {
-    // Lock order everywhere: the shared state first, then the leader's soft state.
+    // Lock order everywhere: the shared state, the leader's soft state, the workers.
     let applied = c.shared.read();
     let mut leader = c.leader_state();
-    decide_in(&applied.state, &mut leader, worker, prepared)
+    let mut workers = c.workers();
+    workers.seen(worker);
+    decide_in(&applied.state, &mut leader, &workers, worker, prepared)
 }
 
 fn decide_in(
     state: &Replicated,
     leader: &mut LeaderState,
+    workers: &Workers,
     worker: &str,
     prepared: &[LeaseRef],
 ) -> Decision {
-    leader.workers.seen(worker);
-    let LeaderState { fair, workers, .. } = leader;
-    fair.refresh(state.running_jobs());
+    let fair = &mut leader.fair;
     let mut revoked = Vec::new();
     let mut kept: Vec<(&JobRecord, u64, &LeaseRef)> = Vec::new();
     for r in prepared {
@@ -143,6 +146,25 @@ fn decide_in(
             None => revoked.push(r.clone()),
         }
     }
+    // What this worker holds unstarted is not charged to its job until it starts; what
+    // other workers said they hold counts as long as it is still leased so.
+    let held = kept
+        .iter()
+        .filter_map(|(_, len, r)| {
+            Some(Prepared {
+                batch: r.batch_id.parse().ok()?,
+                lease_id: r.lease_id,
+                len: *len,
+            })
+        })
+        .collect();
+    fair.set_prepared(worker, held);
+    fair.retain_prepared(|p| {
+        state.batches.get(&p.batch).is_some_and(
+            |b| matches!(b.state, BatchState::Leased { lease_id, .. } if lease_id == p.lease_id),
+        )
+    });
+    fair.refresh(state.running_jobs());
     let candidates = || {
         state
             .runnable_jobs()

@@ -41,6 +41,10 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         .layer(from_fn_with_state(c.clone(), crate::auth::check))
         .layer(from_fn_with_state(c.clone(), count))
         .layer(DefaultBodyLimit::max(c.config.body_limit))
+        .layer(from_fn_with_state(
+            c.clone(),
+            crate::raft::routes::refuse_cut_links,
+        ))
         .with_state(c)
 }
 

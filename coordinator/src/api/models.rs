@@ -21,14 +21,9 @@ pub fn router() -> Router<Arc<Coordinator>> {
         .route("/v1/models/{name}/load", axum::routing::post(load))
 }
 
-/// Workers that reported `model` loaded (known to the leader only).
+/// Workers that reported `model` loaded to this node (workers heartbeat every coordinator).
 fn loaded_on(c: &Coordinator, model: &str) -> Vec<String> {
-    if !c.is_leader() {
-        return Vec::new();
-    }
-    c.leader_state()
-        .workers
-        .with_model(model, c.config.lease_timeout())
+    c.workers().with_model(model, c.config.lease_timeout())
 }
 
 /// The API view: the record, the workers that have it loaded, the cost estimate.

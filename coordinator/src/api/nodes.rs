@@ -56,17 +56,22 @@ async fn register(
     ApiJson(body): ApiJson<NodeRegistration>,
 ) -> Result<(StatusCode, Json<StorageNode>), ApiError> {
     validate_node_id(&body.id)?;
+    let addr = idunno_api::address::parse_host_port(&body.addr).map_err(ApiError::BadRequest)?;
+    // A storage node at a coordinator's address would take every put there: refused.
+    if let Some((member, _)) = c
+        .members()
+        .into_iter()
+        .find(|(_, at)| at.eq_ignore_ascii_case(&addr))
+    {
+        return Err(ApiError::Conflict(format!(
+            "{addr} is coordinator {member}'s address, not a storage node's"
+        )));
+    }
     let id = body.id.clone();
     // Before it is alive: repair must not copy to it what it may already hold.
     c.leader_state().storage.to_reconcile.insert(id.clone());
-    c.write(
-        String::new(),
-        Command::RegisterNode {
-            id: body.id,
-            addr: body.addr,
-        },
-    )
-    .await?;
+    c.write(String::new(), Command::RegisterNode { id: body.id, addr })
+        .await?;
     {
         let mut leader = c.leader_state();
         leader.storage.heard(&id, 0, 0);

@@ -35,6 +35,40 @@ pub fn router() -> Router<Arc<Coordinator>> {
         .route("/v1/batches/{id}/complete", post(complete))
 }
 
+/// Most batches a worker may compute at once.
+const MAX_CAPACITY: u32 = 64;
+
+/// Most model names a worker may list (accepted or loaded).
+const MAX_MODELS: usize = 256;
+
+/// Checks what a worker says of itself at registration and in heartbeats.
+fn check_worker_info(
+    name: &str,
+    capacity: u32,
+    accepts: Option<&[String]>,
+    loaded: &[String],
+) -> Result<(), ApiError> {
+    if name.len() > crate::state::workers::MAX_NAME || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "a worker name is at most {} bytes, without control characters",
+            crate::state::workers::MAX_NAME
+        )));
+    }
+    if capacity == 0 || capacity > MAX_CAPACITY {
+        return Err(ApiError::BadRequest(format!(
+            "capacity must be from 1 to {MAX_CAPACITY}, not {capacity}"
+        )));
+    }
+    for list in accepts.into_iter().chain([loaded]) {
+        if list.len() > MAX_MODELS || list.iter().any(|m| m.is_empty() || m.len() > 128) {
+            return Err(ApiError::BadRequest(format!(
+                "model lists hold at most {MAX_MODELS} names of 1-128 bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn check_worker_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty()
         || id.len() > 64
@@ -47,14 +81,21 @@ pub(super) fn check_worker_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The workers this node hears from (every node: workers heartbeat them all).
 async fn list(State(c): State<Arc<Coordinator>>) -> Json<Vec<WorkerInfo>> {
-    Json(c.leader_state().workers.list())
+    Json(c.workers().list())
 }
 
 async fn register(
     State(c): State<Arc<Coordinator>>,
     ApiJson(body): ApiJson<WorkerRegistration>,
 ) -> Result<(StatusCode, Json<WorkerRegistered>), ApiError> {
+    check_worker_info(
+        &body.name,
+        body.capacity,
+        body.accepts.as_deref(),
+        &body.loaded,
+    )?;
     let id = new_worker_id();
     // Every coordinator learns the worker's name (statistics name the workers of a job).
     let cmd = Command::RegisterWorker {
@@ -63,8 +104,8 @@ async fn register(
     };
     c.write(String::new(), cmd).await?;
     {
-        let mut leader = c.leader_state();
-        let w = leader.workers.seen(&id);
+        let mut workers = c.workers();
+        let w = workers.seen(&id);
         w.name = body.name;
         w.capacity = body.capacity.max(1);
         if body.accepts.is_some() {
@@ -95,7 +136,7 @@ async fn deregister(
     let held: Vec<(BatchId, u64)> = {
         // Lock order everywhere: the shared state first, then the leader's soft state.
         let applied = c.shared.read();
-        let known = c.leader_state().workers.remove(&id);
+        let known = c.workers().remove(&id);
         if !known && !applied.state.is_registered_worker(&id) {
             return Err(ApiError::NotFound(format!("no worker {id}")));
         }
@@ -118,20 +159,28 @@ async fn deregister(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A sign of life: records the worker's models, answers with the models to load, registers
-/// a worker the replicated state does not know yet, and gives back leases granted to it that
-/// it does not hold (their answers never reached it).
+/// A sign of life, sent to every coordinator: each records it (who is alive is each node's
+/// own knowledge, so a new leader already knows who went silent) and answers with the models
+/// to load. The leader also registers a worker the replicated state does not know yet, and
+/// gives back leases granted to it that it does not hold (their answers never reached it).
 async fn heartbeat(
     State(c): State<Arc<Coordinator>>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
     check_worker_id(&id)?;
+    check_worker_info(
+        &body.name,
+        body.capacity,
+        body.accepts.as_deref(),
+        &body.loaded,
+    )?;
+    let leading = c.is_leader();
     let (ack, register, orphans) = {
         let applied = c.shared.read();
         let state = &applied.state;
-        let mut leader = c.leader_state();
-        let w = leader.workers.seen(&id);
+        let mut workers = c.workers();
+        let w = workers.seen(&id);
         w.loaded = body.loaded;
         w.capacity = body.capacity.max(1);
         if !body.name.is_empty() {
@@ -146,18 +195,18 @@ async fn heartbeat(
             .filter(|m| w.accepts.as_ref().is_none_or(|a| a.contains(&m.name)))
             .map(|m| m.name.clone())
             .collect();
-        let register = (!state.is_registered_worker(&id)).then(|| w.name.clone());
+        let register = (leading && !state.is_registered_worker(&id)).then(|| w.name.clone());
         let grace = ORPHAN_GRACE_MS.max(c.config.worker_heartbeat_ms.saturating_mul(3));
         let horizon = now_ms().saturating_sub(grace);
         let orphans: Vec<(BatchId, u64)> = match &body.holding {
-            Some(holding) => state
+            Some(holding) if leading => state
                 .leases()
                 .filter(|(_, lease, worker, leased_at, _)| {
                     *worker == id && *leased_at < horizon && !holding.contains(lease)
                 })
                 .map(|(batch, lease, ..)| (batch, lease))
                 .collect(),
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         (HeartbeatAck { load }, register, orphans)
     };

@@ -5,6 +5,7 @@
 // rather than boxing it only to unbox it at the trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod links;
 pub mod log_store;
 pub mod network;
 pub mod routes;

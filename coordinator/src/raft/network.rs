@@ -16,6 +16,7 @@
 //! such a delivery, so the follower keeps hearing from its leader meanwhile. The server side is
 //! [`super::routes`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -32,6 +33,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
+use super::links::{Links, NODE_HEADER};
 use super::{LogId, Node, NodeId, TypeConfig, Vote};
 use crate::auth::SECRET_HEADER;
 
@@ -58,6 +60,8 @@ pub struct Network {
     /// Bytes above which an append of several entries is split (at most half the peers'
     /// body limit, so a follower configured like us never refuses one).
     append_target: usize,
+    /// Cut links, and when each peer last answered an append.
+    pub(crate) links: Arc<Links>,
 }
 
 impl Network {
@@ -67,12 +71,14 @@ impl Network {
         http: reqwest::Client,
         secret: Option<String>,
         body_limit: usize,
+        links: Arc<Links>,
     ) -> Network {
         Network {
             id,
             http,
             secret,
             append_target: APPEND_TARGET_BYTES.min(body_limit / 2).max(1),
+            links,
         }
     }
 }
@@ -127,6 +133,7 @@ impl AppendKey {
 #[derive(Clone)]
 struct Call {
     http: reqwest::Client,
+    links: Arc<Links>,
     secret: Option<String>,
     url: String,
     action: RPCTypes,
@@ -149,11 +156,16 @@ impl Call {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if self.links.is_cut(self.target) {
+            let e = std::io::Error::other(format!("link to node {} cut", self.target));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
         let mut request = self
             .http
             .post(&self.url)
             .timeout(ttl)
             .header(reqwest::header::CONTENT_TYPE, content_type)
+            .header(NODE_HEADER, self.id.to_string())
             .body(body);
         if let Some(secret) = &self.secret {
             request = request.header(SECRET_HEADER, secret);
@@ -207,6 +219,7 @@ impl Peer {
     fn call(&self, route: &str, action: RPCTypes) -> Call {
         Call {
             http: self.net.http.clone(),
+            links: self.net.links.clone(),
             secret: self.net.secret.clone(),
             url: format!(
                 "{}/raft/{route}",
@@ -222,6 +235,18 @@ impl Peer {
     /// Sends an append and waits for its answer; an append with entries runs in a task that
     /// outlives this call if openraft stops waiting (it is then `self.delivery`).
     async fn deliver(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> AppendResult {
+        let result = self.deliver_once(rpc, ttl).await;
+        if result.is_ok() {
+            self.net.links.acked(self.target);
+        }
+        result
+    }
+
+    async fn deliver_once(
         &mut self,
         rpc: &AppendEntriesRequest<TypeConfig>,
         ttl: Duration,

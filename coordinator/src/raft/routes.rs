@@ -16,6 +16,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::links::NODE_HEADER;
 use super::network::decode_snapshot_chunk;
 use super::{Node, NodeId, TypeConfig};
 use crate::auth::SECRET_HEADER;
@@ -44,6 +45,21 @@ async fn vote(
     ApiJson(req): ApiJson<VoteRequest<NodeId>>,
 ) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
     Json(c.raft.vote(req).await)
+}
+
+/// Refuses every request from a peer whose link is cut (fault injection), before it is read.
+pub async fn refuse_cut_links(
+    State(c): State<Arc<Coordinator>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let sender = req.headers().get(NODE_HEADER).and_then(|v| v.to_str().ok());
+    if c.links.refuses(sender) {
+        return axum::response::IntoResponse::into_response(ApiError::Unavailable(
+            "the link from that node is cut".into(),
+        ));
+    }
+    next.run(req).await
 }
 
 /// A snapshot chunk, its bytes raw after a JSON header ([`decode_snapshot_chunk`]).
@@ -83,9 +99,16 @@ pub async fn fetch_read_index(c: &Coordinator, leader_addr: &str) -> Result<Opti
         "{}/raft/read-index",
         idunno_api::client::base_url(leader_addr)
     );
-    let mut req = c.http.post(&url).timeout(std::time::Duration::from_millis(
-        c.config.election_max_ms * 4,
-    ));
+    if c.leader().is_some_and(|(id, _)| c.links.is_cut(id)) {
+        return Err(ApiError::NoLeader("the link to the leader is cut".into()));
+    }
+    let mut req = c
+        .http
+        .post(&url)
+        .header(NODE_HEADER, c.id.to_string())
+        .timeout(std::time::Duration::from_millis(
+            c.config.election_max_ms * 4,
+        ));
     if let Some(secret) = &c.config.cluster_secret {
         req = req.header(SECRET_HEADER, secret);
     }

@@ -188,6 +188,16 @@ impl State {
         if addr.is_empty() || !addr.contains(':') {
             return Err(CommandError::Invalid(format!("{addr:?} is not HOST:PORT")));
         }
+        if let Some(other) = self
+            .nodes
+            .values()
+            .find(|n| n.id != id && n.alive && n.addr.eq_ignore_ascii_case(&addr))
+        {
+            return Err(CommandError::Conflict(format!(
+                "{addr} is the address of live storage node {}",
+                other.id
+            )));
+        }
         let record = NodeRecord {
             id: id.clone(),
             addr,

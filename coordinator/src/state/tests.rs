@@ -529,7 +529,11 @@ fn node(s: &mut State, id: &str) {
         1,
         Command::RegisterNode {
             id: id.into(),
-            addr: format!("127.0.0.1:{}", 7100 + id.len()),
+            // One address per node: two live nodes may not share one.
+            addr: format!(
+                "127.0.0.1:{}",
+                7100 + id.bytes().map(u16::from).sum::<u16>()
+            ),
         },
     ));
     assert_eq!(r, Response::Done);

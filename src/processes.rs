@@ -1,21 +1,33 @@
-//! Real `idunno` child processes for benchmarks: a coordinator group and storage nodes on free
-//! loopback ports, each with its own data folder and log file, killable with SIGKILL and
-//! restartable.
+//! Real `idunno` child processes for benchmarks and crash tests: a coordinator group, storage
+//! nodes and workers on free loopback ports, each with its own data folder and log file,
+//! killable with SIGKILL and restartable on the same port and data.
+//!
+//! The processes run the `idunno` binary: this one (the benchmarks), or the one
+//! [`use_binary`] names (tests, which run from a test binary).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use idunno_api::cluster::ClusterStatus;
 use idunno_api::Client;
 
+/// The `idunno` binary the processes run, when it is not this program.
+static BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes every process started from here on run `path` (tests: `CARGO_BIN_EXE_idunno`).
+pub fn use_binary(path: impl Into<PathBuf>) {
+    let _ = BINARY.set(path.into());
+}
+
 /// One coordinator process.
 pub struct CoordinatorProcess {
     pub id: u64,
     pub addr: String,
-    data: PathBuf,
-    log: PathBuf,
+    pub data: PathBuf,
+    pub log: PathBuf,
     peers: String,
     /// More flags (e.g. timings), passed on every start.
     extra: Vec<String>,
@@ -52,6 +64,11 @@ impl CoordinatorProcess {
 
     pub fn running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The operating system's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 }
 
@@ -251,15 +268,31 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// `idunno` (this very binary) with stdout discarded and stderr appended to `log`.
+/// `idunno` with stdout discarded and stderr appended to `log`.
 fn idunno_command(log: &Path) -> anyhow::Result<Command> {
-    let exe = std::env::current_exe().context("cannot find the idunno binary")?;
+    let exe = match BINARY.get() {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot find the idunno binary")?,
+    };
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
     let mut cmd = Command::new(exe);
     cmd.stdout(Stdio::null()).stderr(log);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches nothing of the
+        // parent's; it only asks the kernel to SIGKILL the child when the parent dies, so a
+        // benchmark or test that is killed leaves no orphan processes behind.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
     Ok(cmd)
 }
 
