@@ -73,6 +73,13 @@ pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Ne
     if !needs_leader(req.method(), req.uri().path()) || c.is_leader() {
         return next.run(req).await;
     }
+    if c.isolated() {
+        return ApiError::NoLeader(format!(
+            "node {} has lost contact with a majority of the coordinators; retry another",
+            c.id
+        ))
+        .into_response();
+    }
     // A body the leader would refuse unread is refused here: the leader's early answer would
     // otherwise race the body still being forwarded and reach the client as a 503.
     let limit = if req.uri().path().starts_with("/v1/files/") {
@@ -111,7 +118,8 @@ fn not_a_member(c: &Coordinator, path: &str) -> Option<ApiError> {
         return None;
     }
     let members = c.members();
-    if members.contains_key(&c.id) {
+    let removed = c.removed.load(std::sync::atomic::Ordering::Relaxed);
+    if members.contains_key(&c.id) && !removed {
         return None;
     }
     Some(ApiError::NotAMember(if members.is_empty() {

@@ -15,6 +15,7 @@ pub mod files;
 pub mod forward;
 pub mod lease;
 pub mod local;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod proposer;

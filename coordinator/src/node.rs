@@ -67,6 +67,8 @@ pub struct Coordinator {
     pub repair_wake: Notify,
     /// When each peer last answered this node's appends, and links cut by fault injection.
     pub links: Arc<Links>,
+    /// A member with a leader said this node is no longer in the group.
+    pub removed: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
     /// When this process started: a worker it has never heard from is given a few heartbeat
     /// intervals from here before it counts as dead.
@@ -136,7 +138,8 @@ impl Coordinator {
             return false;
         }
         let window = self.step_down_after();
-        if self.leader_state_unchecked().since.elapsed() < window {
+        // This term's takeover (the soft state is reset first if it is an older term's).
+        if self.leader_state().since.elapsed() < window {
             return false;
         }
         let voters: std::collections::BTreeSet<NodeId> = {
@@ -354,6 +357,7 @@ pub async fn start(
         nodes: NodeClient::new(http.clone(), config.cluster_secret.clone()),
         repair_wake: Notify::new(),
         links,
+        removed: std::sync::atomic::AtomicBool::new(false),
         http,
         metrics: Metrics::default(),
         started: Instant::now(),
@@ -381,6 +385,9 @@ pub async fn start(
         coordinator.clone(),
     )));
     tasks.push(tokio::spawn(crate::files::repair::repair_loop(
+        coordinator.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::membership::watch_removal(
         coordinator.clone(),
     )));
 

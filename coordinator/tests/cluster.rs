@@ -964,3 +964,182 @@ async fn a_heartbeating_worker_keeps_its_lease_across_a_leader_failover() {
     assert_eq!((done.done, done.batches_done, done.retries), (2, 2, 0));
     group.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_and_registration_refuse_bad_input_and_keep_the_quorum() {
+    let (group, dir) = group(3, |_| {}).await;
+    let leader = group.wait_for_leader(WAIT).await.unwrap();
+    let node1 = group.addr(1);
+    // A coordinator waiting to join as node 6.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let joiner_addr = listener.local_addr().unwrap().to_string();
+    let mut config = CoordinatorConfig::new(6, dir.path().join("c6"));
+    config.join = true;
+    let joiner = idunno_coordinator::start(config, listener).await.unwrap();
+    let nobody = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let json_body = |v: Value| Some(("application/json", serde_json::to_vec(&v).unwrap()));
+    use reqwest::Method as M;
+    let cases: Vec<(M, &str, Option<(&str, Vec<u8>)>, StatusCode)> = vec![
+        // What a fuzzer sent that once broke the group: a node's own address, and ":".
+        (
+            M::POST,
+            "/v1/cluster/members",
+            json_body(json!({"id": 2379, "addr": node1})),
+            StatusCode::CONFLICT,
+        ),
+        (
+            M::POST,
+            "/v1/cluster/members",
+            json_body(json!({"id": 10178, "addr": ":"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/cluster/members",
+            json_body(json!({"id": 2, "addr": "127.0.0.1:9"})),
+            StatusCode::CONFLICT,
+        ),
+        // Nobody answers there, or someone with another id does.
+        (
+            M::POST,
+            "/v1/cluster/members",
+            json_body(json!({"id": 5, "addr": nobody})),
+            StatusCode::CONFLICT,
+        ),
+        (
+            M::POST,
+            "/v1/cluster/members",
+            json_body(json!({"id": 7, "addr": joiner_addr})),
+            StatusCode::CONFLICT,
+        ),
+        (
+            M::DELETE,
+            "/v1/cluster/members/99",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        // A storage node at a coordinator's address, or at no address.
+        (
+            M::POST,
+            "/v1/nodes/register",
+            json_body(json!({"id": "s9", "addr": node1})),
+            StatusCode::CONFLICT,
+        ),
+        (
+            M::POST,
+            "/v1/nodes/register",
+            json_body(json!({"id": "s9", "addr": ":"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        // Workers that describe themselves impossibly.
+        (
+            M::POST,
+            "/v1/workers/register",
+            json_body(json!({"capacity": 0})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/workers/register",
+            json_body(json!({"name": "x".repeat(1000)})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            M::POST,
+            "/v1/workers/register",
+            json_body(json!({"accepts": [""]})),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (method, path, body, want) in &cases {
+        let url = format!("http://{}{path}", group.addr(follower(&group, leader)));
+        let (code, value) = raw(method.clone(), url, body.clone()).await;
+        assert_eq!(code, *want, "{method} {path} {body:?}: {value}");
+        let err: ErrorBody = serde_json::from_value(value).unwrap();
+        assert!(!err.error.is_empty());
+    }
+    // The group is as it was, and commits.
+    let s = status(&group.addr(leader)).await;
+    let ids: Vec<u64> = s.members.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    assert!(s.members.iter().all(|m| m.voter));
+    let c = client(&group.addrs());
+    add_model(&c).await;
+    // The joiner, well named, joins and votes.
+    let s: ClusterStatus = c
+        .post(
+            "/v1/cluster/members",
+            &NewMember {
+                id: 6,
+                addr: joiner_addr.clone(),
+                voter: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(s.members.iter().any(|m| m.id == 6 && m.voter));
+    joiner.shutdown().await;
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_need_a_credential_and_a_removed_node_says_so() {
+    let (mut group, _dir) = group(3, |c| c.cluster_secret = Some("s3cret".into())).await;
+    let leader = group.wait_for_leader(WAIT).await.unwrap();
+    let victim = follower(&group, leader);
+    let addrs = group.addrs();
+    let url = |node: u64, path: &str| format!("http://{}{path}", addrs[(node - 1) as usize]);
+    let remove = |secret: Option<&'static str>, id: u64| {
+        let url = url(leader, &format!("/v1/cluster/members/{id}"));
+        async move {
+            let mut req = reqwest::Client::new().delete(url);
+            if let Some(s) = secret {
+                req = req.header("x-idunno-secret", s);
+            }
+            let resp = req.send().await.unwrap();
+            let code = resp.status();
+            (code, resp.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(remove(None, victim).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(remove(Some("wrong"), victim).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(status(&group.addr(leader)).await.members.len(), 3);
+    // With the third voter down, removing the second would leave voters of which no majority
+    // is reachable: refused.
+    let other = (1..=3).find(|id| *id != leader && *id != victim).unwrap();
+    group.stop(other).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (code, body) = remove(Some("s3cret"), victim).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    group.restart(other).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (code, body) = remove(Some("s3cret"), victim).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    // The removed node says so, rather than "no leader" for ever.
+    let said = eventually_value(|| async {
+        let (code, v) = raw(reqwest::Method::GET, url(victim, "/v1/jobs"), None).await;
+        (code == StatusCode::MISDIRECTED_REQUEST).then_some(v)
+    })
+    .await;
+    assert_eq!(said["code"], "not_a_member", "{said}");
+    group.shutdown().await;
+}
+
+/// Polls `check` until it gives a value, for up to [`WAIT`].
+async fn eventually_value<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(started.elapsed() < WAIT, "timed out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

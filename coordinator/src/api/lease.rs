@@ -68,6 +68,13 @@ pub(super) async fn lease(
         let notified = c.shared.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // A node that stopped leading (deposed, or cut off from its quorum) sends the worker
+        // on to another coordinator instead of holding its call.
+        if !c.is_leader() {
+            return Err(ApiError::NoLeader(
+                "this node no longer leads; retry another coordinator".into(),
+            ));
+        }
         // An earlier call with this request id was granted a lease: that one is the answer.
         let earlier = c.shared.read().state.lease_for_request(&request);
         if let Some(grant) = earlier {
