@@ -65,15 +65,15 @@ pub struct CoordinatorConfig {
     /// each coordinator's own record (workers heartbeat every coordinator), so a new leader
     /// expires a dead worker's leases on schedule; a worker it never heard from counts as
     /// silent three heartbeat intervals after the coordinator started.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 1500)]
     pub lease_timeout_ms: u64,
 
     /// Longest a batch may stay leased even to a live worker.
     #[arg(long, default_value_t = 600_000)]
     pub max_batch_ms: u64,
 
-    /// How often workers heartbeat (each coordinator).
-    #[arg(long, default_value_t = 500)]
+    /// How often workers heartbeat (each coordinator): several times per lease timeout.
+    #[arg(long, default_value_t = 300)]
     pub worker_heartbeat_ms: u64,
 
     /// SDFS replication factor: copies kept of each file (at most the live storage nodes).
@@ -138,9 +138,9 @@ impl CoordinatorConfig {
             election_max_ms: 300,
             snapshot_every: 5000,
             keep_logs: 1000,
-            lease_timeout_ms: 5000,
+            lease_timeout_ms: 1500,
             max_batch_ms: 600_000,
-            worker_heartbeat_ms: 500,
+            worker_heartbeat_ms: 300,
             replication: 3,
             keep_versions: 5,
             node_timeout_ms: 600,

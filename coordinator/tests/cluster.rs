@@ -982,7 +982,7 @@ async fn membership_and_registration_refuse_bad_input_and_keep_the_quorum() {
     };
     let json_body = |v: Value| Some(("application/json", serde_json::to_vec(&v).unwrap()));
     use reqwest::Method as M;
-    let cases: Vec<(M, &str, Option<(&str, Vec<u8>)>, StatusCode)> = vec![
+    let cases: Vec<(M, &str, Body, StatusCode)> = vec![
         // What a fuzzer sent that once broke the group: a node's own address, and ":".
         (
             M::POST,

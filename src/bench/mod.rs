@@ -1,6 +1,7 @@
 //! `idunno bench …`: measurements of the real system (separate processes on loopback, durable
 //! storage). Benchmarks print figures; they assert nothing.
 
+mod failover;
 mod fairness;
 mod raft;
 mod sdfs;
@@ -16,8 +17,11 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCmd {
-    /// Coordinator group: lease+complete commit throughput, and leader failover time.
+    /// Coordinator group: lease+complete commit throughput.
     Raft(raft::RaftBench),
+    /// Failures: leader and worker SIGKILLs during a job, timed to a committed write, to the
+    /// job's rate back, to a dead worker's batches leased again; a leader killed every 2 s.
+    Failover(failover::FailoverBench),
     /// SDFS: put/get throughput of a large file (R=3), and repair time after a storage node's
     /// SIGKILL, split into detection and copy.
     Sdfs(sdfs::SdfsBench),
@@ -34,6 +38,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCmd::Sdfs(b) => sdfs::run(b).await,
         BenchCmd::Worker(b) => worker::run(b).await,
         BenchCmd::Fairness(b) => fairness::run(b).await,
+        BenchCmd::Failover(b) => failover::run(b).await,
     }
 }
 

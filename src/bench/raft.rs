@@ -1,6 +1,6 @@
-//! `idunno bench raft`: (a) lease+complete pairs per second through a 3-process coordinator
-//! group with durable sled storage, driven over HTTP by simulated workers; (b) leader failover:
-//! SIGKILL the leader process N times and time until a write commits again.
+//! `idunno bench raft`: lease+complete pairs per second through a 3-process coordinator group
+//! with durable sled storage, driven over HTTP by simulated workers. (Failover times are
+//! `idunno bench failover`'s.)
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use idunno_api::job::{Inputs, Job, JobPatch, NewJob};
+use idunno_api::job::{Inputs, Job, NewJob};
 use idunno_api::model::NewModel;
 use idunno_api::worker::{
     Completion, CompletionAck, LeaseAnswer, LeaseRequest, WorkerRegistered, WorkerRegistration,
@@ -17,7 +17,6 @@ use idunno_api::worker::{
 use idunno_api::Client;
 use reqwest::{Method, StatusCode};
 
-use super::summary;
 use idunno::processes::CoordinatorGroup;
 
 #[derive(Debug, Args)]
@@ -28,16 +27,13 @@ pub struct RaftBench {
     /// Measured seconds of the throughput phase (after 2 s of warm-up).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Leader kills in the failover phase (0 skips it).
-    #[arg(long, default_value_t = 10)]
-    failovers: usize,
     /// Where the data folders go (default: the system temp folder).
     #[arg(long)]
     dir: Option<PathBuf>,
 }
 
 pub async fn run(args: RaftBench) -> anyhow::Result<()> {
-    let mut group = CoordinatorGroup::start(3, args.dir.as_deref())?;
+    let group = CoordinatorGroup::start(3, args.dir.as_deref())?;
     let leader = group.wait_for_leader(Duration::from_secs(20)).await?;
     println!("3 coordinators up; leader is node {}", leader.node_id);
     let client = group.client()?;
@@ -69,9 +65,7 @@ pub async fn run(args: RaftBench) -> anyhow::Result<()> {
         .await?;
 
     throughput(&args, &leader.addr, &group.addrs()).await?;
-    if args.failovers > 0 {
-        failover(&args, &mut group, job.id).await?;
-    }
+    let _ = job;
     Ok(())
 }
 
@@ -156,66 +150,4 @@ async fn throughput(args: &RaftBench, leader: &str, all: &[String]) -> anyhow::R
         rate * 2.0
     );
     Ok(())
-}
-
-async fn failover(args: &RaftBench, group: &mut CoordinatorGroup, job: u64) -> anyhow::Result<()> {
-    let client = group.client()?.with_deadline(Duration::from_secs(60));
-    let mut samples = Vec::new();
-    println!("\n## leader failover (SIGKILL the leader, time until a write commits)");
-    println!("| round | killed | new leader | seconds |");
-    println!("|---|---|---|---|");
-    for round in 0..args.failovers {
-        let status = group.wait_for_leader(Duration::from_secs(20)).await?;
-        let victim = status.node_id;
-        let index = group
-            .nodes
-            .iter()
-            .position(|n| n.id == victim)
-            .context("leader not in the group")?;
-        group.nodes[index].kill();
-        let t = Instant::now();
-        let patch = JobPatch {
-            batch_size: None,
-            weight: Some(round as u32 % 5 + 1),
-        };
-        let _: Job = client.patch(&format!("/v1/jobs/{job}"), &patch).await?;
-        let secs = t.elapsed().as_secs_f64();
-        samples.push(secs);
-        let new_leader = group.wait_for_leader(Duration::from_secs(20)).await?;
-        println!(
-            "| {} | {victim} | {} | {secs:.3} |",
-            round + 1,
-            new_leader.node_id
-        );
-        group.nodes[index].start()?;
-        wait_caught_up(group, &group.nodes[index].addr.clone(), &new_leader.addr).await?;
-    }
-    let (mean, p50, max) = summary(&samples);
-    println!(
-        "\nfailover over {} kills: mean {mean:.3} s, p50 {p50:.3} s, max {max:.3} s",
-        samples.len()
-    );
-    Ok(())
-}
-
-/// Waits until the restarted node has applied everything the leader had committed.
-async fn wait_caught_up(group: &CoordinatorGroup, node: &str, leader: &str) -> anyhow::Result<()> {
-    use idunno_api::cluster::ClusterStatus;
-    let target: ClusterStatus = Client::new(&[leader.to_string()], None)?
-        .get("/v1/cluster")
-        .await?;
-    let want = target.commit_index.unwrap_or(0);
-    let client = Client::new(&[node.to_string()], None)?.with_deadline(Duration::from_millis(500));
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        if let Ok(s) = client.get::<ClusterStatus>("/v1/cluster").await {
-            if s.applied_index.unwrap_or(0) >= want && s.leader_id.is_some() {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = group;
-    anyhow::bail!("node {node} did not catch up")
 }

@@ -10,6 +10,14 @@ use super::{print_json, Connection};
 pub struct ClusterArgs {
     #[command(flatten)]
     conn: Connection,
+    /// The cluster secret: membership changes need it (or the token) when one is set.
+    #[arg(
+        long,
+        global = true,
+        env = "IDUNNO_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    cluster_secret: Option<String>,
     #[command(subcommand)]
     cmd: ClusterCmd,
 }
@@ -31,7 +39,7 @@ enum ClusterCmd {
 }
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
-    let client = args.conn.client()?;
+    let client = args.conn.client()?.with_secret(args.cluster_secret);
     let status: ClusterStatus = match args.cmd {
         ClusterCmd::Status => client.get("/v1/cluster").await?,
         ClusterCmd::AddMember { id, addr, learner } => {

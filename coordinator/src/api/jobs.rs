@@ -148,16 +148,46 @@ async fn stats(
     Ok(Json(c.shared.read().state.job_stats_view(id, now_ms())?))
 }
 
+/// `GET /v1/jobs/{id}/batches` options: `?stale=true`, `?state=pending|leased|done`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchQuery {
+    #[serde(default)]
+    stale: bool,
+    #[serde(default)]
+    state: Option<BatchFilter>,
+}
+
+/// Which batches to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum BatchFilter {
+    Pending,
+    Leased,
+    Done,
+}
+
 async fn batches(
     State(c): State<Arc<Coordinator>>,
     ApiPath(id): ApiPath<u64>,
-    ApiQuery(opts): ApiQuery<ReadOptions>,
+    ApiQuery(query): ApiQuery<BatchQuery>,
 ) -> Result<Json<Vec<BatchInfo>>, ApiError> {
-    c.read_barrier(opts.stale).await?;
+    c.read_barrier(query.stale).await?;
     let applied = c.shared.read();
     applied.state.job(id)?;
+    let wanted = |b: &BatchState| match query.state {
+        None => true,
+        Some(BatchFilter::Pending) => matches!(b, BatchState::Pending),
+        Some(BatchFilter::Leased) => matches!(b, BatchState::Leased { .. }),
+        Some(BatchFilter::Done) => matches!(b, BatchState::Done { .. }),
+    };
     Ok(Json(
-        applied.state.batches_of(id).map(|b| b.to_api()).collect(),
+        applied
+            .state
+            .batches_of(id)
+            .filter(|b| wanted(&b.state))
+            .map(|b| b.to_api())
+            .collect(),
     ))
 }
 
