@@ -5,8 +5,9 @@
 //! (a) SIGKILL of the leader → seconds until a write commits again, and until the job's rate
 //!     is back: the first moment from which the next 2 s run at ≥ 90 % of the rate of the
 //!     5 s before the kill;
-//! (b) SIGKILL of a worker holding leases → seconds until every batch it held is leased to
-//!     another worker, and until the rate is back (as in (a));
+//! (b) SIGKILL of a worker holding leases (restarted at once, as a supervisor would; it
+//!     registers as a new worker) → seconds until every batch it held is leased to another
+//!     worker, and until the rate is back (as in (a));
 //! (c) the leader killed (and restarted) every 2 s for 30 s → the job's throughput as a
 //!     fraction of the 30 s before, undisturbed.
 //!
@@ -139,6 +140,8 @@ async fn measure(
         let held = held_by(client, job, &name).await?;
         let killed_at = now_ms();
         workers[index].kill();
+        // Restarted at once, as a supervisor would: it registers as a new worker.
+        workers[index].start()?;
         let relet = leased_again(client, job, &held, killed_at).await?;
         let back = rate_back(&samples, killed_at).await;
         println!(
@@ -148,7 +151,6 @@ async fn measure(
         );
         released.push(relet);
         worker_back.extend(back);
-        workers[index].start()?;
         tokio::time::sleep(Duration::from_secs(4)).await;
     }
 
