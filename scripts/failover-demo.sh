@@ -59,8 +59,8 @@ until call GET "/v1/jobs/$job" | grep -q '"state":"done"'; do sleep 0.1; done
 at "job $job done"
 
 results=$(call GET "/v1/jobs/$job/results")
-count=$(grep -o '"index":[0-9]*' <<<"$results" | wc -l)
-unique=$(grep -o '"index":[0-9]*' <<<"$results" | sort -u | wc -l)
+count=$(grep -o '"index":[0-9]*,"input"' <<<"$results" | wc -l)
+unique=$(grep -o '"index":[0-9]*,"input"' <<<"$results" | sort -u | wc -l)
 errors=$(grep -o '"error":' <<<"$results" | wc -l || true)
 if [ "$count" -eq "$queries" ] && [ "$unique" -eq "$queries" ] && [ "$errors" -eq 0 ]; then
   echo "audit: every one of the $queries queries has exactly one result (no error results)"
