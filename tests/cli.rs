@@ -266,3 +266,70 @@ async fn model_add_stores_weights_that_fit_and_refuses_the_rest() {
     assert_eq!(code, reqwest::StatusCode::NOT_FOUND);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_stats_workers_and_watch_show_a_job_as_the_api_does() {
+    let (mut cluster, _dir) = common::cluster(1, 1, 0, |_| {}).await;
+    cluster
+        .add_worker(|w| {
+            w.threads = Some(1);
+            w.name = Some("cli-worker".into());
+        })
+        .await
+        .unwrap();
+    let addr = cluster.coordinator_addrs()[0].clone();
+    let client = cluster.client();
+    common::synthetic_models(&client, &addr, &[("syn", 5)]).await;
+    // Synthetic models are added by the CLI too; a real architecture refuses --cost-ms.
+    let run = |mut all: Vec<String>| {
+        all.extend(["--coordinators".to_string(), addr.clone()]);
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            idunno(&refs)
+        })
+    };
+    let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let out = run(args(
+        "model add cheap --arch synthetic --cost-ms 2 --weights generate",
+    ))
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(args(
+        "model add bad --arch resnet18 --cost-ms 2 --weights generate",
+    ))
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+
+    let job = common::synthetic_job(&client, "cheap", 24, 4, 1).await;
+    // `job watch` follows the job to its end and says where it ended.
+    let out = run(args(&format!("job watch {}", job.id))).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let watched = text(&out.stdout);
+    assert!(watched.contains("24/24 done"), "{watched}");
+    let stats: idunno_api::job::JobStats = client
+        .get(&format!("/v1/jobs/{}/stats", job.id))
+        .await
+        .unwrap();
+    let out = run(args(&format!("job stats {}", job.id))).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("24 done of 24"), "{shown}");
+    let p99 = format!("{:.1}", stats.latency_ms.p99);
+    assert!(row(&shown, "lease to result").contains(&p99), "{shown}");
+    let out = run(args(&format!("job workers {}", job.id))).await.unwrap();
+    let table = text(&out.stdout);
+    let line = row(&table, "cli-worker");
+    assert!(
+        line.contains("no") && line.trim_end().ends_with("24"),
+        "{table}"
+    );
+    cluster.shutdown().await;
+}

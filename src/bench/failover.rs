@@ -363,7 +363,8 @@ async fn held_by(
 }
 
 /// Seconds from `killed_at` until every batch in `held` was leased to another worker (or
-/// done by one), from the new leases' stamps.
+/// done by one), from the new leases' stamps. A batch the dead worker completed just before
+/// it died needs no new lease.
 async fn leased_again(
     client: &Client,
     job: u64,
@@ -386,7 +387,13 @@ async fn leased_again(
                     leased_at_ms,
                     worker,
                     ..
-                }) if *worker != held.0 => latest = latest.max(*leased_at_ms),
+                }) => {
+                    // Done by another worker after a new lease; or by the dead one, whose
+                    // completion landed just before the kill (nothing to lease again).
+                    if *worker != held.0 {
+                        latest = latest.max(*leased_at_ms);
+                    }
+                }
                 _ => all = false,
             }
         }

@@ -387,8 +387,14 @@ fn print_summary(trials: &[Trial]) {
     );
 }
 
+/// max/min − 1; infinite when one job completed nothing in the window (its batches take
+/// longer than a window), 0 when neither did.
 fn gap(a: f64, b: f64) -> f64 {
-    a.max(b) / a.min(b).max(1e-9) - 1.0
+    match (a > 0.0, b > 0.0) {
+        (true, true) => a.max(b) / a.min(b) - 1.0,
+        (false, false) => 0.0,
+        _ => f64::INFINITY,
+    }
 }
 
 fn max(v: &[f64]) -> f64 {

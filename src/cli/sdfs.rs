@@ -308,25 +308,44 @@ async fn get_versions(client: &Client, name: &str, n: u32, local: &Path) -> anyh
     Ok(())
 }
 
-/// Every regular file under `dir`, relative paths sorted.
-fn files_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// Every regular file under `dir`, relative paths sorted. Symbolic links are followed, as
+/// `cp -rL` and upload tools do (a linked folder once: a link back up the tree is no loop);
+/// links that lead nowhere are listed apart, for the caller to report.
+fn files_in(dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let mut out = Vec::new();
+    let mut broken = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()));
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in
             std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?
         {
             let entry = entry?;
-            let kind = entry.file_type()?;
+            let path = entry.path();
+            let mut kind = entry.file_type()?;
+            if kind.is_symlink() {
+                match std::fs::metadata(&path) {
+                    Ok(target) => kind = target.file_type(),
+                    Err(_) => {
+                        broken.push(path.strip_prefix(dir)?.to_path_buf());
+                        continue;
+                    }
+                }
+            }
             if kind.is_dir() {
-                stack.push(entry.path());
+                let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+                if seen.insert(real) {
+                    stack.push(path);
+                }
             } else if kind.is_file() {
-                out.push(entry.path().strip_prefix(dir)?.to_path_buf());
+                out.push(path.strip_prefix(dir)?.to_path_buf());
             }
         }
     }
     out.sort();
-    Ok(out)
+    broken.sort();
+    Ok((out, broken))
 }
 
 /// The SDFS name of local file `rel` (relative to the folder) under `prefix`: an empty prefix
@@ -350,7 +369,15 @@ pub async fn put_dir(
     parallel: usize,
     keep: impl Fn(&Path) -> bool,
 ) -> anyhow::Result<()> {
-    let mut files = files_in(dir)?;
+    let (mut files, broken) = files_in(dir)?;
+    if !broken.is_empty() {
+        let names: Vec<String> = broken.iter().map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "skipped {} symbolic link(s) that lead nowhere: {}",
+            broken.len(),
+            names.join(", ")
+        );
+    }
     files.retain(|f| keep(f));
     if files.is_empty() {
         bail!("{} has no files", dir.display());
@@ -398,6 +425,25 @@ pub async fn put_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn symbolic_links_are_followed_once_and_broken_ones_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a.png"), b"a").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("b.png"), b"b").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("b.png"), root.join("b.png")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("linked")).unwrap();
+        std::os::unix::fs::symlink(root, root.join("sub/loop")).unwrap();
+        std::os::unix::fs::symlink(root.join("gone"), root.join("broken.png")).unwrap();
+        let (files, broken) = files_in(root).unwrap();
+        let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(names, ["b.png", "linked/b.png", "sub/a.png"]);
+        assert_eq!(broken, [PathBuf::from("broken.png")]);
+    }
 
     #[test]
     fn put_dir_names_have_no_stray_slashes() {
