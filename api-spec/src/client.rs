@@ -254,7 +254,7 @@ impl Client {
                     }
                     last_error = format!("{url}: {}", describe(status, &bytes));
                 }
-                Err(e) => last_error = format!("{url}: {}", without_url(&e)),
+                Err(e) => last_error = format!("{url}: {}", describe_error(&e)),
             }
             // Move on to the next coordinator; back off a little once all were tried.
             self.inner.current.store((index + 1) % n, Ordering::Relaxed);
@@ -332,19 +332,7 @@ impl Client {
     }
 }
 
-/// Percent-encodes an SDFS name for a URL path, keeping its `/` separators.
-pub fn encode_path(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
+pub use crate::encoding::encode_path;
 
 /// Statuses that mean "ask again, maybe elsewhere": no leader yet, leader changing,
 /// overloaded, or a coordinator that is no longer a member of the group (421).
@@ -377,18 +365,25 @@ fn describe(status: StatusCode, bytes: &[u8]) -> String {
     format!("{} ({status})", error_body(status, bytes).error)
 }
 
-fn without_url(e: &reqwest::Error) -> String {
+/// A reqwest error in a few words, without its URL (the caller names the peer), with the
+/// causes a plain `to_string` leaves out.
+pub fn describe_error(e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        return "connection refused or unreachable".into();
+    }
+    if e.is_timeout() {
+        return "timed out".into();
+    }
     let mut s = e.to_string();
     if let Some(url) = e.url() {
         s = s.replace(&format!(" ({url})"), "");
     }
-    if e.is_connect() {
-        "connection refused or unreachable".into()
-    } else if e.is_timeout() {
-        "timed out".into()
-    } else {
-        s
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s = format!("{s}: {inner}");
+        source = inner.source();
     }
+    s
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {

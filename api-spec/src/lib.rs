@@ -1,28 +1,40 @@
-//! IDunno's REST contract in Rust: the request and response bodies that the coordinator, the
-//! workers, the storage nodes and the CLI exchange, and the HTTP [`client`] they all use.
+//! IDunno's wire protocol in Rust, in one place: the request and response bodies that the
+//! coordinator, the workers, the storage nodes and the CLI exchange, and what travels beside
+//! them.
 //!
-//! The human-readable contract is `api-spec/openapi.yaml`; every type here is named there.
-//! This crate holds no server code.
+//! * bodies: [`job`], [`model`], [`worker`], [`file`], [`cluster`], [`result`], [`error`]
+//!   (the error body and every error code), [`arch`] (the architectures' names);
+//! * what travels beside them: [`headers`], [`encoding`] (names in URL paths), [`range`]
+//!   (the `Range` header), [`address`] (`host:port`);
+//! * clients (feature `client`, on by default): [`client`] (the coordinators, with retries
+//!   and failover) and [`storage_node`] (the storage nodes' internal routes).
+//!
+//! The human-readable contract is `api-spec/openapi.yaml`; every body here is named there.
+//! This crate holds no server code. Without the `client` feature it is types only (the models
+//! crate uses it so).
 
 pub mod address;
+pub mod arch;
+#[cfg(feature = "client")]
 pub mod client;
+pub mod encoding;
 pub mod cluster;
 pub mod error;
 pub mod file;
+pub mod headers;
 pub mod job;
 pub mod model;
+pub mod range;
 pub mod result;
+#[cfg(feature = "client")]
+pub mod storage_node;
 pub mod worker;
 
+#[cfg(feature = "client")]
 pub use client::{Client, ClientError};
 pub use error::ErrorBody;
 
-/// HTTP header carrying a client-chosen id for a write, so that a retried write is applied once.
-pub const REQUEST_ID_HEADER: &str = "idempotency-key";
-
-/// HTTP header carrying the cluster secret between IDunno processes, and from administrators
-/// (membership changes).
-pub const SECRET_HEADER: &str = "x-idunno-secret";
+pub use headers::{REQUEST_ID_HEADER, SECRET_HEADER};
 
 /// Milliseconds since the Unix epoch, as stamped by the Raft leader.
 pub type Millis = u64;

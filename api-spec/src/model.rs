@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::arch::Arch;
 use crate::Millis;
 
 /// `POST /v1/models`: register (or replace) a model.
@@ -11,7 +12,7 @@ pub struct NewModel {
     /// Registry name, e.g. `resnet50`; what jobs refer to.
     pub name: String,
     /// Architecture, e.g. `resnet50`, `inception_v3`, `efficientnet_lite0`.
-    pub arch: String,
+    pub arch: Arch,
     /// Where the weights are: an SDFS path (`models/resnet50.safetensors`).
     pub weights: String,
     /// Input side in pixels; defaults to the architecture's own (224, 299, or 32 for
@@ -27,7 +28,7 @@ pub struct NewModel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
     pub name: String,
-    pub arch: String,
+    pub arch: Arch,
     pub weights: String,
     pub input_size: u32,
     pub created_at_ms: Millis,
@@ -43,44 +44,5 @@ pub struct Model {
     pub cost_ms_per_query: f64,
 }
 
-/// The architectures the workers can run, with their default input size.
-pub const ARCHITECTURES: &[(&str, u32)] = &[
-    ("resnet18", 224),
-    ("resnet34", 224),
-    ("resnet50", 224),
-    ("resnet101", 224),
-    ("resnet152", 224),
-    ("inception_v3", 299),
-    ("efficientnet_lite0", 224),
-    ("synthetic", 32),
-];
-
-/// The calibration architecture: declared CPU time per query, deterministic outputs.
-pub const SYNTHETIC: &str = "synthetic";
-
 /// Largest declared cost of a synthetic query (ms).
 pub const MAX_SYNTHETIC_COST_MS: u32 = 60_000;
-
-/// The default input size of a known architecture, or `None` if the name is unknown.
-pub fn default_input_size(arch: &str) -> Option<u32> {
-    ARCHITECTURES
-        .iter()
-        .find(|(name, _)| *name == arch)
-        .map(|(_, size)| *size)
-}
-
-/// Approximate cost of one image at the default input size in GFLOPs (multiply-accumulates
-/// counted once, as torchvision reports them), for seeding cost estimates; `None` for
-/// `synthetic` (its cost is declared) and unknown names.
-pub fn gflops(arch: &str) -> Option<f64> {
-    Some(match arch {
-        "resnet18" => 1.81,
-        "resnet34" => 3.66,
-        "resnet50" => 4.09,
-        "resnet101" => 7.80,
-        "resnet152" => 11.51,
-        "inception_v3" => 5.71,
-        "efficientnet_lite0" => 0.39,
-        _ => return None,
-    })
-}

@@ -153,7 +153,7 @@ pub struct Lease {
     pub job_id: u64,
     /// Registry name of the model, its architecture and weights location.
     pub model: String,
-    pub arch: String,
+    pub arch: crate::arch::Arch,
     pub weights: String,
     pub input_size: u32,
     pub inputs: Vec<LeasedInput>,

@@ -16,7 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
-use crate::node::Coordinator;
+use crate::app::Coordinator;
 
 pub use idunno_api::SECRET_HEADER;
 
@@ -35,7 +35,7 @@ pub async fn check(State(c): State<Arc<Coordinator>>, req: Request, next: Next) 
                 .headers()
                 .get(SECRET_HEADER)
                 .and_then(|v| v.to_str().ok());
-            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), secret.as_bytes())) {
+            if !idunno_server::secret::matches(given, secret) {
                 return ApiError::Forbidden.into_response();
             }
         }
@@ -47,7 +47,7 @@ pub async fn check(State(c): State<Arc<Coordinator>>, req: Request, next: Next) 
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            if !idunno_server::secret::matches(given, token) {
                 return ApiError::Unauthorized.into_response();
             }
         }
@@ -117,20 +117,8 @@ fn is_storage_node_route(path: &str) -> bool {
             .is_some_and(|id| !id.contains('/'))
 }
 
-/// Compares secrets without leaking where they differ through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn secrets_compare_exactly() {
-        assert!(super::constant_time_eq(b"abc", b"abc"));
-        assert!(!super::constant_time_eq(b"abc", b"abd"));
-        assert!(!super::constant_time_eq(b"abc", b"ab"));
-    }
-
     #[test]
     fn membership_changes_are_recognised_and_loopback_is_told_apart() {
         use axum::http::Method;

@@ -1,12 +1,11 @@
 //! The coordinator's one error type and its mapping to HTTP: every failure leaves as a status
-//! code with a JSON [`ErrorBody`]. Extractor rejections (bad JSON, bad path, too large) are
-//! mapped here too, so no handler can answer with a plain-text error.
+//! code with a JSON error body (`idunno_server::error_response`). Extractor rejections (bad
+//! JSON, bad path, too large) answer the same way through `idunno_server`'s extractors.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use idunno_api::ErrorBody;
+use idunno_api::error::ErrorCode;
+use idunno_server::error_response;
 
 use crate::state::command::CommandError;
 
@@ -66,37 +65,28 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden | ApiError::ForbiddenBecause(_) => "forbidden",
-            ApiError::NotAMember(_) => "not_a_member",
-            ApiError::NoLeader(_) => "no_leader",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ApiError::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Unauthorized => ErrorCode::Unauthorized,
+            ApiError::Forbidden | ApiError::ForbiddenBecause(_) => ErrorCode::Forbidden,
+            ApiError::NotAMember(_) => ErrorCode::NotAMember,
+            ApiError::NoLeader(_) => ErrorCode::NoLeader,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, "request failed");
-        }
-        let body = ErrorBody {
-            error: self.to_string(),
-            code: self.code().to_string(),
-            leader: None,
-        };
-        (status, Json(body)).into_response()
+        error_response(self.status(), self.code(), self.to_string())
     }
 }
 
@@ -110,41 +100,4 @@ impl From<CommandError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(r.body_text()),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
-                "expected a JSON body with Content-Type: application/json".into(),
-            ),
-            _ => ApiError::BadRequest(r.body_text()),
-        }
-    }
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(r: PathRejection) -> Self {
-        ApiError::BadRequest(r.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        ApiError::BadRequest(r.body_text())
-    }
-}
-
-/// `Json<T>` whose rejections are [`ApiError`]s.
-#[derive(Debug, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
-
-/// `Path<T>` whose rejections are [`ApiError`]s.
-#[derive(Debug, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
-
-/// `Query<T>` whose rejections are [`ApiError`]s.
-#[derive(Debug, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
+pub use idunno_server::{ApiJson, ApiPath, ApiQuery};

@@ -15,11 +15,11 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 
 use crate::error::ApiError;
-use crate::node::Coordinator;
+use crate::app::Coordinator;
 use crate::raft::links::NODE_HEADER;
 
 /// Marks a request a coordinator forwarded.
-pub const FORWARDED_HEADER: &str = "x-idunno-forwarded";
+pub use idunno_api::headers::FORWARDED_HEADER;
 
 /// Headers that describe one hop, not the request; never copied.
 const HOP_HEADERS: &[&str] = &[

@@ -3,26 +3,257 @@
 //! coordinator; followers serve reads and forward writes, so any of them can take over with
 //! no backup sync.
 //!
-//! Layers, bottom up: [`state`] (the deterministic state machine), [`raft`] (storage and
-//! transport), [`proposer`] (group commit), [`node`] (one running coordinator), [`api`]
-//! (HTTP). Leader-only soft state: [`workers`], [`scheduler`], [`lease`].
+//! Layout, bottom up:
+//!
+//! * [`state`] — the replicated state machine: jobs, batches, models, files, workers, the
+//!   statistics derived from them; deterministic, no I/O;
+//! * [`raft`] — openraft's storage (sled log and state machine) and HTTP transport, with
+//!   the links' quorum record and fault switch;
+//! * [`proposer`] — group commit of client writes into log entries;
+//! * [`app`] — the context every handler and task holds ([`Coordinator`]);
+//! * [`leader`] — the leader's soft state: fair-time scheduler, lease expiry, storage-node
+//!   watch, and each node's record of live workers;
+//! * [`replicas`] — the SDFS data path: placement, upload, download, repair, gc;
+//! * [`api`] — the REST API and its middleware ([`auth`], [`forward`] to the leader);
+//! * [`membership`], [`metrics`], [`config`], [`error`], [`local`] (a group in one process).
+//!
+//! [`start`] (this file) brings a coordinator up on a bound listener and spawns its named
+//! tasks; [`CoordinatorHandle::shutdown`] takes everything down through one path.
 
-pub mod api;
-pub mod auth;
+pub(crate) mod api;
+pub mod app;
+pub(crate) mod auth;
 pub mod config;
-pub mod error;
-pub mod files;
-pub mod forward;
-pub mod lease;
+pub(crate) mod error;
+pub(crate) mod forward;
+pub(crate) mod leader;
 pub mod local;
-pub mod membership;
-pub mod metrics;
-pub mod node;
-pub mod proposer;
+pub(crate) mod membership;
+pub(crate) mod metrics;
+pub(crate) mod proposer;
 pub mod raft;
-pub mod scheduler;
-pub mod state;
-pub mod workers;
+pub(crate) mod replicas;
+pub(crate) mod state;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, ServerState};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+pub use app::Coordinator;
 pub use config::CoordinatorConfig;
-pub use node::{start, Coordinator, CoordinatorHandle, StartError};
+
+use crate::leader::workers::Workers;
+use crate::leader::LeaderState;
+use crate::metrics::Metrics;
+use crate::proposer::Proposer;
+use crate::raft::links::Links;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::StateMachineStore;
+use crate::raft::Raft;
+use crate::replicas::StorageNodeClient;
+
+/// A running coordinator.
+pub struct CoordinatorHandle {
+    pub coordinator: Arc<Coordinator>,
+    /// The bound address (`127.0.0.1:port`).
+    pub addr: String,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl CoordinatorHandle {
+    pub fn raft(&self) -> &Raft {
+        &self.coordinator.raft
+    }
+
+    /// Stops serving, stops Raft and waits for every task, so the data folder can be reopened.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.coordinator.raft.shutdown().await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Errors that stop a coordinator from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot open the data folder {path}: {source}")]
+    Storage { path: String, source: sled::Error },
+    #[error("cannot load the stored state: {0}")]
+    State(String),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Starts a coordinator serving on `listener`.
+pub async fn start(
+    mut config: CoordinatorConfig,
+    listener: TcpListener,
+) -> Result<CoordinatorHandle, StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let bound = listener.local_addr()?.to_string();
+    let addr = config.advertise.clone().unwrap_or_else(|| bound.clone());
+    if config.peers.is_empty() && !config.join {
+        config.peers = vec![(config.id, addr.clone())];
+    }
+    std::fs::create_dir_all(&config.data)?;
+    let db_path = config.data.join("raft");
+    let db = sled::Config::new()
+        .path(&db_path)
+        .cache_capacity(256 << 20)
+        // Every log append flushes; a timer flush on top would only add work.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|source| StartError::Storage {
+            path: db_path.display().to_string(),
+            source,
+        })?;
+    let log = LogStore::open(&db).map_err(|source| StartError::Storage {
+        path: db_path.display().to_string(),
+        source,
+    })?;
+    let sm = StateMachineStore::open(&db).map_err(|e| StartError::State(e.to_string()))?;
+    let shared = sm.shared();
+    drop(db);
+
+    let raft_config = openraft::Config {
+        cluster_name: "idunno".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_min_ms,
+        election_timeout_max: config.election_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        max_in_snapshot_log_to_keep: config.keep_logs,
+        install_snapshot_timeout: 2000,
+        // openraft waits one heartbeat interval for an append: keep them small. (The
+        // network also splits appends by bytes and lets a large entry finish delivering.)
+        max_payload_entries: 64,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Config(e.to_string()))?;
+
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(300))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let links = Arc::new(Links::default());
+    let network = Network::new(
+        config.id,
+        http.clone(),
+        config.cluster_secret.clone(),
+        config.raft_body_limit,
+        links.clone(),
+    );
+    let raft = Raft::new(config.id, Arc::new(raft_config), network, log.clone(), sm)
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+    let (stop, shutdown) = watch::channel(false);
+    let coordinator = Arc::new(Coordinator {
+        id: config.id,
+        addr: addr.clone(),
+        proposer: Proposer::spawn(raft.clone()),
+        config: config.clone(),
+        raft: raft.clone(),
+        shared,
+        log,
+        nodes: StorageNodeClient::new(http.clone(), config.cluster_secret.clone()),
+        repair_wake: Notify::new(),
+        links,
+        removed: std::sync::atomic::AtomicBool::new(false),
+        http,
+        metrics: Metrics::default(),
+        started: Instant::now(),
+        leader: Mutex::new(LeaderState::new(0)),
+        workers: Mutex::new(Workers::default()),
+        shutdown: shutdown.clone(),
+    });
+
+    let mut tasks = Vec::new();
+    let app = crate::api::router(coordinator.clone());
+    let mut server_stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    }));
+    tasks.push(tokio::spawn(watch_leadership(coordinator.clone())));
+    tasks.push(tokio::spawn(crate::leader::expiry::expire_leases(
+        coordinator.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::leader::storage::watch_nodes(
+        coordinator.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::replicas::repair::repair_loop(
+        coordinator.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::membership::watch_removal(
+        coordinator.clone(),
+    )));
+
+    if !config.join {
+        initialize(&raft, &config).await;
+    }
+    tracing::info!(id = config.id, %addr, "coordinator started");
+    Ok(CoordinatorHandle {
+        coordinator,
+        addr: bound,
+        stop,
+        tasks,
+    })
+}
+
+/// Initialises the cluster with the configured voters if this node has never been part of one.
+/// Every node of a fresh cluster does this with the same list, which openraft makes safe.
+async fn initialize(raft: &Raft, config: &CoordinatorConfig) {
+    match raft.is_initialized().await {
+        Ok(true) => tracing::info!("rejoining an existing cluster"),
+        Ok(false) => {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .peers
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(voters = config.peers.len(), "cluster initialised"),
+                Err(e) => tracing::info!(error = %e, "not initialising"),
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot tell whether the cluster is initialised"),
+    }
+}
+
+/// Resets the leader's soft state each time this node wins an election (so that the grace
+/// period starts then, even if no request touches the state before its first expiry scan).
+async fn watch_leadership(coordinator: Arc<Coordinator>) {
+    let mut metrics = coordinator.raft.metrics();
+    let mut shutdown = coordinator.shutdown.clone();
+    loop {
+        let leading = metrics.borrow_and_update().state == ServerState::Leader;
+        if leading {
+            // Resets it if it belongs to an earlier term.
+            drop(coordinator.leader_state());
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use idunno_api::cluster::ClusterStatus;
 
 use crate::forward::FORWARDED_HEADER;
-use crate::node::Coordinator;
+use crate::app::Coordinator;
 use crate::raft::links::NODE_HEADER;
 
 /// How often a node without a leader asks its peers.

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Regenerate worker/tests/fixtures/<arch>.safetensors: PyTorch reference logits.
+"""Regenerate models/tests/fixtures/<arch>.safetensors: PyTorch reference logits.
 
 What it is: the producer of the fidelity fixtures. For every architecture it
 1. runs the Rust example `gen_weights` to write seeded weights and a seeded

@@ -20,25 +20,10 @@ pub async fn check(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
                 .headers()
                 .get(SECRET_HEADER)
                 .and_then(|v| v.to_str().ok());
-            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), secret.as_bytes())) {
+            if !idunno_server::secret::matches(given, secret) {
                 return SdfsError::Forbidden.into_response();
             }
         }
     }
     next.run(req).await
-}
-
-/// Compares secrets without leaking where they differ through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn secrets_compare_exactly() {
-        assert!(super::constant_time_eq(b"abc", b"abc"));
-        assert!(!super::constant_time_eq(b"abc", b"abd"));
-        assert!(!super::constant_time_eq(b"abc", b"ab"));
-    }
 }

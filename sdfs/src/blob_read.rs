@@ -15,7 +15,7 @@ use crate::chunk::{self, ChunkFault};
 use crate::error::SdfsError;
 use crate::hash::BlobHash;
 use crate::meta::BlobMeta;
-use crate::range::ByteRange;
+use idunno_api::range::ByteRange;
 
 /// Bytes read from the content file per system call (whole chunks, at least one).
 const READ_AHEAD: u64 = 1 << 20;

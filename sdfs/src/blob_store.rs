@@ -34,7 +34,7 @@ use crate::content::ContentDir;
 use crate::error::SdfsError;
 use crate::hash::BlobHash;
 use crate::meta::{now_ms, BlobMeta};
-use crate::range::ByteRange;
+use idunno_api::range::ByteRange;
 use crate::sled_lock::wait_until_unlocked;
 use crate::upload::Upload;
 
@@ -481,6 +481,7 @@ impl BlobStore {
     /// `offset` of a stored blob, in its content file on disk, leaving the chunk's checksum as
     /// it was. The next read of that chunk fails verification, exactly as if the disk had
     /// rotted. (On a closed store, use the free function [`corrupt_byte_for_tests`].)
+    #[cfg(any(test, feature = "test-util"))]
     pub fn corrupt_byte_for_tests(&self, hash: &BlobHash, offset: u64) -> Result<(), SdfsError> {
         use std::os::unix::fs::FileExt;
         let meta = self
@@ -508,6 +509,7 @@ impl BlobStore {
     /// checksum collision). Flips the content byte at `offset` of a stored blob and rewrites
     /// that chunk's checksum to match, so the node serves the changed chunk as good: only the
     /// reader's whole-content hash can tell.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn forge_byte_for_tests(&self, hash: &BlobHash, offset: u64) -> Result<(), SdfsError> {
         use std::os::unix::fs::FileExt;
         // Checks that the blob exists and holds `offset`.
@@ -662,6 +664,7 @@ impl BlobStore {
 }
 
 /// **For tests only:** [`BlobStore::forge_byte_for_tests`] on a closed store.
+#[cfg(any(test, feature = "test-util"))]
 pub fn forge_byte_for_tests(
     data_dir: impl AsRef<Path>,
     hash: &str,
@@ -676,6 +679,7 @@ pub fn forge_byte_for_tests(
 /// **For tests only: simulated bit rot** on a closed store. Opens the store in `data_dir`,
 /// flips every bit of the content byte at `offset` of blob `hash` without fixing the chunk's
 /// checksum (see [`BlobStore::corrupt_byte_for_tests`]), and closes it again.
+#[cfg(any(test, feature = "test-util"))]
 pub fn corrupt_byte_for_tests(
     data_dir: impl AsRef<Path>,
     hash: &str,

@@ -2,10 +2,10 @@
 //! code with a JSON [`ErrorBody`], never as plain text. Extractor rejections (bad JSON, bad
 //! path) are mapped here too, so no route can answer outside this format.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use idunno_api::error::ErrorCode;
 use idunno_api::ErrorBody;
 
 /// Everything the store, a request or starting a node can fail with.
@@ -85,25 +85,25 @@ impl SdfsError {
     }
 
     /// The stable machine-readable kind put in [`ErrorBody::code`].
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            SdfsError::BadRequest(_) => "bad_request",
-            SdfsError::NotFound(_) => "not_found",
-            SdfsError::HashMismatch { .. } => "hash_mismatch",
-            SdfsError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
-            SdfsError::Interrupted(_) => "interrupted",
-            SdfsError::Corrupt { .. } => "corrupt",
-            SdfsError::Upstream(_) => "bad_gateway",
-            SdfsError::Forbidden => "forbidden",
-            SdfsError::StampChanged { .. } => "stamp_changed",
-            SdfsError::MethodNotAllowed(_) => "method_not_allowed",
-            SdfsError::PayloadTooLarge(_) => "payload_too_large",
-            SdfsError::UnsupportedMediaType(_) => "unsupported_media_type",
-            SdfsError::ShuttingDown => "unavailable",
+            SdfsError::BadRequest(_) => ErrorCode::BadRequest,
+            SdfsError::NotFound(_) => ErrorCode::NotFound,
+            SdfsError::HashMismatch { .. } => ErrorCode::HashMismatch,
+            SdfsError::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
+            SdfsError::Interrupted(_) => ErrorCode::Interrupted,
+            SdfsError::Corrupt { .. } => ErrorCode::Corrupt,
+            SdfsError::Upstream(_) => ErrorCode::BadGateway,
+            SdfsError::Forbidden => ErrorCode::Forbidden,
+            SdfsError::StampChanged { .. } => ErrorCode::StampChanged,
+            SdfsError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            SdfsError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            SdfsError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            SdfsError::ShuttingDown => ErrorCode::Unavailable,
             SdfsError::Config(_)
             | SdfsError::Storage(_)
             | SdfsError::Io(_)
-            | SdfsError::Internal(_) => "internal",
+            | SdfsError::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -111,7 +111,7 @@ impl SdfsError {
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: self.to_string(),
-            code: self.code().to_string(),
+            code: self.code().as_str().to_string(),
             leader: None,
         }
     }
@@ -139,33 +139,18 @@ impl IntoResponse for SdfsError {
     }
 }
 
-impl From<JsonRejection> for SdfsError {
-    fn from(r: JsonRejection) -> Self {
-        match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => SdfsError::PayloadTooLarge(r.body_text()),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => SdfsError::UnsupportedMediaType(
-                "expected a JSON body with Content-Type: application/json".into(),
-            ),
-            _ => SdfsError::BadRequest(r.body_text()),
+pub use idunno_server::{ApiJson, ApiPath};
+
+impl From<idunno_api::range::RangeError> for SdfsError {
+    fn from(e: idunno_api::range::RangeError) -> Self {
+        match e {
+            idunno_api::range::RangeError::Malformed(m) => SdfsError::BadRequest(m),
+            idunno_api::range::RangeError::Unsatisfiable { size } => {
+                SdfsError::RangeNotSatisfiable { size }
+            }
         }
     }
 }
-
-impl From<PathRejection> for SdfsError {
-    fn from(r: PathRejection) -> Self {
-        SdfsError::BadRequest(r.body_text())
-    }
-}
-
-/// `Json<T>` whose rejections are [`SdfsError`]s.
-#[derive(Debug, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(SdfsError))]
-pub struct ApiJson<T>(pub T);
-
-/// `Path<T>` whose rejections are [`SdfsError`]s.
-#[derive(Debug, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(SdfsError))]
-pub struct ApiPath<T>(pub T);
 
 #[cfg(test)]
 mod tests {

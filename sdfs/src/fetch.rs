@@ -2,17 +2,21 @@
 //! into the store and checked against the hash it is asked for. The coordinator decides what
 //! to copy where; this only does one copy.
 
+use std::time::Duration;
+
 use futures::StreamExt;
-use idunno_api::client::base_url;
+use idunno_api::client::describe_error;
 use idunno_api::file::StoredBlob;
-use idunno_api::ErrorBody;
+use idunno_api::storage_node::StorageNodeClient;
 use tokio::sync::watch;
 
 use crate::blob_store::BlobStore;
 use crate::error::SdfsError;
 use crate::hash::BlobHash;
 use crate::transfer::{blocking, store_stream};
-use crate::SECRET_HEADER;
+
+/// Longest a whole copy may take (the coordinator bounds its call by the blob's size).
+const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Copies blob `hash` from the node at `from` (`host:port`), unless it is already here.
 pub async fn fetch_blob(
@@ -33,28 +37,14 @@ pub async fn fetch_blob(
             size: meta.size,
         });
     }
-    let url = format!("{}/internal/blobs/{hash}", base_url(from));
-    let mut request = http.get(&url);
-    if let Some(secret) = secret {
-        request = request.header(SECRET_HEADER, secret);
-    }
-    let response = request
-        .send()
+    let nodes = StorageNodeClient::new(http.clone(), secret.map(str::to_string));
+    let response = nodes
+        .get_blob(from, &hash.to_hex(), COPY_TIMEOUT)
         .await
-        .map_err(|e| SdfsError::Upstream(format!("{from}: {}", describe(&e))))?;
-    let status = response.status();
-    if !status.is_success() {
-        let body = response.bytes().await.unwrap_or_default();
-        let reason = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        return Err(SdfsError::Upstream(format!(
-            "{from} answered {status}: {reason}"
-        )));
-    }
+        .map_err(|e| SdfsError::Upstream(e.to_string()))?;
     let source = from.to_string();
     let content = response.bytes_stream().map(move |piece| {
-        piece.map_err(|e| SdfsError::Upstream(format!("reading from {source}: {}", describe(&e))))
+        piece.map_err(|e| SdfsError::Upstream(format!("reading from {source}: {}", describe_error(&e))))
     });
     match store_stream(store, content, Some(hash), shutdown).await {
         // The source served other bytes than it claims to hold: its fault, not ours.
@@ -82,25 +72,6 @@ fn validate_addr(from: &str) -> Result<(), SdfsError> {
         Err(SdfsError::BadRequest(format!(
             "{from:?} is not a node address (host:port)"
         )))
-    }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_connect() {
-        "connection refused or unreachable".into()
-    } else if e.is_timeout() {
-        "timed out".into()
-    } else {
-        let mut s = e.to_string();
-        if let Some(url) = e.url() {
-            s = s.replace(&format!(" ({url})"), "");
-        }
-        let mut source = std::error::Error::source(e);
-        while let Some(inner) = source {
-            s = format!("{s}: {inner}");
-            source = inner.source();
-        }
-        s
     }
 }
 

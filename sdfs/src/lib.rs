@@ -21,28 +21,22 @@ pub mod heartbeat;
 pub mod meta;
 pub mod metrics;
 pub mod node;
-pub mod range;
 pub mod routes;
 mod sled_lock;
 pub mod transfer;
 pub mod upload;
 
 pub use blob_read::BlobRead;
-pub use blob_store::{
-    corrupt_byte_for_tests, forge_byte_for_tests, BlobStore, Deleted, StoreOptions, Totals,
-};
+pub use blob_store::{BlobStore, Deleted, StoreOptions, Totals};
+/// Test hooks (simulated bit rot), for the tests of this and other crates: behind the
+/// `test-util` feature, never in a release build of the binary.
+#[cfg(any(test, feature = "test-util"))]
+pub use blob_store::{corrupt_byte_for_tests, forge_byte_for_tests};
 pub use config::NodeConfig;
 pub use error::SdfsError;
 pub use hash::BlobHash;
 pub use node::{run, start, NodeHandle};
-pub use range::ByteRange;
+pub use idunno_api::range::ByteRange;
 pub use upload::{SealedUpload, Upload};
 
-/// Header carrying the cluster secret on `/internal/…` routes.
-pub const SECRET_HEADER: &str = "x-idunno-secret";
-/// Header of a blob write naming the content hash the writer expects.
-pub const EXPECT_HASH_HEADER: &str = "x-idunno-expect-hash";
-/// Header of a blob read naming the blob's content hash.
-pub const HASH_HEADER: &str = "x-idunno-hash";
-/// Header of a blob read giving the blob's stamp (see [`meta::BlobMeta::stamp`]).
-pub const STAMP_HEADER: &str = "x-idunno-stamp";
+pub use idunno_api::headers::{EXPECT_HASH_HEADER, HASH_HEADER, SECRET_HEADER, STAMP_HEADER};

@@ -2,23 +2,10 @@
 //! `/metrics`: what it holds, what moved through it, and what it found corrupt.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::blob_store::{StoreStats, Totals};
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+pub use idunno_server::Counter;
 
 /// The HTTP side's counters (the store keeps its own, see [`StoreStats`]).
 #[derive(Debug, Default)]

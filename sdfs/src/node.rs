@@ -195,36 +195,17 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<NodeHand
     })
 }
 
-/// Binds `--listen`, starts the node and runs it until SIGINT or SIGTERM.
-pub async fn run(config: NodeConfig) -> Result<(), SdfsError> {
+/// Binds `--listen`, starts the node and runs it until `shutdown` resolves (the binary
+/// passes SIGINT/SIGTERM), then stops it.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), SdfsError> {
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| SdfsError::Config(format!("cannot listen on {}: {e}", config.listen)))?;
     let handle = start(config, listener).await?;
-    wait_for_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     handle.shutdown().await
-}
-
-/// Waits for Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -27,7 +27,7 @@ use crate::blob_store::Deleted;
 use crate::error::{ApiJson, ApiPath, SdfsError};
 use crate::hash::BlobHash;
 use crate::node::Node;
-use crate::range::ByteRange;
+use idunno_api::range::ByteRange;
 use crate::transfer::{blocking, store_stream, BlobStream};
 use crate::{EXPECT_HASH_HEADER, HASH_HEADER, STAMP_HEADER};
 

@@ -26,32 +26,18 @@ pub(crate) fn wait_until_unlocked(lock_file: &Path, timeout: Duration) -> Result
     }
 }
 
-#[cfg(unix)]
+/// Whether someone holds an exclusive lock on `lock_file` (the standard library's
+/// `File::try_lock`, flock on Unix; stable since Rust 1.89, the workspace's minimum).
 fn is_locked(lock_file: &Path) -> Result<bool, SdfsError> {
-    use std::os::fd::AsRawFd;
     let file = match std::fs::OpenOptions::new().read(true).open(lock_file) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e.into()),
     };
-    let fd = file.as_raw_fd();
-    // SAFETY: flock on a file descriptor we own for the duration of the call; the lock (if
-    // taken) is released right away and in any case when `file` is closed.
-    let taken = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    if taken {
-        // SAFETY: as above.
-        unsafe { libc::flock(fd, libc::LOCK_UN) };
-        return Ok(false);
+    match file.try_lock() {
+        // Taken and, with `file` dropped, released at once.
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
     }
-    let err = std::io::Error::last_os_error();
-    if err.kind() == std::io::ErrorKind::WouldBlock {
-        Ok(true)
-    } else {
-        Err(err.into())
-    }
-}
-
-#[cfg(not(unix))]
-fn is_locked(_lock_file: &Path) -> Result<bool, SdfsError> {
-    Ok(false)
 }

@@ -2,6 +2,7 @@
 //! back out while the process's peak memory grows by much less than the blob. (Alone in its
 //! own test binary, so no other test's allocations count.)
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::*;

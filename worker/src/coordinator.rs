@@ -135,18 +135,7 @@ fn error_body(status: StatusCode, bytes: &[u8]) -> ErrorBody {
     })
 }
 
-/// A path segment (a model name, a batch id) percent-encoded for a URL; `/` is encoded too.
-pub fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
+pub use idunno_api::encoding::encode_segment;
 
 #[cfg(test)]
 mod tests {
@@ -170,12 +159,6 @@ mod tests {
         assert!(round_pause(2) > round_pause(1));
         assert_eq!(round_pause(30), MAX_ROUND_PAUSE);
         assert_eq!(round_pause(u32::MAX), MAX_ROUND_PAUSE);
-    }
-
-    #[test]
-    fn segments_are_encoded() {
-        assert_eq!(encode_segment("7-3"), "7-3");
-        assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
     }
 
     #[tokio::test]

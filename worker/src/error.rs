@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use idunno_api::ClientError;
 
-use crate::models::ModelError;
+use idunno_models::ModelError;
 
 /// What can go wrong in the worker.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +144,6 @@ mod tests {
             reason: "r".into()
         }
         .is_transient());
-        assert!(!WorkerError::Model(ModelError::UnknownArch("vgg".into())).is_transient());
+        assert!(!WorkerError::Model(ModelError::UnknownArch(idunno_api::arch::UnknownArch("vgg".into()))).is_transient());
     }
 }

@@ -19,7 +19,7 @@ use crate::config::ModelSelection;
 use crate::coordinator::encode_segment;
 use crate::error::WorkerError;
 use crate::model_cache::ModelSpec;
-use crate::runtime::Shared;
+use crate::shared::Shared;
 
 /// After a failed background load, the same model is not tried again for this long.
 const LOAD_RETRY_AFTER: Duration = Duration::from_secs(30);

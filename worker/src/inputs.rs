@@ -17,13 +17,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use idunno_api::client::describe_error;
+use idunno_api::storage_node::StorageNodeClient;
 use idunno_api::worker::LeasedInput;
 use image::{DynamicImage, ImageError, ImageFormat, ImageReader, Limits};
 
 use crate::error::WorkerError;
-
-/// Header carrying the cluster secret on storage nodes' internal routes.
-pub const SECRET_HEADER: &str = "x-idunno-secret";
 
 /// Largest input the worker reads, whatever size the lease gives: an image to classify, not
 /// a data set. 64 MiB holds any compressed photo and an uncompressed 21-megapixel RGB one
@@ -36,7 +35,7 @@ pub const MAX_INPUT_BYTES: u64 = 64 << 20;
 pub const MAX_DECODED_BYTES: u64 = 256 << 20;
 
 /// Longest side of an image the worker decodes (as long as the resize step accepts).
-pub const MAX_IMAGE_SIDE: u32 = crate::models::preprocess::MAX_RESIZED_SIDE;
+pub const MAX_IMAGE_SIDE: u32 = idunno_models::preprocess::MAX_RESIZED_SIDE;
 
 /// Inputs of one batch fetched at the same time.
 const PARALLEL_FETCHES: usize = 8;
@@ -47,15 +46,16 @@ const REPLICA_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reads input blobs from storage nodes.
 #[derive(Clone)]
 pub struct InputFetcher {
-    /// Shared connection pool (the coordinators' client's).
-    http: reqwest::Client,
-    /// Sent as [`SECRET_HEADER`] when the cluster has one.
-    secret: Option<String>,
+    /// The storage nodes' client, over the coordinators' client's connection pool.
+    nodes: StorageNodeClient,
 }
 
 impl InputFetcher {
+    /// A fetcher over `http`'s pool, sending `secret` when the cluster has one.
     pub fn new(http: reqwest::Client, secret: Option<String>) -> InputFetcher {
-        InputFetcher { http, secret }
+        InputFetcher {
+            nodes: StorageNodeClient::new(http, secret),
+        }
     }
 
     /// The verified bytes of one input, from the first replica that serves them correctly.
@@ -122,39 +122,25 @@ impl InputFetcher {
             replica: replica.to_string(),
             reason,
         };
-        let url = format!(
-            "{}/internal/blobs/{hash}",
-            idunno_api::client::base_url(replica)
-        );
-        let mut request = self.http.get(&url).timeout(REPLICA_TIMEOUT);
-        if let Some(secret) = &self.secret {
-            request = request.header(SECRET_HEADER, secret);
-        }
-        let response = request.send().await.map_err(|e| fail(describe(&e)))?;
-        let status = response.status();
-        if !status.is_success() {
-            // The node's own `{"error": …}` says more than the status (e.g. a corrupt blob).
-            let said = response
-                .json::<idunno_api::ErrorBody>()
-                .await
-                .map(|b| format!(": {}", b.error))
-                .unwrap_or_default();
-            return Err(fail(format!("answered {status}{said}")));
-        }
+        let response = self
+            .nodes
+            .get_blob(replica, hash, REPLICA_TIMEOUT)
+            .await
+            .map_err(|e| fail(e.reason))?;
         if response.content_length().is_some_and(|n| n > limit) {
             return Err(fail(format!("blob is larger than {limit} bytes")));
         }
         let mut body = BytesMut::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| fail(describe(&e)))?;
+            let chunk = chunk.map_err(|e| fail(describe_error(&e)))?;
             if body.len() as u64 + chunk.len() as u64 > limit {
                 return Err(fail(format!("blob is larger than {limit} bytes")));
             }
             body.extend_from_slice(&chunk);
         }
         let body = body.freeze();
-        verify_hash(&body, hash, &url)?;
+        verify_hash(&body, hash, &format!("blob {hash} on {replica}"))?;
         Ok(body)
     }
 }
@@ -222,21 +208,6 @@ pub fn decode_limits() -> Limits {
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_DECODED_BYTES);
     limits
-}
-
-/// A reqwest error without the URL (the caller names the replica).
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_connect() {
-        "connection refused or unreachable".into()
-    } else if e.is_timeout() {
-        "timed out".into()
-    } else {
-        let mut s = e.to_string();
-        if let Some(url) = e.url() {
-            s = s.replace(&format!(" ({url})"), "");
-        }
-        s
-    }
 }
 
 #[cfg(test)]

@@ -18,9 +18,9 @@ use idunno_api::worker::Lease;
 use idunno_api::Client;
 use tokio::sync::OnceCell;
 
-use crate::compute::ComputePool;
+use crate::pool::ComputePool;
 use crate::error::WorkerError;
-use crate::models::{Arch, LoadOptions, Model, Tensor};
+use idunno_models::{Arch, LoadOptions, Model, Tensor};
 use crate::sdfs;
 
 /// Which model, from which weights.
@@ -38,26 +38,20 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// The model a lease's batch needs.
     pub fn from_lease(lease: &Lease) -> Result<ModelSpec, WorkerError> {
-        Self::new(&lease.model, &lease.arch, &lease.weights, lease.cost_ms)
+        Self::new(&lease.model, lease.arch, &lease.weights, lease.cost_ms)
     }
 
     /// The model a registry entry describes.
     pub fn from_registry(model: &idunno_api::model::Model) -> Result<ModelSpec, WorkerError> {
         Self::new(
             &model.name,
-            &model.arch,
+            model.arch,
             &model.weights,
             model.cost_ms.unwrap_or(0),
         )
     }
 
-    fn new(name: &str, arch: &str, weights: &str, cost_ms: u32) -> Result<ModelSpec, WorkerError> {
-        let arch = arch
-            .parse::<Arch>()
-            .map_err(|e| WorkerError::UnknownModel {
-                model: name.to_string(),
-                reason: e.to_string(),
-            })?;
+    fn new(name: &str, arch: Arch, weights: &str, cost_ms: u32) -> Result<ModelSpec, WorkerError> {
         if weights.is_empty() {
             return Err(WorkerError::UnknownModel {
                 model: name.to_string(),
@@ -170,7 +164,7 @@ impl ModelCache {
 pub fn warm_up(model: &Model) -> Result<(), WorkerError> {
     let side = model.arch().input_size();
     let input = Tensor::zeros((1, 3, side, side), candle_core::DType::F32, model.device())
-        .map_err(crate::models::ModelError::from)?;
+        .map_err(idunno_models::ModelError::from)?;
     model.forward(&input)?;
     Ok(())
 }
@@ -183,10 +177,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn specs_come_from_leases_and_refuse_unknown_architectures() {
+    fn specs_come_from_registry_entries_and_refuse_missing_weights() {
         let registry = idunno_api::model::Model {
             name: "r".into(),
-            arch: "resnet50".into(),
+            arch: Arch::ResNet50,
             weights: "w".into(),
             input_size: 224,
             created_at_ms: 0,
@@ -198,11 +192,14 @@ mod tests {
             ModelSpec::from_registry(&registry).unwrap().arch,
             Arch::ResNet50
         );
-        let vgg = idunno_api::model::Model {
-            arch: "vgg16".into(),
+        let nameless = idunno_api::model::Model {
+            weights: String::new(),
             ..registry
         };
-        let err = ModelSpec::from_registry(&vgg).unwrap_err();
+        let err = ModelSpec::from_registry(&nameless).unwrap_err();
         assert!(!err.is_transient(), "{err}");
+        // An architecture no worker knows never gets this far: it is no `Arch`.
+        let entry = r#"{"name":"v","arch":"vgg16","weights":"w","input_size":224,"created_at_ms":0}"#;
+        assert!(serde_json::from_str::<idunno_api::model::Model>(entry).is_err());
     }
 }

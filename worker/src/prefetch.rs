@@ -17,30 +17,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idunno_api::worker::{Lease, LeaseAnswer, LeaseRef, LeaseRequest, Release};
-use image::DynamicImage;
+use idunno_api::worker::{Lease, LeaseAnswer, LeaseRef, LeaseRequest};
 use rayon::prelude::*;
 use reqwest::{Method, StatusCode};
 
 use crate::coordinator::{call_until_answered, encode_segment};
 use crate::error::WorkerError;
 use crate::inputs;
-use crate::runtime::{stopped, Shared};
+use crate::queue::PreparedBatch;
+use crate::release::release;
+use crate::shared::Shared;
+use crate::stop::stopped;
 
 /// Pause after a lease call failed with a definite error (e.g. 4xx), before the next one.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
-
-/// How long giving a lease back keeps trying coordinators that are down or failing.
-const RELEASE_DEADLINE: Duration = Duration::from_secs(15);
-
-/// A leased batch whose inputs are fetched and decoded: ready for the network.
-pub(crate) struct PreparedBatch {
-    pub lease: Lease,
-    /// One entry per `lease.inputs`, same order: the image, or why there is none.
-    pub images: Vec<Result<DynamicImage, String>>,
-    /// When the lease arrived (how long a batch waited is a tracing figure).
-    pub leased_at: Instant,
-}
 
 /// The prefetch loop; returns when the worker stops (the queue's batches, prepared or being
 /// prepared, are given back by whoever stops the worker).
@@ -177,46 +167,5 @@ async fn prepare(shared: &Shared, lease: Lease) -> PreparedBatch {
         lease,
         images,
         leased_at,
-    }
-}
-
-/// Gives back a lease that was not (or could not be) run: `POST /v1/workers/{id}/release`,
-/// one request id, retried on every coordinator (5xx included) for [`RELEASE_DEADLINE`].
-/// Best effort: if no coordinator takes it, the lease expires on its own (the worker no
-/// longer lists it as held either way).
-pub(crate) async fn release(shared: &Shared, lease: &Lease) {
-    release_once(shared, lease).await;
-    shared.holding.remove(lease.lease_id);
-}
-
-async fn release_once(shared: &Shared, lease: &Lease) {
-    let path = format!("/v1/workers/{}/release", encode_segment(&shared.worker_id));
-    let body = Release {
-        lease_id: lease.lease_id,
-        batch_id: lease.batch_id.clone(),
-    };
-    let request_id = idunno_api::client::new_request_id();
-    match call_until_answered(
-        &shared.client,
-        Method::POST,
-        &path,
-        &body,
-        &request_id,
-        None,
-        Some(RELEASE_DEADLINE),
-    )
-    .await
-    {
-        Ok(_) => {
-            shared.stats.record_release();
-            tracing::info!(batch = %lease.batch_id, lease = lease.lease_id, "lease given back");
-        }
-        // 404/409: the batch is gone, done, or no longer this lease's; nothing to give back.
-        Err(e) if matches!(e.status(), Some(404 | 409)) => {
-            tracing::debug!(batch = %lease.batch_id, error = %e, "lease no longer current; nothing to give back")
-        }
-        Err(e) => {
-            tracing::warn!(batch = %lease.batch_id, error = %e, "cannot give the lease back; it will expire")
-        }
     }
 }

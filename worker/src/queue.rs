@@ -13,12 +13,23 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
+use std::time::Instant;
+
 use idunno_api::worker::{Lease, LeaseRef};
+use image::DynamicImage;
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
-use crate::prefetch::PreparedBatch;
-use crate::runtime::stopped;
+use crate::stop::stopped;
+
+/// A leased batch whose inputs are fetched and decoded: ready for the network.
+pub(crate) struct PreparedBatch {
+    pub lease: Lease,
+    /// One entry per `lease.inputs`, same order: the image, or why there is none.
+    pub images: Vec<Result<DynamicImage, String>>,
+    /// When the lease arrived (how long a batch waited is a tracing figure).
+    pub leased_at: Instant,
+}
 
 /// A batch in the queue.
 enum Entry {

@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 
 use crate::coordinator::{call_until_answered, encode_segment};
 use crate::error::WorkerError;
-use crate::prefetch;
-use crate::runtime::Shared;
+use crate::release::release;
+use crate::shared::Shared;
 use crate::sdfs;
 
 /// The answer for one query: its top classes, or why it has none.
@@ -110,7 +110,7 @@ async fn publish(shared: &Shared, finished: Finished) {
     }
     if let Err(e) = written {
         tracing::error!(batch = %lease.batch_id, error = %e, "cannot write the batch's results; giving the batch back");
-        prefetch::release(shared, &lease).await;
+        release(shared, &lease).await;
         return;
     }
 
@@ -140,7 +140,7 @@ async fn publish(shared: &Shared, finished: Finished) {
             // to the batch's hard deadline (minutes). Giving it back lets the batch run again
             // at once; its results object is simply written again by whoever runs it.
             tracing::error!(batch = %lease.batch_id, error = %e, "cannot report the batch's completion; giving the batch back");
-            prefetch::release(shared, &lease).await;
+            release(shared, &lease).await;
         }
     }
 }
@@ -206,7 +206,7 @@ mod tests {
     fn class(index: usize, p: f32) -> Class {
         Class {
             index,
-            label: crate::models::imagenet_label(index).to_string(),
+            label: idunno_models::imagenet_label(index).to_string(),
             probability: p,
         }
     }

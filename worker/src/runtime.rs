@@ -11,7 +11,6 @@
 //! [`WorkerHandle::kill`] aborts everything at once, as a crash would. The worker keeps no
 //! state that a restart would need.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,112 +19,26 @@ use idunno_api::Client;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::compute::{compute_loop, ComputePool};
+use crate::compute::compute_loop;
 use crate::config::WorkerConfig;
 use crate::coordinator::encode_segment;
 use crate::error::WorkerError;
 use crate::heartbeat::heartbeat_loop;
 use crate::inputs::InputFetcher;
 use crate::model_cache::ModelCache;
-use crate::prefetch::{self, prefetch_loop};
+use crate::pool::ComputePool;
+use crate::prefetch::prefetch_loop;
 use crate::queue::{Holding, PreparedQueue};
+use crate::release::release;
 use crate::results::{report_loop, Finished};
+use crate::shared::{Shared, Stats};
+pub use crate::shared::WorkerStats;
 
 /// Computed batches that may wait for the reporter before compute waits for it.
 const REPORT_QUEUE: usize = 4;
 
 /// Shortest heartbeat interval the worker will use, whatever the coordinator says.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
-
-/// Everything the worker's tasks share.
-pub(crate) struct Shared {
-    pub config: WorkerConfig,
-    /// The coordinators (retries, sticky leader, bearer token).
-    pub client: Client,
-    /// Assigned by the coordinator at registration.
-    pub worker_id: String,
-    pub inputs: InputFetcher,
-    pub models: ModelCache,
-    pub pool: ComputePool,
-    /// Batches prepared and not started.
-    pub queue: PreparedQueue,
-    /// Every lease held now (heartbeats list them).
-    pub holding: Holding,
-    pub stats: Stats,
-    /// Becomes `true` when the worker stops taking work.
-    pub stop: watch::Receiver<bool>,
-    /// How often to heartbeat (from the registration answer).
-    pub heartbeat_interval: Duration,
-}
-
-/// Resolves once the worker stops taking work (at once if it already has).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not `Send`: drop it here, not in a caller's `select!`.
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Counters of what the worker did, for tests and logs.
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    heartbeats: AtomicU64,
-    leases: AtomicU64,
-    released: AtomicU64,
-    batches: AtomicU64,
-    rejected: AtomicU64,
-    queries: AtomicU64,
-    failed_queries: AtomicU64,
-}
-
-impl Stats {
-    pub fn record_heartbeat(&self) {
-        self.heartbeats.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn record_lease(&self) {
-        self.leases.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn record_release(&self) {
-        self.released.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn record_completion(&self, queries: u64, failed: u64, accepted: bool) {
-        if accepted {
-            self.batches.fetch_add(1, Ordering::Relaxed);
-            self.queries.fetch_add(queries, Ordering::Relaxed);
-            self.failed_queries.fetch_add(failed, Ordering::Relaxed);
-        } else {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    fn snapshot(&self) -> WorkerStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        WorkerStats {
-            heartbeats: get(&self.heartbeats),
-            leases: get(&self.leases),
-            released: get(&self.released),
-            batches: get(&self.batches),
-            rejected: get(&self.rejected),
-            queries: get(&self.queries),
-            failed_queries: get(&self.failed_queries),
-        }
-    }
-}
-
-/// What a worker has done so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WorkerStats {
-    /// Heartbeats the coordinators answered.
-    pub heartbeats: u64,
-    /// Leases received.
-    pub leases: u64,
-    /// Leases given back unstarted.
-    pub released: u64,
-    /// Batches whose completion was accepted.
-    pub batches: u64,
-    /// Completions acknowledged but not counted (the batch was already done).
-    pub rejected: u64,
-    /// Queries in accepted batches, and how many of them have an error result.
-    pub queries: u64,
-    pub failed_queries: u64,
-}
 
 /// A running worker.
 ///
@@ -280,7 +193,7 @@ impl WorkerHandle {
         // A prepared batch no compute slot has taken goes back at once, so another worker
         // can start it while this one finishes.
         for lease in shared.queue.close() {
-            prefetch::release(&shared, &lease).await;
+            release(&shared, &lease).await;
         }
         for compute in std::mem::take(&mut self.tasks.compute) {
             let _ = compute.await;
@@ -331,12 +244,15 @@ impl WorkerHandle {
     }
 }
 
-/// Runs a worker until SIGINT or SIGTERM, then stops it gracefully. Registration is retried
-/// while no coordinator answers; a configuration the cluster refuses is an error.
-pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+/// Runs a worker until `shutdown` resolves (the binary passes SIGINT/SIGTERM), then stops it
+/// gracefully. Registration is retried while no coordinator answers; a configuration the
+/// cluster refuses is an error.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), WorkerError> {
     config.validate()?;
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
+    tokio::pin!(shutdown);
     let handle = loop {
         tokio::select! {
             started = start(config.clone()) => match started {
@@ -345,40 +261,16 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
                     tracing::warn!(error = %e, "cannot register yet; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                        _ = &mut signal => return Ok(()),
+                        _ = &mut shutdown => return Ok(()),
                     }
                 }
                 Err(e) => return Err(e),
             },
-            _ = &mut signal => return Ok(()),
+            _ = &mut shutdown => return Ok(()),
         }
     };
-    (&mut signal).await;
+    (&mut shutdown).await;
     handle.stop().await.map(|_| ())
-}
-
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => tracing::info!("SIGINT received"),
-        _ = terminate => tracing::info!("SIGTERM received"),
-    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use crate::error::WorkerError;
 
 /// Header with the BLAKE3 (hex) of a file's content, on `GET /v1/files/{name}`.
-pub const HASH_HEADER: &str = "x-idunno-hash";
+pub use idunno_api::headers::HASH_HEADER;
 
 /// How long a read keeps trying coordinators that are down or have no leader.
 const READ_DEADLINE: Duration = Duration::from_secs(15);
@@ -29,15 +29,7 @@ const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `/v1/files/{name}` with the name percent-encoded segment by segment.
 pub fn file_route(name: &str) -> String {
-    let mut out = String::from("/v1/files/");
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    format!("/v1/files/{}", idunno_api::encoding::encode_path(name))
 }
 
 /// A file read into the cache folder.

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::compute::classify_images;
 use crate::error::WorkerError;
-use crate::models::Model;
+use idunno_models::Model;
 
 /// Classes ranked per image, as a worker with default settings does.
 const TOP_K: usize = 5;
@@ -32,8 +32,8 @@ pub type EncodedImage = (String, Vec<u8>);
 /// so every file's decoding and preprocessing cost (both depend on its size) counts.
 ///
 /// It computes on the calling thread's rayon pool: the global one (`RAYON_NUM_THREADS`, else
-/// one thread per core), or a worker's [`crate::compute::ComputePool`] when called inside
-/// [`crate::compute::ComputePool::run`].
+/// one thread per core), or a worker's [`crate::pool::ComputePool`] when called inside
+/// [`crate::pool::ComputePool::run`].
 pub fn standalone_throughput(
     model: &Model,
     files: &[EncodedImage],
@@ -94,7 +94,7 @@ fn run_batches(model: &Model, files: &[&EncodedImage], batch_size: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{weights, Arch, LoadOptions};
+    use idunno_models::{weights, Arch, LoadOptions};
 
     #[test]
     fn throughput_is_measured_and_bad_arguments_refused() {

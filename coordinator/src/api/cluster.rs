@@ -14,7 +14,7 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::forward::FORWARDED_HEADER;
-use crate::node::Coordinator;
+use crate::app::Coordinator;
 
 pub fn router() -> Router<Arc<Coordinator>> {
     Router::new()

@@ -15,12 +15,12 @@ use serde::Deserialize;
 
 use super::request_id;
 use crate::error::{ApiError, ApiPath, ApiQuery};
-use crate::files::download::{parse_range, serve, ReadPlan};
-use crate::files::node_client::storage;
-use crate::files::placement::replicas_in_read_order;
-use crate::files::repair::collect_garbage;
-use crate::files::upload;
-use crate::node::Coordinator;
+use crate::replicas::download::{parse_range, serve, ReadPlan};
+use crate::replicas::storage;
+use crate::replicas::placement::replicas_in_read_order;
+use crate::replicas::repair::collect_garbage;
+use crate::replicas::upload;
+use crate::app::Coordinator;
 use crate::state::command::{Command, Response as Applied};
 
 pub fn router() -> Router<Arc<Coordinator>> {
@@ -112,13 +112,14 @@ async fn read(
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let range = match parse_range(range_header, plan.size) {
         Ok(r) => r,
-        Err(e) => {
-            let mut resp = ApiError::RangeNotSatisfiable(e).into_response();
+        Err(e @ ApiError::RangeNotSatisfiable(_)) => {
+            let mut resp = e.into_response();
             if let Ok(v) = format!("bytes */{}", plan.size).parse() {
                 resp.headers_mut().insert(header::CONTENT_RANGE, v);
             }
             return Ok(resp);
         }
+        Err(e) => return Err(e),
     };
     serve(&storage(&c), plan, range).await
 }

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::node::Coordinator;
+use crate::app::Coordinator;
 
 pub fn router() -> Router<Arc<Coordinator>> {
     Router::new()

@@ -12,9 +12,9 @@ use idunno_api::result::{BatchResult, QueryResult};
 
 use super::{request_id, ReadOptions};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::files::download::{read_all, ReadPlan};
-use crate::files::placement::replicas_in_read_order;
-use crate::node::Coordinator;
+use crate::replicas::download::{read_all, ReadPlan};
+use crate::replicas::placement::replicas_in_read_order;
+use crate::app::Coordinator;
 use crate::proposer::now_ms;
 use crate::state::command::{Command, Response};
 use crate::state::jobs::{validate_batch_size, validate_weight, BatchState};
@@ -239,7 +239,7 @@ async fn results(
         axum::http::HeaderValue::from_static("application/json"),
     );
     h.insert(
-        "x-idunno-complete",
+        idunno_api::headers::COMPLETE_HEADER,
         axum::http::HeaderValue::from_static(if complete { "true" } else { "false" }),
     );
     Ok(resp)

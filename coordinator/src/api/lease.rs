@@ -23,12 +23,12 @@ use idunno_api::worker::{Lease, LeaseAnswer, LeaseRef, LeaseRequest, LeasedInput
 use super::request_id;
 use super::workers::check_worker_id;
 use crate::error::{ApiError, ApiJson, ApiPath};
-use crate::node::{Coordinator, LeaderState};
-use crate::scheduler::Prepared;
+use crate::app::{Coordinator, LeaderState};
+use crate::leader::scheduler::Prepared;
 use crate::state::command::{Command, LeaseGrant, Response};
 use crate::state::jobs::{BatchId, BatchState, JobRecord};
 use crate::state::State as Replicated;
-use crate::workers::Workers;
+use crate::leader::workers::Workers;
 use idunno_api::job::JobState;
 
 /// Longest a lease call waits for work.
@@ -230,7 +230,7 @@ fn to_lease(c: &Coordinator, grant: LeaseGrant) -> Result<Lease, ApiError> {
         batch_id: grant.batch.to_string(),
         job_id: grant.batch.job,
         model: model.name.clone(),
-        arch: model.arch.clone(),
+        arch: model.arch,
         weights: model.weights.clone(),
         input_size: model.input_size,
         cost_ms: model.cost_ms.unwrap_or(0),
@@ -243,7 +243,7 @@ fn to_lease(c: &Coordinator, grant: LeaseGrant) -> Result<Lease, ApiError> {
                     (
                         v.hash.clone(),
                         v.size,
-                        crate::files::placement::live_replicas(state, &v.hash),
+                        crate::replicas::placement::live_replicas(state, &v.hash),
                     )
                 });
                 let (hash, size, replicas) = match located {

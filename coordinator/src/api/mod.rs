@@ -20,7 +20,7 @@ use axum::Router;
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::node::Coordinator;
+use crate::app::Coordinator;
 
 /// Every route of a coordinator.
 pub fn router(c: Arc<Coordinator>) -> Router {
@@ -34,7 +34,7 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         .merge(nodes::router())
         // The Raft transport has its own body limit (it wins over the one below): a log
         // entry can hold a whole client request, and an append carries several entries.
-        .merge(crate::raft::routes::router(c.config.raft_body_limit))
+        .merge(crate::raft::routes::router(c.raft.clone(), c.config.raft_body_limit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(c.clone(), crate::forward::to_leader))
@@ -43,7 +43,7 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         .layer(DefaultBodyLimit::max(c.config.body_limit))
         .layer(from_fn_with_state(
             c.clone(),
-            crate::raft::routes::refuse_cut_links,
+            refuse_cut_links,
         ))
         .with_state(c)
 }
@@ -88,3 +88,19 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .map(str::to_string)
         .unwrap_or_else(idunno_api::client::new_request_id)
 }
+
+/// Refuses every request from a peer whose link is cut (fault injection), before it is read.
+async fn refuse_cut_links(
+    State(c): State<Arc<Coordinator>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let sender = req.headers().get(NODE_HEADER).and_then(|v| v.to_str().ok());
+    if c.links.refuses(sender) {
+        return axum::response::IntoResponse::into_response(ApiError::Unavailable(
+            "the link from that node is cut".into(),
+        ));
+    }
+    next.run(req).await
+}
+

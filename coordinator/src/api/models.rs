@@ -6,11 +6,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
-use idunno_api::model::{default_input_size, Model, NewModel};
+use idunno_api::model::{Model, NewModel};
 
 use super::{request_id, ReadOptions};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::node::Coordinator;
+use crate::app::Coordinator;
 use crate::state::command::{Command, Response};
 use crate::state::models::{validate, ModelRecord};
 
@@ -39,11 +39,10 @@ async fn create(
 ) -> Result<(StatusCode, Json<Model>), ApiError> {
     let input_size = body
         .input_size
-        .or_else(|| default_input_size(&body.arch))
-        .unwrap_or(0);
+        .unwrap_or(body.arch.input_size() as u32);
     validate(
         &body.name,
-        &body.arch,
+        body.arch,
         &body.weights,
         input_size,
         body.cost_ms,

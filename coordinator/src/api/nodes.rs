@@ -11,7 +11,7 @@ use idunno_api::file::{FileVersion, NodeHeartbeat, NodeRegistration, StorageNode
 
 use super::ReadOptions;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::node::Coordinator;
+use crate::app::Coordinator;
 use crate::state::command::Command;
 use crate::state::files::{validate_hash, validate_node_id};
 use crate::state::State as Namespace;

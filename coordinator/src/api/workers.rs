@@ -14,11 +14,11 @@ use idunno_api::worker::{
 };
 
 use crate::error::{ApiError, ApiJson, ApiPath};
-use crate::node::Coordinator;
+use crate::app::Coordinator;
 use crate::proposer::now_ms;
 use crate::state::command::{Command, Response};
 use crate::state::jobs::{BatchId, MAX_BATCH_SIZE, MAX_COMPUTE_MS};
-use crate::workers::new_worker_id;
+use crate::leader::workers::new_worker_id;
 
 /// A lease granted this long ago that a worker's heartbeat does not list was never received
 /// by it (the answer was lost): at least this long, and three heartbeat intervals.

@@ -15,7 +15,7 @@ use super::NodeId;
 
 /// Header naming the coordinator that sent a request (Raft RPCs, read-index calls, forwarded
 /// client requests).
-pub const NODE_HEADER: &str = "x-idunno-node";
+pub use idunno_api::headers::NODE_HEADER;
 
 /// This node's view of its links.
 #[derive(Debug, Default)]

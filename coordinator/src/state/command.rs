@@ -30,7 +30,7 @@ pub struct Request {
 pub enum Command {
     PutModel {
         name: String,
-        arch: String,
+        arch: idunno_api::arch::Arch,
         weights: String,
         input_size: u32,
         /// Declared CPU ms per query (`synthetic` models only).

@@ -749,8 +749,8 @@ impl State {
             return ms.max(0.001);
         }
         match self.models.get(model) {
-            Some(m) => super::stats::seed_cost_ms(&m.arch, m.cost_ms),
-            None => super::stats::seed_cost_ms("", None),
+            Some(m) => super::stats::seed_cost_ms(m.arch, m.cost_ms),
+            None => 10.0,
         }
     }
 }

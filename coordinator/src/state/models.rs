@@ -1,6 +1,7 @@
 //! The model registry in the replicated state: name → architecture, input size, weights file.
 
-use idunno_api::model::{default_input_size, MAX_SYNTHETIC_COST_MS, SYNTHETIC};
+use idunno_api::arch::Arch;
+use idunno_api::model::MAX_SYNTHETIC_COST_MS;
 use idunno_api::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +12,7 @@ use super::{Key, State};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelRecord {
     pub name: String,
-    pub arch: String,
+    pub arch: Arch,
     /// SDFS name of the weights file (safetensors).
     pub weights: String,
     pub input_size: u32,
@@ -34,7 +35,7 @@ impl ModelRecord {
     ) -> idunno_api::model::Model {
         idunno_api::model::Model {
             name: self.name.clone(),
-            arch: self.arch.clone(),
+            arch: self.arch,
             weights: self.weights.clone(),
             input_size: self.input_size,
             created_at_ms: self.created_at_ms,
@@ -48,12 +49,12 @@ impl ModelRecord {
 /// Checks a registration before it is proposed or applied.
 pub fn validate(
     name: &str,
-    arch: &str,
+    arch: Arch,
     weights: &str,
     input_size: u32,
     cost_ms: Option<u32>,
 ) -> Result<(), CommandError> {
-    match (arch == SYNTHETIC, cost_ms) {
+    match (arch == Arch::Synthetic, cost_ms) {
         (true, None) => {
             return Err(CommandError::Invalid(format!(
                 "a synthetic model needs cost_ms (CPU milliseconds per query, 1..={MAX_SYNTHETIC_COST_MS})"
@@ -76,16 +77,6 @@ pub fn validate(
             "model name {name:?} must be 1-128 characters of a-z, A-Z, 0-9, '.', '_' or '-'"
         )));
     }
-    if default_input_size(arch).is_none() {
-        let known: Vec<&str> = idunno_api::model::ARCHITECTURES
-            .iter()
-            .map(|(a, _)| *a)
-            .collect();
-        return Err(CommandError::Invalid(format!(
-            "unknown architecture {arch:?} (known: {})",
-            known.join(", ")
-        )));
-    }
     if weights.is_empty() {
         return Err(CommandError::Invalid("weights must name a file".into()));
     }
@@ -105,13 +96,13 @@ impl State {
     pub(super) fn put_model(
         &mut self,
         name: String,
-        arch: String,
+        arch: Arch,
         weights: String,
         input_size: u32,
         cost_ms: Option<u32>,
         now: Millis,
     ) -> Result<ModelRecord, CommandError> {
-        validate(&name, &arch, &weights, input_size, cost_ms)?;
+        validate(&name, arch, &weights, input_size, cost_ms)?;
         let previous = self.models.get(&name);
         let created_at_ms = previous.map(|m| m.created_at_ms).unwrap_or(now);
         let preload = previous.is_some_and(|m| m.preload);

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
+use idunno_api::arch::Arch;
 use idunno_api::job::{Distribution, JobState, JobStats, JobWorker};
 use idunno_api::Millis;
 use sketches_ddsketch::{Config, DDSketch};
@@ -242,11 +243,14 @@ impl CostWindow {
 
 /// A first cost estimate for an architecture (ms per query), before any measurement: the
 /// declared cost of a synthetic model, else FLOPs at [`SEED_GFLOPS_PER_S`].
-pub fn seed_cost_ms(arch: &str, declared_ms: Option<u32>) -> f64 {
+pub fn seed_cost_ms(arch: Arch, declared_ms: Option<u32>) -> f64 {
     if let Some(ms) = declared_ms {
         return f64::from(ms.max(1));
     }
-    idunno_api::model::gflops(arch).map_or(10.0, |g| g / SEED_GFLOPS_PER_S * 1000.0)
+    match arch.gflops() {
+        g if g > 0.0 => g / SEED_GFLOPS_PER_S * 1000.0,
+        _ => 10.0,
+    }
 }
 
 impl State {
@@ -294,7 +298,7 @@ impl State {
             .running_jobs()
             .map(|j| (j.id, j.weight, self.cost_ms_per_query(&j.model)))
             .collect();
-        let fair_share = crate::scheduler::fair_shares(&running)
+        let fair_share = crate::leader::scheduler::fair_shares(&running)
             .get(&id)
             .copied()
             .unwrap_or(0.0);
@@ -380,7 +384,7 @@ mod tests {
             w.add(80, 8);
         }
         assert_eq!(w.ms_per_query(), Some(10.0));
-        assert!(seed_cost_ms("resnet152", None) > seed_cost_ms("efficientnet_lite0", None));
-        assert_eq!(seed_cost_ms("synthetic", Some(25)), 25.0);
+        assert!(seed_cost_ms(Arch::ResNet152, None) > seed_cost_ms(Arch::EfficientNetLite0, None));
+        assert_eq!(seed_cost_ms(Arch::Synthetic, Some(25)), 25.0);
     }
 }

@@ -21,7 +21,7 @@ fn model(state: &mut State) {
         1,
         Command::PutModel {
             name: "r18".into(),
-            arch: "resnet18".into(),
+            arch: idunno_api::arch::Arch::ResNet18,
             weights: "models/r18.safetensors".into(),
             input_size: 224,
             cost_ms: None,

@@ -1,0 +1,123 @@
+//! Forward-pass and preprocessing timings of the worker's models (generated weights, CPU).
+//!
+//! `cargo bench -p idunno-models --bench forward -- [MODEL,…] [BATCH,…] [THREADS]`
+//! (defaults: all of resnet18, resnet50, inception_v3, efficientnet_lite0; batches 1,8;
+//! one thread per core). For every model and batch size it prints the time of one
+//! `Model::forward` call on the batch (its images side by side) on a rayon pool of
+//! THREADS threads — the worker's compute pool —
+//! and the images/s that makes (fastest of the runs in a 3 s budget), then the
+//! decoding time of each sample photo (one thread) and the per-image preprocessing time.
+//! The worker's whole path, decoding overlapped with compute, is `idunno bench worker`.
+//! A measuring tool, not a test: nothing is asserted, and `cargo test` does not run it.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use idunno_models::{weights, Arch, LoadOptions, Model};
+
+/// Repeats `f` for at least `budget` (and at least three times) after one warm-up run;
+/// returns the mean and the fastest run's seconds (the machine may be shared: the
+/// minimum is the figure least disturbed by other load).
+fn time(budget: Duration, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let started = Instant::now();
+    let mut best = f64::INFINITY;
+    let mut runs = 0u32;
+    while runs < 3 || started.elapsed() < budget {
+        let run = Instant::now();
+        f();
+        best = best.min(run.elapsed().as_secs_f64());
+        runs += 1;
+    }
+    (started.elapsed().as_secs_f64() / runs as f64, best)
+}
+
+fn list<T: std::str::FromStr>(arg: Option<&String>, default: &str) -> Vec<T>
+where
+    T::Err: std::fmt::Debug,
+{
+    arg.map(String::as_str)
+        .unwrap_or(default)
+        .split(',')
+        .map(|s| s.trim().parse().expect("bad argument"))
+        .collect()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; positional arguments are ours.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let archs: Vec<Arch> = list(
+        args.first(),
+        "resnet18,resnet50,inception_v3,efficientnet_lite0",
+    );
+    let batches: Vec<usize> = list(args.get(1), "1,8");
+    let threads = args.get(2).map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |t| t.parse().expect("bad thread count"),
+    );
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("rayon pool");
+    let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/../samples");
+    let files: Vec<(String, Vec<u8>)> =
+        ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+            .iter()
+            .map(|f| {
+                let bytes = std::fs::read(format!("{samples}/{f}")).expect("sample photo");
+                (f.to_string(), bytes)
+            })
+            .collect();
+    let photos: Vec<_> = files
+        .iter()
+        .map(|(_, bytes)| image::load_from_memory(bytes).expect("sample photo"))
+        .collect();
+    println!("{threads} thread(s)");
+    for (f, bytes) in &files {
+        let (secs, _) = time(Duration::from_secs(1), || {
+            std::hint::black_box(image::load_from_memory(bytes).expect("decode"));
+        });
+        println!("decode {f:<14} {:6.2} ms (one thread)", secs * 1e3);
+    }
+    for arch in archs {
+        let bytes = weights::generate_to_bytes(arch, 1).expect("weights");
+        let model =
+            Model::from_safetensors_bytes(arch, bytes, &LoadOptions::default()).expect("model");
+        let side = arch.input_size();
+        for &n in &batches {
+            let x = Tensor::randn(0f32, 1f32, (n, 3, side, side), &Device::Cpu)
+                .and_then(|x| x.to_dtype(DType::F32))
+                .expect("input");
+            let (mean, best) = pool.install(|| {
+                time(Duration::from_secs(3), || {
+                    std::hint::black_box(model.forward(&x).expect("forward"));
+                })
+            });
+            println!(
+                "{:<18} batch {n:>3}: forward {:8.1} ms mean, {:8.1} ms best  \
+                 {:7.2} images/s mean, {:7.2} best",
+                arch.name(),
+                mean * 1e3,
+                best * 1e3,
+                n as f64 / mean,
+                n as f64 / best
+            );
+        }
+        let (secs, _) = pool.install(|| {
+            time(Duration::from_secs(1), || {
+                for p in &photos {
+                    std::hint::black_box(model.preprocess(p).expect("preprocess"));
+                }
+            })
+        });
+        let secs = secs / photos.len() as f64;
+        println!(
+            "{:<18} preprocess: {:6.2} ms/image (one at a time)",
+            arch.name(),
+            secs * 1e3
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! The `idunno` package's system tests, in one test binary (one link, not seven): each module
+//! is a user-visible area, `common` their shared helpers (clusters in a temp folder, raw HTTP,
+//! polling with a deadline, the synthetic model).
+
+mod cli;
+mod common;
+mod crash;
+mod fairness;
+mod jobs;
+mod netns;
+mod sdfs;
+mod worker_reads;
