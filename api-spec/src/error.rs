@@ -77,7 +77,11 @@ mod tests {
 
     #[test]
     fn codes_travel_as_their_snake_case_names() {
-        for code in [ErrorCode::NotAMember, ErrorCode::RangeNotSatisfiable, ErrorCode::Internal] {
+        for code in [
+            ErrorCode::NotAMember,
+            ErrorCode::RangeNotSatisfiable,
+            ErrorCode::Internal,
+        ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }

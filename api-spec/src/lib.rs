@@ -17,8 +17,8 @@ pub mod address;
 pub mod arch;
 #[cfg(feature = "client")]
 pub mod client;
-pub mod encoding;
 pub mod cluster;
+pub mod encoding;
 pub mod error;
 pub mod file;
 pub mod headers;

@@ -128,7 +128,11 @@ impl StorageNodeClient {
         timeout: Duration,
     ) -> Result<reqwest::Response, NodeError> {
         let resp = self
-            .request(reqwest::Method::GET, addr, &format!("/internal/blobs/{hash}"))
+            .request(
+                reqwest::Method::GET,
+                addr,
+                &format!("/internal/blobs/{hash}"),
+            )
             .timeout(timeout)
             .send()
             .await

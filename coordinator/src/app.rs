@@ -7,24 +7,23 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use openraft::{BasicNode, ServerState};
-use tokio::net::TcpListener;
+use idunno_api::headers::{NODE_HEADER, SECRET_HEADER};
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::ServerState;
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 
 use crate::config::CoordinatorConfig;
 use crate::error::ApiError;
-use crate::replicas::StorageNodeClient;
+use crate::leader::workers::Workers;
+pub(crate) use crate::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::proposer::{ProposeError, Proposer};
 use crate::raft::links::Links;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::Network;
-use crate::raft::state_machine::{SharedState, StateMachineStore};
-use crate::raft::{NodeId, Raft};
-use crate::leader::LeaderState;
+use crate::raft::state_machine::SharedState;
+use crate::raft::{Node, NodeId, Raft};
+use crate::replicas::StorageNodeClient;
 use crate::state::command::{Command, Response};
-use crate::leader::workers::Workers;
 
 /// Everything a request handler or a background task of this coordinator needs.
 pub struct Coordinator {
@@ -241,7 +240,10 @@ async fn fetch_read_index(c: &Coordinator, leader_addr: &str) -> Result<Option<u
         .send()
         .await
         .map_err(|e| ApiError::NoLeader(format!("leader unreachable for a read index: {e}")))?;
-    let answer: Result<crate::raft::routes::ReadIndex, RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>> = resp
+    let answer: Result<
+        crate::raft::routes::ReadIndex,
+        RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>,
+    > = resp
         .json()
         .await
         .map_err(|e| ApiError::NoLeader(format!("bad read-index answer: {e}")))?;

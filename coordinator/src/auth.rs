@@ -15,8 +15,10 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use idunno_server::secret;
+
 use crate::app::Coordinator;
+use crate::error::ApiError;
 
 pub use idunno_api::SECRET_HEADER;
 
@@ -35,7 +37,7 @@ pub async fn check(State(c): State<Arc<Coordinator>>, req: Request, next: Next) 
                 .headers()
                 .get(SECRET_HEADER)
                 .and_then(|v| v.to_str().ok());
-            if !idunno_server::secret::matches(given, secret) {
+            if !secret::matches(given, secret) {
                 return ApiError::Forbidden.into_response();
             }
         }
@@ -47,7 +49,7 @@ pub async fn check(State(c): State<Arc<Coordinator>>, req: Request, next: Next) 
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            if !idunno_server::secret::matches(given, token) {
+            if !secret::matches(given, token) {
                 return ApiError::Unauthorized.into_response();
             }
         }
@@ -71,7 +73,9 @@ fn membership_allowed(c: &Coordinator, req: &Request) -> Result<(), ApiError> {
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let matches = |given: Option<&str>, want: &Option<String>| matches!((given, want), (Some(g), Some(w)) if constant_time_eq(g.as_bytes(), w.as_bytes()));
+    let matches = |given: Option<&str>, want: &Option<String>| {
+        want.as_deref().is_some_and(|w| secret::matches(given, w))
+    };
     match (&c.config.cluster_secret, &c.config.token) {
         (None, None) if is_loopback(&c.addr) => Ok(()),
         (None, None) => Err(ApiError::ForbiddenBecause(

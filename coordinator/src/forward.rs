@@ -14,9 +14,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 
-use crate::error::ApiError;
 use crate::app::Coordinator;
-use crate::raft::links::NODE_HEADER;
+use crate::error::ApiError;
+use idunno_api::headers::NODE_HEADER;
 
 /// Marks a request a coordinator forwarded.
 pub use idunno_api::headers::FORWARDED_HEADER;

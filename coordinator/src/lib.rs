@@ -55,7 +55,7 @@ use crate::raft::links::Links;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::Raft;
+use crate::raft::{NodeId, Raft};
 use crate::replicas::StorageNodeClient;
 
 /// A running coordinator.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 use crate::config::CoordinatorConfig;
-use crate::app::{start, CoordinatorHandle, StartError};
+use crate::{start, CoordinatorHandle, StartError};
 
 /// `n` coordinators forming one Raft group.
 pub struct LocalGroup {

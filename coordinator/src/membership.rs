@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use idunno_api::cluster::ClusterStatus;
 
-use crate::forward::FORWARDED_HEADER;
 use crate::app::Coordinator;
-use crate::raft::links::NODE_HEADER;
+use crate::forward::FORWARDED_HEADER;
+use idunno_api::headers::NODE_HEADER;
 
 /// How often a node without a leader asks its peers.
 const ASK_EVERY: Duration = Duration::from_secs(1);

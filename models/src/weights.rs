@@ -147,8 +147,7 @@ fn tensor_values(
 
 /// Write the safetensors encoding of `arch`'s weights for `seed` into `out`.
 fn write_to(arch: Arch, seed: u64, out: &mut impl Write) -> std::io::Result<()> {
-    let mut specs = crate::tensor_specs(arch)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut specs = crate::tensor_specs(arch).map_err(|e| std::io::Error::other(e.to_string()))?;
     specs.sort_by(|a, b| a.name.cmp(&b.name));
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;

@@ -34,9 +34,9 @@ use crate::content::ContentDir;
 use crate::error::SdfsError;
 use crate::hash::BlobHash;
 use crate::meta::{now_ms, BlobMeta};
-use idunno_api::range::ByteRange;
 use crate::sled_lock::wait_until_unlocked;
 use crate::upload::Upload;
+use idunno_api::range::ByteRange;
 
 /// The folder, inside a node's data folder, that holds the sled database.
 pub const DB_FOLDER: &str = "blobs";

@@ -44,7 +44,9 @@ pub async fn fetch_blob(
         .map_err(|e| SdfsError::Upstream(e.to_string()))?;
     let source = from.to_string();
     let content = response.bytes_stream().map(move |piece| {
-        piece.map_err(|e| SdfsError::Upstream(format!("reading from {source}: {}", describe_error(&e))))
+        piece.map_err(|e| {
+            SdfsError::Upstream(format!("reading from {source}: {}", describe_error(&e)))
+        })
     });
     match store_stream(store, content, Some(hash), shutdown).await {
         // The source served other bytes than it claims to hold: its fault, not ours.

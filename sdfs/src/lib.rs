@@ -27,16 +27,16 @@ pub mod transfer;
 pub mod upload;
 
 pub use blob_read::BlobRead;
-pub use blob_store::{BlobStore, Deleted, StoreOptions, Totals};
 /// Test hooks (simulated bit rot), for the tests of this and other crates: behind the
 /// `test-util` feature, never in a release build of the binary.
 #[cfg(any(test, feature = "test-util"))]
 pub use blob_store::{corrupt_byte_for_tests, forge_byte_for_tests};
+pub use blob_store::{BlobStore, Deleted, StoreOptions, Totals};
 pub use config::NodeConfig;
 pub use error::SdfsError;
 pub use hash::BlobHash;
-pub use node::{run, start, NodeHandle};
 pub use idunno_api::range::ByteRange;
+pub use node::{run, start, NodeHandle};
 pub use upload::{SealedUpload, Upload};
 
 pub use idunno_api::headers::{EXPECT_HASH_HEADER, HASH_HEADER, SECRET_HEADER, STAMP_HEADER};

@@ -27,9 +27,9 @@ use crate::blob_store::Deleted;
 use crate::error::{ApiJson, ApiPath, SdfsError};
 use crate::hash::BlobHash;
 use crate::node::Node;
-use idunno_api::range::ByteRange;
 use crate::transfer::{blocking, store_stream, BlobStream};
 use crate::{EXPECT_HASH_HEADER, HASH_HEADER, STAMP_HEADER};
+use idunno_api::range::ByteRange;
 
 /// Largest JSON request body (only `fetch` has one).
 const JSON_LIMIT: usize = 64 << 10;

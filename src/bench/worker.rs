@@ -24,8 +24,8 @@ use idunno::embedded::{ClusterSpec, EmbeddedCluster};
 use idunno_api::job::{Inputs, Job, JobState, NewJob};
 use idunno_api::model::Model;
 use idunno_api::Client;
-use idunno_worker::pool::ComputePool;
 use idunno_models::{weights, Arch, LoadOptions, Model as Network};
+use idunno_worker::pool::ComputePool;
 use idunno_worker::{standalone_throughput, EncodedImage, WorkerConfig};
 
 use crate::cli::model::{add, Shape, WeightsSource};

@@ -99,7 +99,7 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
         .map(|m| {
             vec![
                 m.name.clone(),
-                m.arch.clone(),
+                m.arch.to_string(),
                 m.input_size.to_string(),
                 m.weights.clone(),
                 format!("{:.1}", m.cost_ms_per_query),
@@ -120,10 +120,7 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
 /// `/v1/models/{name}` with the name percent-encoded as one path segment (a `/` in it too),
 /// so whatever a user types names one model, never another route.
 pub fn model_path(name: &str) -> String {
-    format!(
-        "/v1/models/{}",
-        idunno_api::encoding::encode_segment(name)
-    )
+    format!("/v1/models/{}", idunno_api::encoding::encode_segment(name))
 }
 
 /// Where `model add` takes weights from.

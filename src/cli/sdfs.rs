@@ -239,7 +239,8 @@ pub async fn download(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let hash = header(idunno_api::headers::HASH_HEADER).context("the answer has no content hash")?;
+    let hash =
+        header(idunno_api::headers::HASH_HEADER).context("the answer has no content hash")?;
     let got_version = header(idunno_api::headers::VERSION_HEADER)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);

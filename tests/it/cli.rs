@@ -34,7 +34,8 @@ fn row<'a>(table: &'a str, input: &str) -> &'a str {
 
 #[test]
 fn up_runs_a_real_job_on_the_sample_photos_and_prints_what_it_saw() {
-    let lite0 = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet_lite0.safetensors");
+    let lite0 =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet_lite0.safetensors");
     assert!(
         lite0.exists(),
         "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does)",
@@ -121,7 +122,7 @@ async fn model_add_stores_weights_that_fit_and_refuses_the_rest() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let model: Model = client.get("/v1/models/r18").await.unwrap();
     assert_eq!(
-        (model.arch.as_str(), model.weights.as_str()),
+        (model.arch.name(), model.weights.as_str()),
         ("resnet18", "models/r18.safetensors")
     );
     let stored: Vec<FileVersion> = client

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use common::{cluster, eventually, hash_hex, http};
 use idunno::embedded::EmbeddedCluster;
 use idunno_api::file::ReplicaSet;
-use idunno_sdfs::BlobHash;
-use idunno_worker::pool::ComputePool;
-use idunno_worker::model_cache::{ModelCache, ModelSpec};
 use idunno_models::{weights, Arch};
+use idunno_sdfs::BlobHash;
+use idunno_worker::model_cache::{ModelCache, ModelSpec};
+use idunno_worker::pool::ComputePool;
 use idunno_worker::WorkerError;
 use reqwest::{Method, StatusCode};
 

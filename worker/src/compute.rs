@@ -21,7 +21,7 @@ use crate::release::release;
 use crate::results::{self, Finished, QueryOutcome};
 use crate::shared::Shared;
 use crate::stop::stopped;
-use idunno_models::{imagenet_label, Model, ModelError, Tensor};
+use idunno_models::{Model, ModelError, Tensor};
 
 /// A batch whose model failed to load for a transient reason is given back, unless it has
 /// already been handed out this many times: then its queries get error results, so a
@@ -192,7 +192,7 @@ async fn run_batch(shared: &Arc<Shared>, batch: PreparedBatch) -> Option<Finishe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use idunno_models::{weights, Arch, LoadOptions};
+    use idunno_models::{imagenet_label, weights, Arch, LoadOptions};
 
     fn sample(name: &str) -> DynamicImage {
         let path = format!("{}/../samples/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -237,5 +237,4 @@ mod tests {
         assert!((a.probability - b.probability).abs() < 1e-4);
         assert!(classify_images(&model, &[], 5).is_empty());
     }
-
 }

@@ -144,6 +144,11 @@ mod tests {
             reason: "r".into()
         }
         .is_transient());
-        assert!(!WorkerError::Model(ModelError::UnknownArch(idunno_api::arch::UnknownArch("vgg".into()))).is_transient());
+        assert!(
+            !WorkerError::Model(ModelError::UnknownArch(idunno_api::arch::UnknownArch(
+                "vgg".into()
+            )))
+            .is_transient()
+        );
     }
 }

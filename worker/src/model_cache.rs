@@ -18,10 +18,10 @@ use idunno_api::worker::Lease;
 use idunno_api::Client;
 use tokio::sync::OnceCell;
 
-use crate::pool::ComputePool;
 use crate::error::WorkerError;
-use idunno_models::{Arch, LoadOptions, Model, Tensor};
+use crate::pool::ComputePool;
 use crate::sdfs;
+use idunno_models::{Arch, LoadOptions, Model, Tensor};
 
 /// Which model, from which weights.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -199,7 +199,8 @@ mod tests {
         let err = ModelSpec::from_registry(&nameless).unwrap_err();
         assert!(!err.is_transient(), "{err}");
         // An architecture no worker knows never gets this far: it is no `Arch`.
-        let entry = r#"{"name":"v","arch":"vgg16","weights":"w","input_size":224,"created_at_ms":0}"#;
+        let entry =
+            r#"{"name":"v","arch":"vgg16","weights":"w","input_size":224,"created_at_ms":0}"#;
         assert!(serde_json::from_str::<idunno_api::model::Model>(entry).is_err());
     }
 }

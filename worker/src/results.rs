@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use crate::coordinator::{call_until_answered, encode_segment};
 use crate::error::WorkerError;
 use crate::release::release;
-use crate::shared::Shared;
 use crate::sdfs;
+use crate::shared::Shared;
 
 /// The answer for one query: its top classes, or why it has none.
 pub type QueryOutcome = Result<Vec<Class>, String>;
@@ -183,7 +183,7 @@ mod tests {
             batch_id: "4-2".into(),
             job_id: 4,
             model: "r18".into(),
-            arch: "resnet18".into(),
+            arch: idunno_models::Arch::ResNet18,
             weights: "models/r18.safetensors".into(),
             input_size: 224,
             inputs: names

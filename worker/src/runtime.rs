@@ -31,8 +31,8 @@ use crate::prefetch::prefetch_loop;
 use crate::queue::{Holding, PreparedQueue};
 use crate::release::release;
 use crate::results::{report_loop, Finished};
-use crate::shared::{Shared, Stats};
 pub use crate::shared::WorkerStats;
+use crate::shared::{Shared, Stats};
 
 /// Computed batches that may wait for the reporter before compute waits for it.
 const REPORT_QUEUE: usize = 4;

@@ -66,7 +66,7 @@ impl Stats {
             self.rejected.fetch_add(1, Ordering::Relaxed);
         }
     }
-    fn snapshot(&self) -> WorkerStats {
+    pub(crate) fn snapshot(&self) -> WorkerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         WorkerStats {
             heartbeats: get(&self.heartbeats),
@@ -97,4 +97,3 @@ pub struct WorkerStats {
     pub queries: u64,
     pub failed_queries: u64,
 }
-

@@ -8,4 +8,3 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`: drop it here, not in a caller's `select!`.
     let _ = stop.wait_for(|s| *s).await;
 }
-

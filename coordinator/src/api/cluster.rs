@@ -12,9 +12,9 @@ use axum::{Json, Router};
 use idunno_api::cluster::{ClusterStatus, Member, NewMember};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
+use crate::app::Coordinator;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::forward::FORWARDED_HEADER;
-use crate::app::Coordinator;
 
 pub fn router() -> Router<Arc<Coordinator>> {
     Router::new()

@@ -14,13 +14,13 @@ use idunno_api::file::{validate_path, FileInfo, FileVersion, Replica, ReplicaSet
 use serde::Deserialize;
 
 use super::request_id;
+use crate::app::Coordinator;
 use crate::error::{ApiError, ApiPath, ApiQuery};
 use crate::replicas::download::{parse_range, serve, ReadPlan};
-use crate::replicas::storage;
+use crate::replicas::gc::collect_garbage;
 use crate::replicas::placement::replicas_in_read_order;
-use crate::replicas::repair::collect_garbage;
+use crate::replicas::storage;
 use crate::replicas::upload;
-use crate::app::Coordinator;
 use crate::state::command::{Command, Response as Applied};
 
 pub fn router() -> Router<Arc<Coordinator>> {

@@ -9,8 +9,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
 use crate::app::Coordinator;
+use crate::error::ApiError;
 
 pub fn router() -> Router<Arc<Coordinator>> {
     Router::new()

@@ -11,11 +11,11 @@ use idunno_api::job::{BatchInfo, Job, JobPatch, JobStats, NewJob};
 use idunno_api::result::{BatchResult, QueryResult};
 
 use super::{request_id, ReadOptions};
+use crate::app::Coordinator;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::proposer::now_ms;
 use crate::replicas::download::{read_all, ReadPlan};
 use crate::replicas::placement::replicas_in_read_order;
-use crate::app::Coordinator;
-use crate::proposer::now_ms;
 use crate::state::command::{Command, Response};
 use crate::state::jobs::{validate_batch_size, validate_weight, BatchState};
 

@@ -22,13 +22,13 @@ use idunno_api::worker::{Lease, LeaseAnswer, LeaseRef, LeaseRequest, LeasedInput
 
 use super::request_id;
 use super::workers::check_worker_id;
-use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::app::{Coordinator, LeaderState};
+use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::leader::scheduler::Prepared;
+use crate::leader::workers::Workers;
 use crate::state::command::{Command, LeaseGrant, Response};
 use crate::state::jobs::{BatchId, BatchState, JobRecord};
 use crate::state::State as Replicated;
-use crate::leader::workers::Workers;
 use idunno_api::job::JobState;
 
 /// Longest a lease call waits for work.

@@ -19,8 +19,10 @@ use axum::response::Response;
 use axum::Router;
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use idunno_api::headers::NODE_HEADER;
+
 use crate::app::Coordinator;
+use crate::error::ApiError;
 
 /// Every route of a coordinator.
 pub fn router(c: Arc<Coordinator>) -> Router {
@@ -34,17 +36,17 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         .merge(nodes::router())
         // The Raft transport has its own body limit (it wins over the one below): a log
         // entry can hold a whole client request, and an append carries several entries.
-        .merge(crate::raft::routes::router(c.raft.clone(), c.config.raft_body_limit))
+        .merge(crate::raft::routes::router(
+            c.raft.clone(),
+            c.config.raft_body_limit,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(c.clone(), crate::forward::to_leader))
         .layer(from_fn_with_state(c.clone(), crate::auth::check))
         .layer(from_fn_with_state(c.clone(), count))
         .layer(DefaultBodyLimit::max(c.config.body_limit))
-        .layer(from_fn_with_state(
-            c.clone(),
-            refuse_cut_links,
-        ))
+        .layer(from_fn_with_state(c.clone(), refuse_cut_links))
         .with_state(c)
 }
 
@@ -103,4 +105,3 @@ async fn refuse_cut_links(
     }
     next.run(req).await
 }
-

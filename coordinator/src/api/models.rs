@@ -9,8 +9,8 @@ use axum::{Json, Router};
 use idunno_api::model::{Model, NewModel};
 
 use super::{request_id, ReadOptions};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::app::Coordinator;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::state::command::{Command, Response};
 use crate::state::models::{validate, ModelRecord};
 
@@ -37,9 +37,7 @@ async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<NewModel>,
 ) -> Result<(StatusCode, Json<Model>), ApiError> {
-    let input_size = body
-        .input_size
-        .unwrap_or(body.arch.input_size() as u32);
+    let input_size = body.input_size.unwrap_or(body.arch.input_size() as u32);
     validate(
         &body.name,
         body.arch,

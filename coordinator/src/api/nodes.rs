@@ -10,8 +10,8 @@ use axum::{Json, Router};
 use idunno_api::file::{FileVersion, NodeHeartbeat, NodeRegistration, StorageNode};
 
 use super::ReadOptions;
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::app::Coordinator;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::state::command::Command;
 use crate::state::files::{validate_hash, validate_node_id};
 use crate::state::State as Namespace;

@@ -13,12 +13,12 @@ use idunno_api::worker::{
     WorkerRegistration,
 };
 
-use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::app::Coordinator;
+use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::leader::workers::new_worker_id;
 use crate::proposer::now_ms;
 use crate::state::command::{Command, Response};
 use crate::state::jobs::{BatchId, MAX_BATCH_SIZE, MAX_COMPUTE_MS};
-use crate::leader::workers::new_worker_id;
 
 /// A lease granted this long ago that a worker's heartbeat does not list was never received
 /// by it (the answer was lost): at least this long, and three heartbeat intervals.

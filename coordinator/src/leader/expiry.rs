@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::app::Coordinator;
+use crate::leader::workers::Workers;
 use crate::proposer::now_ms;
 use crate::state::command::Command;
 use crate::state::jobs::BatchId;
-use crate::leader::workers::Workers;
 
 /// How often the leader looks for dead leases.
 const SCAN_EVERY: Duration = Duration::from_millis(200);

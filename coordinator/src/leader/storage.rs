@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::replicas::repair::FAILED_TARGET_BACKOFF;
 use crate::app::Coordinator;
+use crate::replicas::repair::FAILED_TARGET_BACKOFF;
 use crate::state::command::Command;
 
 /// How often the leader checks liveness.

@@ -4,7 +4,7 @@
 //!
 //! A cut link fails both ways at this node: calls to the peer fail as unreachable before they
 //! are sent, and calls from it (every coordinator-to-coordinator request carries its sender's
-//! id in [`NODE_HEADER`]) are refused with 503. Cutting a node off from the others therefore
+//! id in [`NODE_HEADER`](idunno_api::headers::NODE_HEADER)) are refused with 503. Cutting a node off from the others therefore
 //! needs the switch of that one node only. Nothing here is persistent or replicated.
 
 use std::collections::{BTreeSet, HashMap};
@@ -12,10 +12,6 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::NodeId;
-
-/// Header naming the coordinator that sent a request (Raft RPCs, read-index calls, forwarded
-/// client requests).
-pub use idunno_api::headers::NODE_HEADER;
 
 /// This node's view of its links.
 #[derive(Debug, Default)]
@@ -46,7 +42,7 @@ impl Links {
             .contains(&peer)
     }
 
-    /// Whether a request whose [`NODE_HEADER`] says `sender` must be refused.
+    /// Whether a request whose [`NODE_HEADER`](idunno_api::headers::NODE_HEADER) says `sender` must be refused.
     pub fn refuses(&self, sender: Option<&str>) -> bool {
         sender
             .and_then(|s| s.parse::<NodeId>().ok())

@@ -33,9 +33,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use super::links::{Links, NODE_HEADER};
+use super::links::Links;
 use super::{LogId, Node, NodeId, TypeConfig, Vote};
 use crate::auth::SECRET_HEADER;
+use idunno_api::headers::NODE_HEADER;
 
 /// Content type of a snapshot chunk ([`encode_snapshot_chunk`]).
 pub const SNAPSHOT_CONTENT_TYPE: &str = "application/x-idunno-snapshot-chunk";

@@ -120,7 +120,10 @@ pub async fn serve(
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, value(format!("\"{}\"", plan.hash)));
     h.insert(idunno_api::headers::HASH_HEADER, value(plan.hash.clone()));
-    h.insert(idunno_api::headers::VERSION_HEADER, value(plan.version.to_string()));
+    h.insert(
+        idunno_api::headers::VERSION_HEADER,
+        value(plan.version.to_string()),
+    );
     if range.is_some() {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         resp.headers_mut().insert(
@@ -302,9 +305,18 @@ mod tests {
         );
         assert_eq!(parse_range(None, 100).unwrap(), None);
         // The same answers as the storage nodes give: malformed 400, outside 416.
-        for bad in ["bytes=5-2", "items=0-1", "bytes=a-b", "bytes=-", "bytes=0-1,3-4"] {
+        for bad in [
+            "bytes=5-2",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=0-1,3-4",
+        ] {
             assert!(matches!(r(bad), Err(ApiError::BadRequest(_))), "{bad}");
         }
-        assert!(matches!(r("bytes=100-"), Err(ApiError::RangeNotSatisfiable(_))));
+        assert!(matches!(
+            r("bytes=100-"),
+            Err(ApiError::RangeNotSatisfiable(_))
+        ));
     }
 }

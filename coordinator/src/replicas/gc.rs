@@ -111,4 +111,3 @@ async fn delete_freed_copy(
         }
     }
 }
-

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 
-use super::{storage, Deletion, StorageNodeClient};
+use super::gc::collect_garbage;
+use super::{storage, Deletion};
 use crate::app::Coordinator;
 use crate::state::command::{Command, Response};
 use crate::state::files::FreedBlob;

@@ -15,11 +15,11 @@ use idunno_api::file::{validate_path, FileVersion, StoredBlob};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{storage, NodeError};
+use super::gc::collect_garbage;
 use super::placement::choose_nodes;
-use super::repair::collect_garbage;
-use crate::error::ApiError;
+use super::{storage, NodeError};
 use crate::app::Coordinator;
+use crate::error::ApiError;
 use crate::state::command::{Command, Response};
 use crate::state::files::FreedBlob;
 

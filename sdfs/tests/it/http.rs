@@ -1,8 +1,6 @@
 //! A storage node's HTTP API, against nodes started in-process on port 0 over real sled
 //! folders: what a coordinator or worker sees when it stores, reads, copies and deletes blobs.
 
-use crate::common;
-
 use std::time::Duration;
 
 use crate::common::*;

@@ -3,16 +3,14 @@
 //! heartbeat carrying them is accepted, and registers again when it is forgotten. The
 //! coordinator here is a stand-in that records what it is told.
 
-use crate::common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use crate::common::*;
 use idunno_api::file::{NodeHeartbeat, NodeRegistration};
 use idunno_sdfs::chunk::CHUNK_SIZE;
 use idunno_sdfs::BlobHash;

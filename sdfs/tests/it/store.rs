@@ -289,7 +289,12 @@ fn an_upload_cut_by_a_crash_is_deleted_on_reopen() {
         kept
     };
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "store::crash_helper", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "store::crash_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SDFS_CRASH_HELPER_DIR", dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -150,7 +150,7 @@ pub async fn put_file(addr: &str, name: &str, bytes: Vec<u8>) {
 /// Puts the input `in/tiny.png` and registers synthetic models of the given costs
 /// (name → CPU ms per query).
 pub async fn synthetic_models(client: &idunno_api::Client, addr: &str, models: &[(&str, u32)]) {
-    use idunno_worker::models::{weights, Arch};
+    use idunno_models::{weights, Arch};
     put_file(addr, "in/tiny.png", tiny_png(7)).await;
     put_file(
         addr,
