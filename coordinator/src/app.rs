@@ -22,8 +22,8 @@ use crate::raft::links::Links;
 use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::SharedState;
 use crate::raft::{Node, NodeId, Raft};
-use crate::replicas::StorageNodeClient;
 use crate::state::command::{Command, Response};
+use idunno_api::storage_node::StorageNodeClient;
 
 /// Everything a request handler or a background task of this coordinator needs.
 pub struct Coordinator {
@@ -241,7 +241,7 @@ async fn fetch_read_index(c: &Coordinator, leader_addr: &str) -> Result<Option<u
         .await
         .map_err(|e| ApiError::NoLeader(format!("leader unreachable for a read index: {e}")))?;
     let answer: Result<
-        crate::raft::routes::ReadIndex,
+        crate::raft::ReadIndex,
         RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>,
     > = resp
         .json()

@@ -20,7 +20,7 @@ use idunno_server::secret;
 use crate::app::Coordinator;
 use crate::error::ApiError;
 
-pub use idunno_api::SECRET_HEADER;
+use idunno_api::headers::SECRET_HEADER;
 
 /// Checks the credentials a path requires.
 pub async fn check(State(c): State<Arc<Coordinator>>, req: Request, next: Next) -> Response {

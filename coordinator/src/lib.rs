@@ -198,7 +198,7 @@ pub async fn start(
     tasks.push(tokio::spawn(crate::leader::expiry::expire_leases(
         coordinator.clone(),
     )));
-    tasks.push(tokio::spawn(crate::leader::storage::watch_nodes(
+    tasks.push(tokio::spawn(crate::leader::node_watch::watch_nodes(
         coordinator.clone(),
     )));
     tasks.push(tokio::spawn(crate::replicas::repair::repair_loop(

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::SdfsError;
 use crate::node::Node;
-use crate::SECRET_HEADER;
+use idunno_api::headers::SECRET_HEADER;
 
 /// Checks the cluster secret on internal routes.
 pub async fn check(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {

@@ -19,7 +19,7 @@ use tokio::time::MissedTickBehavior;
 use crate::blob_store::LostBlobs;
 use crate::node::Node;
 use crate::transfer::blocking;
-use crate::SECRET_HEADER;
+use idunno_api::headers::SECRET_HEADER;
 
 /// Longest wait between two registration attempts.
 const MAX_REGISTER_BACKOFF: Duration = Duration::from_secs(2);

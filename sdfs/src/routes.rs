@@ -28,7 +28,7 @@ use crate::error::{ApiJson, ApiPath, SdfsError};
 use crate::hash::BlobHash;
 use crate::node::Node;
 use crate::transfer::{blocking, store_stream, BlobStream};
-use crate::{EXPECT_HASH_HEADER, HASH_HEADER, STAMP_HEADER};
+use idunno_api::headers::{EXPECT_HASH_HEADER, HASH_HEADER, STAMP_HEADER};
 use idunno_api::range::ByteRange;
 
 /// Largest JSON request body (only `fetch` has one).

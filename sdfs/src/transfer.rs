@@ -110,12 +110,6 @@ impl BlobWriter {
         Ok(stored)
     }
 
-    /// Deletes everything stored so far.
-    pub async fn abort(mut self) -> Result<(), SdfsError> {
-        let upload = self.take_upload().await?;
-        spawn_blocking(move || upload.abort()).await?
-    }
-
     /// The upload, once the batch in flight (if any) is stored.
     async fn take_upload(&mut self) -> Result<Upload, SdfsError> {
         if let Some(task) = self.in_flight.take() {

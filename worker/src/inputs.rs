@@ -252,10 +252,10 @@ mod tests {
             let hash = blake3::hash(bytes).to_hex().to_string();
             let mut request = reqwest::Client::new()
                 .put(format!("http://{}/internal/blobs", self.addr()))
-                .header(idunno_sdfs::EXPECT_HASH_HEADER, &hash)
+                .header(idunno_api::headers::EXPECT_HASH_HEADER, &hash)
                 .body(bytes.to_vec());
             if let Some(secret) = &self.config.cluster_secret {
-                request = request.header(idunno_sdfs::SECRET_HEADER, secret);
+                request = request.header(idunno_api::headers::SECRET_HEADER, secret);
             }
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), reqwest::StatusCode::CREATED);

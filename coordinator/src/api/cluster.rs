@@ -187,7 +187,7 @@ async fn probe(c: &Coordinator, id: u64, addr: &str) -> Result<(), ApiError> {
         req = req.bearer_auth(token);
     }
     if let Some(secret) = &c.config.cluster_secret {
-        req = req.header(crate::auth::SECRET_HEADER, secret);
+        req = req.header(idunno_api::headers::SECRET_HEADER, secret);
     }
     let answer = async {
         let resp = req.send().await.map_err(|e| e.to_string())?;

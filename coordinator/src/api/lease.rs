@@ -21,7 +21,7 @@ use axum::Json;
 use idunno_api::worker::{Lease, LeaseAnswer, LeaseRef, LeaseRequest, LeasedInput};
 
 use super::request_id;
-use super::workers::check_worker_id;
+use super::worker_id::check_worker_id;
 use crate::app::{Coordinator, LeaderState};
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::leader::scheduler::Prepared;

@@ -8,6 +8,7 @@ mod jobs;
 mod lease;
 mod models;
 mod nodes;
+mod worker_id;
 mod workers;
 
 use std::sync::Arc;

@@ -13,6 +13,7 @@ use idunno_api::worker::{
     WorkerRegistration,
 };
 
+use super::worker_id::check_worker_id;
 use crate::app::Coordinator;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::leader::workers::new_worker_id;
@@ -65,18 +66,6 @@ fn check_worker_info(
                 "model lists hold at most {MAX_MODELS} names of 1-128 bytes"
             )));
         }
-    }
-    Ok(())
-}
-
-pub(super) fn check_worker_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(ApiError::BadRequest(format!("{id:?} is not a worker id")));
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! What only the leader knows — soft state, rebuilt when a node becomes leader and never
-//! replicated: the fair-time scheduler's tags ([`scheduler`]), the watch over storage nodes
-//! ([`storage`]), and the loop that expires the leases of silent workers ([`expiry`]). Which
+//! replicated: the fair-time scheduler's tags ([`scheduler`]), what it knows of storage nodes
+//! ([`storage`]) and the loop that watches them ([`node_watch`]), and the loop that expires the leases of silent workers ([`expiry`]). Which
 //! workers are alive is every node's own record ([`workers`]), kept here beside them.
 
 pub mod expiry;
+pub mod node_watch;
 pub mod scheduler;
 pub mod storage;
 pub mod workers;

@@ -12,7 +12,8 @@
 //! `w × c` — orders the jobs the same way, since `len × c / (w × c) = len / w`: the cost
 //! cancels out of the order. What cost × weight decides is the *share of worker time* a job
 //! ends up with (a job 4× as costly at the same rate takes 4× the worker time), which
-//! [`fair_shares`] states from the models' measured costs for the statistics.
+//! [`crate::state::stats::fair_shares`] states from the models' measured costs for the
+//! statistics.
 //!
 //! * A job that joins (is created, started, resumed, or comes back after a leader change)
 //!   starts level with the lowest virtual time of the others: it is served next and then in
@@ -198,25 +199,6 @@ impl FairShare {
     }
 }
 
-/// Each running job's fair share of worker time: weight × cost per query, normalised over
-/// `jobs` (the running jobs, with the cost of each one's model in ms per query).
-pub fn fair_shares(jobs: &[(u64, u32, f64)]) -> HashMap<u64, f64> {
-    let total: f64 = jobs
-        .iter()
-        .map(|(_, w, c)| f64::from(*w) * c.max(0.0))
-        .sum();
-    jobs.iter()
-        .map(|(id, w, c)| {
-            let share = if total > 0.0 {
-                f64::from(*w) * c.max(0.0) / total
-            } else {
-                0.0
-            };
-            (*id, share)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -380,13 +362,5 @@ mod tests {
         assert_eq!(fair.vtime(&a).unwrap(), before);
         a.done = 1_200;
         assert_eq!(fair.vtime(&a).unwrap(), before + 100.0);
-    }
-
-    #[test]
-    fn shares_follow_weight_times_cost() {
-        let s = fair_shares(&[(1, 1, 40.0), (2, 1, 10.0), (3, 2, 5.0)]);
-        assert!((s[&1] - 40.0 / 60.0).abs() < 1e-12);
-        assert!((s[&3] - 10.0 / 60.0).abs() < 1e-12);
-        assert!(fair_shares(&[(1, 1, 0.0)])[&1] == 0.0);
     }
 }

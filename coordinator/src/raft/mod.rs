@@ -17,6 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::command::{Request, Response};
 
+/// The leader's answer to a read-index request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReadIndex {
+    /// Index the reader must have applied before reading (`None`: nothing committed yet).
+    pub index: Option<u64>,
+}
+
 /// A Raft log entry's application payload: requests grouped by the leader's proposer so that
 /// many concurrent writes share one log append and one fsync.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

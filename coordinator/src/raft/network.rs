@@ -35,8 +35,7 @@ use tokio::task::JoinHandle;
 
 use super::links::Links;
 use super::{LogId, Node, NodeId, TypeConfig, Vote};
-use crate::auth::SECRET_HEADER;
-use idunno_api::headers::NODE_HEADER;
+use idunno_api::headers::{NODE_HEADER, SECRET_HEADER};
 
 /// Content type of a snapshot chunk ([`encode_snapshot_chunk`]).
 pub const SNAPSHOT_CONTENT_TYPE: &str = "application/x-idunno-snapshot-chunk";

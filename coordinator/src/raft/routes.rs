@@ -13,10 +13,9 @@ use openraft::error::{CheckIsLeaderError, InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotResponse, VoteRequest, VoteResponse,
 };
-use serde::{Deserialize, Serialize};
 
 use super::network::decode_snapshot_chunk;
-use super::{Node, NodeId, Raft, TypeConfig};
+use super::{Node, NodeId, Raft, ReadIndex, TypeConfig};
 use crate::error::{ApiError, ApiJson};
 
 /// The routes, to be merged at the root (whatever its state), with their own body limit
@@ -59,13 +58,6 @@ async fn snapshot(
     })?;
     let req = decode_snapshot_chunk(&body).map_err(ApiError::BadRequest)?;
     Ok(Json(raft.install_snapshot(req).await))
-}
-
-/// The leader's answer to a read-index request.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReadIndex {
-    /// Index the reader must have applied before reading (`None`: nothing committed yet).
-    pub index: Option<u64>,
 }
 
 async fn read_index(

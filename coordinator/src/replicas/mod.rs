@@ -3,7 +3,7 @@
 //! replication factor (repair) and deleting copies no version uses (gc), through the one
 //! client of the storage nodes' internal routes (`idunno_api::storage_node`). The namespace itself is replicated
 //! state ([`crate::state::files`]); the leader's watch over the storage nodes is
-//! [`crate::leader::storage`]; blobs live on storage nodes (the `sdfs` crate).
+//! [`crate::leader::node_watch`]; blobs live on storage nodes (the `sdfs` crate).
 
 pub mod download;
 pub mod gc;

@@ -20,9 +20,6 @@ use crate::state::State;
 const PARALLEL: usize = 8;
 /// How often every live node's holdings are reconciled even without a reason.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
-/// How long a node a copy to failed (hung, full, broken) is not chosen as a copy target,
-/// so that one bad node cannot hold a blob under-replicated while others could take it.
-pub const FAILED_TARGET_BACKOFF: Duration = Duration::from_secs(30);
 
 /// One step toward the wanted replication.
 #[derive(Debug, Clone, PartialEq, Eq)]

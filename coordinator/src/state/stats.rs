@@ -8,7 +8,7 @@
 //! has them at once. Time comes only from the records (lease and completion stamps); a
 //! reader says where its window ends.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 
 use idunno_api::arch::Arch;
@@ -298,10 +298,7 @@ impl State {
             .running_jobs()
             .map(|j| (j.id, j.weight, self.cost_ms_per_query(&j.model)))
             .collect();
-        let fair_share = crate::leader::scheduler::fair_shares(&running)
-            .get(&id)
-            .copied()
-            .unwrap_or(0.0);
+        let fair_share = fair_shares(&running).get(&id).copied().unwrap_or(0.0);
         let rate_qps = self.job_rate(job, now);
         let remaining = job.queries.saturating_sub(job.done);
         let eta_s =
@@ -323,6 +320,25 @@ impl State {
             eta_s,
         })
     }
+}
+
+/// Each running job's fair share of worker time: weight × cost per query, normalised over
+/// `jobs` (the running jobs, with the cost of each one's model in ms per query).
+pub fn fair_shares(jobs: &[(u64, u32, f64)]) -> HashMap<u64, f64> {
+    let total: f64 = jobs
+        .iter()
+        .map(|(_, w, c)| f64::from(*w) * c.max(0.0))
+        .sum();
+    jobs.iter()
+        .map(|(id, w, c)| {
+            let share = if total > 0.0 {
+                f64::from(*w) * c.max(0.0) / total
+            } else {
+                0.0
+            };
+            (*id, share)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -386,5 +402,13 @@ mod tests {
         assert_eq!(w.ms_per_query(), Some(10.0));
         assert!(seed_cost_ms(Arch::ResNet152, None) > seed_cost_ms(Arch::EfficientNetLite0, None));
         assert_eq!(seed_cost_ms(Arch::Synthetic, Some(25)), 25.0);
+    }
+
+    #[test]
+    fn shares_follow_weight_times_cost() {
+        let s = fair_shares(&[(1, 1, 40.0), (2, 1, 10.0), (3, 2, 5.0)]);
+        assert!((s[&1] - 40.0 / 60.0).abs() < 1e-12);
+        assert!((s[&3] - 10.0 / 60.0).abs() < 1e-12);
+        assert!(fair_shares(&[(1, 1, 0.0)])[&1] == 0.0);
     }
 }

@@ -616,10 +616,7 @@ async fn a_new_leader_learns_a_workers_name_and_models_from_its_heartbeats() {
     group.wait_for_leader(WAIT).await.expect("a new leader");
     // What a worker sends (idunno_worker's heartbeat loop): its registration's name and models.
     let beat = json!({"loaded": [], "capacity": 1, "name": "gpu-less-1", "accepts": ["other"]});
-    let _: Value = c
-        .post(&format!("/v1/workers/{}/heartbeat", w.worker_id), &beat)
-        .await
-        .unwrap();
+    beat_all(&group.addrs(), &w.worker_id, &beat).await;
     let workers: Vec<Value> = c.get("/v1/workers").await.unwrap();
     assert_eq!(workers.len(), 1, "{workers:?}");
     assert_eq!(workers[0]["name"], "gpu-less-1");
@@ -881,6 +878,19 @@ async fn a_follower_with_a_smaller_raft_body_limit_still_catches_up() {
     group.shutdown().await;
 }
 
+/// Sends one heartbeat to every coordinator at once, each bounded by 300 ms, as a worker's
+/// heartbeat loop does (a dead coordinator holds up no other).
+async fn beat_all(addrs: &[String], worker: &str, beat: &Value) {
+    let http = reqwest::Client::new();
+    let send = |addr: &String| {
+        http.post(format!("http://{addr}/v1/workers/{worker}/heartbeat"))
+            .json(beat)
+            .timeout(Duration::from_millis(300))
+            .send()
+    };
+    futures::future::join_all(addrs.iter().map(send)).await;
+}
+
 /// One long poll for a lease: the lease, or None on 204.
 async fn lease_once(c: &Client, worker: &str, wait_ms: u64) -> Option<Lease> {
     let (code, body) = c
@@ -905,7 +915,7 @@ async fn lease_once(c: &Client, worker: &str, wait_ms: u64) -> Option<Lease> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeating_worker_keeps_its_lease_across_a_leader_failover() {
-    let (mut group, _dir) = group(3, |c| c.lease_timeout_ms = 500).await;
+    let (mut group, _dir) = group(3, |c| c.lease_timeout_ms = 1000).await;
     let c = client(&group.addrs());
     add_model(&c).await;
     let register = || async {
@@ -918,14 +928,14 @@ async fn a_heartbeating_worker_keeps_its_lease_across_a_leader_failover() {
     let (holder, other) = (register().await, register().await);
     let job: Job = c.post("/v1/jobs", &new_job("j", 2, 1)).await.unwrap();
     let held = lease_once(&c, &holder, 1000).await.expect("a batch");
-    // The holder heartbeats every 100 ms throughout, whoever leads.
+    // The holder heartbeats every coordinator every 100 ms throughout, as a worker does,
+    // whoever leads.
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let beats = {
-        let c = c.clone();
-        let path = format!("/v1/workers/{holder}/heartbeat");
+        let (addrs, holder) = (group.addrs(), holder.clone());
         tokio::spawn(async move {
             while !*stopped.borrow() {
-                let _ = c.post::<_, Value>(&path, &json!({})).await;
+                beat_all(&addrs, &holder, &json!({})).await;
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     _ = stopped.changed() => {}
