@@ -50,6 +50,8 @@ pub struct EmbeddedCluster {
     nodes: Vec<(NodeConfig, Option<NodeHandle>)>,
     workers: Vec<(WorkerConfig, Option<WorkerHandle>)>,
     dir: PathBuf,
+    /// The coordinators' bearer token, which the storage nodes, workers and client send.
+    token: Option<String>,
 }
 
 impl EmbeddedCluster {
@@ -60,6 +62,10 @@ impl EmbeddedCluster {
         spec: &ClusterSpec,
         tweak: impl Fn(&mut CoordinatorConfig),
     ) -> Result<EmbeddedCluster, EmbeddedError> {
+        // The token `tweak` gives the coordinators, for everything else to send.
+        let mut probe = CoordinatorConfig::new(1, dir.to_path_buf());
+        tweak(&mut probe);
+        let token = probe.token;
         let coordinators = match &spec.listen {
             None => LocalGroup::start(spec.coordinators, dir, tweak).await?,
             Some(addr) => {
@@ -80,6 +86,7 @@ impl EmbeddedCluster {
             nodes: Vec::new(),
             workers: Vec::new(),
             dir: dir.to_path_buf(),
+            token,
         };
         cluster.start_satellites(spec).await?;
         Ok(cluster)
@@ -99,6 +106,7 @@ impl EmbeddedCluster {
             nodes: Vec::new(),
             workers: Vec::new(),
             dir: dir.to_path_buf(),
+            token: None,
         };
         cluster.start_satellites(spec).await?;
         Ok(cluster)
@@ -126,7 +134,7 @@ impl EmbeddedCluster {
 
     /// A client of the coordinators.
     pub fn client(&self) -> Client {
-        Client::new(&self.coordinator_addrs(), None).expect("the group has addresses")
+        Client::new(&self.coordinator_addrs(), self.token.clone()).expect("the group has addresses")
     }
 
     /// Starts one more storage node (`s<n>`); returns its index.
@@ -135,6 +143,7 @@ impl EmbeddedCluster {
         let id = format!("s{}", index + 1);
         let mut config = NodeConfig::new(id.clone(), self.dir.join(&id));
         config.coordinators = self.coordinator_addrs();
+        config.token = self.token.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         config.listen = listener.local_addr()?.to_string();
         let handle = idunno_sdfs::start(config.clone(), listener).await?;
@@ -223,6 +232,7 @@ impl EmbeddedCluster {
         );
         config.name = Some(format!("worker-{}", index + 1));
         config.batch_wait_ms = 2_000;
+        config.token = self.token.clone();
         tweak(&mut config);
         let handle = idunno_worker::start(config.clone()).await?;
         self.workers.push((config, Some(handle)));

@@ -3,7 +3,9 @@
 //! them.
 //!
 //! * bodies: [`job`], [`model`], [`worker`], [`file`], [`cluster`], [`result`], [`error`]
-//!   (the error body and every error code), [`arch`] (the architectures' names);
+//!   (the error body and every error code), [`arch`] (the architectures' names), [`v2`] (the
+//!   Open Inference Protocol's bodies and binary extension), [`online`] (online batches
+//!   between coordinator and worker);
 //! * what travels beside them: [`headers`], [`encoding`] (names in URL paths), [`range`]
 //!   (the `Range` header), [`address`] (`host:port`);
 //! * clients (feature `client`, on by default): [`client`] (the coordinators, with retries
@@ -24,10 +26,12 @@ pub mod file;
 pub mod headers;
 pub mod job;
 pub mod model;
+pub mod online;
 pub mod range;
 pub mod result;
 #[cfg(feature = "client")]
 pub mod storage_node;
+pub mod v2;
 pub mod worker;
 
 #[cfg(feature = "client")]

@@ -22,7 +22,28 @@ pub struct NewModel {
     /// `synthetic` only, and required for it: the CPU milliseconds one query costs.
     #[serde(default)]
     pub cost_ms: Option<u32>,
+    /// How online requests (`/v2`) of this model are batched; unset fields take the
+    /// coordinator's defaults (`--online-max-batch`, `--online-max-delay-ms`).
+    #[serde(default)]
+    pub online: OnlineBatching,
 }
+
+/// Dynamic batching of a model's online requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineBatching {
+    /// Images per batch at most (1..=64); a request of more images runs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<u32>,
+    /// How long the oldest request may wait for others to fill the batch (0..=10000 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_delay_ms: Option<u32>,
+}
+
+/// Largest online batch a model may ask for.
+pub const MAX_ONLINE_BATCH: u32 = 64;
+/// Longest queue delay a model may ask for (ms).
+pub const MAX_ONLINE_DELAY_MS: u32 = 10_000;
 
 /// A registered model as the registry reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +63,9 @@ pub struct Model {
     /// completed batches, seeded from the architecture's FLOPs (or the declared cost).
     #[serde(default)]
     pub cost_ms_per_query: f64,
+    /// How its online requests are batched (as registered; unset: the coordinator's defaults).
+    #[serde(default)]
+    pub online: OnlineBatching,
 }
 
 /// Largest declared cost of a synthetic query (ms).

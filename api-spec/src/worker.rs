@@ -124,6 +124,9 @@ pub struct LeaseAnswer {
     /// started them already, or drop when they are no longer current.
     #[serde(default)]
     pub revoked: Vec<LeaseRef>,
+    /// A batch of online inference requests, to run before anything prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<crate::online::OnlineLease>,
 }
 
 /// One input of a leased batch, with where its bytes are so the worker reads them straight

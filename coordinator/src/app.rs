@@ -53,6 +53,9 @@ pub struct Coordinator {
     /// The workers this node hears from (they heartbeat every coordinator): its own record,
     /// kept across leadership changes, so a new leader already knows who went silent.
     pub(crate) workers: Mutex<Workers>,
+    /// Online inference requests held while this node leads ([`crate::online`]); lock
+    /// order: after the workers.
+    pub(crate) online: crate::online::Online,
     /// Flips to true once when the node shuts down.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -42,7 +42,7 @@ pub async fn check(State(c): State<Arc<Coordinator>>, req: Request, next: Next) 
             }
         }
     }
-    if path.starts_with("/v1/") {
+    if needs_token(path) {
         if let Some(token) = &c.config.token {
             let given = req
                 .headers()
@@ -107,6 +107,13 @@ fn is_loopback(addr: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The client API: `/v1/…` and the inference protocol's `/v2…`, but for its health probes
+/// (`/v2/health/…`), which load balancers call without credentials.
+fn needs_token(path: &str) -> bool {
+    path.starts_with("/v1/")
+        || ((path == "/v2" || path.starts_with("/v2/")) && !path.starts_with("/v2/health/"))
 }
 
 /// `/v1/nodes/register` and `/v1/nodes/{id}/heartbeat`: only storage nodes call these.

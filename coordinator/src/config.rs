@@ -114,6 +114,24 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 256 << 20)]
     pub raft_body_limit: usize,
 
+    /// Online inference (`/v2`): images per batch at most, for models that set none.
+    #[arg(long, default_value_t = 8)]
+    pub online_max_batch: u32,
+
+    /// Online inference: how long a request may wait for others to fill its batch (ms), for
+    /// models that set none. 0 = never wait (no dynamic batching beyond what is queued).
+    #[arg(long, default_value_t = 5)]
+    pub online_max_delay_ms: u32,
+
+    /// Online inference's weight in the fair-time scheduler, against each job's weight:
+    /// online requests together get this many shares of the query rate.
+    #[arg(long, default_value_t = 1)]
+    pub online_weight: u32,
+
+    /// Longest an online request may take (ms) unless it asks for less (`timeout`).
+    #[arg(long, default_value_t = 30_000)]
+    pub online_timeout_ms: u64,
+
     /// Bearer token required on the client API (`/v1/…`); none = open.
     #[arg(long, env = "IDUNNO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -149,6 +167,10 @@ impl CoordinatorConfig {
             storage_timeout_ms: 10_000,
             body_limit: 16 << 20,
             raft_body_limit: 256 << 20,
+            online_max_batch: 8,
+            online_max_delay_ms: 5,
+            online_weight: 1,
+            online_timeout_ms: 30_000,
             token: None,
             cluster_secret: None,
         }
@@ -182,6 +204,21 @@ impl CoordinatorConfig {
                  may hold a whole client request",
                 self.raft_body_limit, self.body_limit
             ));
+        }
+        if !(1..=idunno_api::model::MAX_ONLINE_BATCH).contains(&self.online_max_batch) {
+            return Err(format!(
+                "--online-max-batch must be in 1..={}",
+                idunno_api::model::MAX_ONLINE_BATCH
+            ));
+        }
+        if self.online_max_delay_ms > idunno_api::model::MAX_ONLINE_DELAY_MS {
+            return Err(format!(
+                "--online-max-delay-ms must be at most {}",
+                idunno_api::model::MAX_ONLINE_DELAY_MS
+            ));
+        }
+        if self.online_weight == 0 || self.online_timeout_ms == 0 {
+            return Err("--online-weight and --online-timeout-ms must be at least 1".into());
         }
         let peers = self.peer_map();
         if peers.len() != self.peers.len() {

@@ -37,6 +37,10 @@ const HOP_HEADERS: &[&str] = &[
 /// are worker heartbeats: a worker sends them to every coordinator, and each keeps its own
 /// record of which workers are alive.
 fn needs_leader(method: &Method, path: &str) -> bool {
+    if path.starts_with("/v2/models/") {
+        // Inference requests are batched in the leader's memory; metadata is a read.
+        return *method == Method::POST;
+    }
     if !path.starts_with("/v1/") {
         return false;
     }

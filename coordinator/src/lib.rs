@@ -14,6 +14,7 @@
 //! * [`leader`] — the leader's soft state: fair-time scheduler, lease expiry, storage-node
 //!   watch, and each node's record of live workers;
 //! * [`replicas`] — the SDFS data path: placement, upload, download, repair, gc;
+//! * [`online`] — online inference requests (`/v2`) queued and batched on the leader;
 //! * [`api`] — the REST API and its middleware ([`auth`], [`forward`] to the leader);
 //! * [`membership`], [`metrics`], [`config`], [`error`], [`local`] (a group in one process).
 //!
@@ -30,6 +31,7 @@ pub(crate) mod leader;
 pub mod local;
 pub(crate) mod membership;
 pub(crate) mod metrics;
+pub(crate) mod online;
 pub(crate) mod proposer;
 pub mod raft;
 pub(crate) mod replicas;
@@ -180,6 +182,7 @@ pub async fn start(
         started: Instant::now(),
         leader: Mutex::new(LeaderState::new(0)),
         workers: Mutex::new(Workers::default()),
+        online: crate::online::Online::default(),
         shutdown: shutdown.clone(),
     });
 

@@ -15,6 +15,9 @@ pub struct Metrics {
     pub leases_granted: Counter,
     pub batches_completed: Counter,
     pub leases_expired: Counter,
+    pub online_requests: Counter,
+    pub online_images: Counter,
+    pub online_batches: Counter,
 }
 
 impl Metrics {
@@ -56,6 +59,21 @@ impl Metrics {
                 "idunno_leases_expired_total",
                 "leases expired by this leader",
                 &self.leases_expired,
+            ),
+            (
+                "idunno_online_requests_total",
+                "online inference requests answered with outputs by this node",
+                &self.online_requests,
+            ),
+            (
+                "idunno_online_images_total",
+                "images of those requests",
+                &self.online_images,
+            ),
+            (
+                "idunno_online_batches_total",
+                "online batches handed to workers by this leader",
+                &self.online_batches,
             ),
         ];
         for (name, help, c) in counters {

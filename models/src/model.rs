@@ -57,6 +57,17 @@ pub struct Prediction {
     pub probability: f32,
 }
 
+impl From<Prediction> for idunno_api::result::Class {
+    /// A prediction as results and online answers carry it.
+    fn from(p: Prediction) -> Self {
+        idunno_api::result::Class {
+            index: p.class_index,
+            label: p.label.to_string(),
+            probability: p.probability,
+        }
+    }
+}
+
 /// A loaded image classifier (CPU, f32).
 pub struct Model {
     arch: Arch,

@@ -218,6 +218,7 @@ async fn setup(args: &FailoverBench, client: &Client) -> anyhow::Result<u64> {
     let shape = Shape {
         input_size: None,
         cost_ms: Some(args.cost_ms),
+        online: Default::default(),
     };
     add(
         client,

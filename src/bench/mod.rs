@@ -3,6 +3,7 @@
 
 mod failover;
 mod fairness;
+mod online;
 mod raft;
 mod sdfs;
 mod worker;
@@ -30,6 +31,9 @@ enum BenchCmd {
     /// Fair-time scheduling: a cheap job running, a costly one submitted; shares of worker
     /// time, time to the new job's first lease and result, rate gaps per 10 s window.
     Fairness(fairness::FairnessBench),
+    /// Online inference over /v2: requests/s and p50/p99 latency at 1, 4 and 16 clients,
+    /// with and without dynamic batching, and beside a batch job.
+    Online(online::OnlineBench),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -39,6 +43,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCmd::Worker(b) => worker::run(b).await,
         BenchCmd::Fairness(b) => fairness::run(b).await,
         BenchCmd::Failover(b) => failover::run(b).await,
+        BenchCmd::Online(b) => online::run(b).await,
     }
 }
 

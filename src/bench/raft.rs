@@ -46,6 +46,7 @@ pub async fn run(args: RaftBench) -> anyhow::Result<()> {
                 weights: "models/bench.safetensors".into(),
                 input_size: None,
                 cost_ms: None,
+                online: Default::default(),
             },
         )
         .await?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use idunno_api::model::{Model, NewModel};
+use idunno_api::model::{Model, NewModel, OnlineBatching};
 use idunno_api::{Client, ClientError};
 use idunno_models::hub::{self, TensorNames};
 use idunno_models::{weights, Arch, LoadOptions, Model as Network};
@@ -47,6 +47,13 @@ enum ModelCmd {
         /// `synthetic` only: CPU milliseconds each query costs.
         #[arg(long)]
         cost_ms: Option<u32>,
+        /// Online requests (/v2): images per batch at most (default: the coordinators').
+        #[arg(long)]
+        online_max_batch: Option<u32>,
+        /// Online requests: how long the oldest may wait for others to fill its batch (ms;
+        /// default: the coordinators').
+        #[arg(long)]
+        online_max_delay_ms: Option<u32>,
     },
     /// List registered models.
     List,
@@ -68,11 +75,17 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
             weights,
             input_size,
             cost_ms,
+            online_max_batch,
+            online_max_delay_ms,
         } => {
             let source = WeightsSource::parse(&weights);
             let shape = Shape {
                 input_size,
                 cost_ms,
+                online: OnlineBatching {
+                    max_batch_size: online_max_batch,
+                    max_queue_delay_ms: online_max_delay_ms,
+                },
             };
             vec![add(&client, &name, &arch, &source, shape).await?]
         }
@@ -168,6 +181,8 @@ pub struct Shape {
     pub input_size: Option<u32>,
     /// The declared CPU milliseconds per query of a synthetic model.
     pub cost_ms: Option<u32>,
+    /// How online requests are batched (unset: the coordinators' defaults).
+    pub online: OnlineBatching,
 }
 
 /// Puts the weights of `source` into SDFS (checked to load as `arch`), registers model `name`
@@ -238,6 +253,7 @@ async fn register(
         weights: weights.to_string(),
         input_size: shape.input_size,
         cost_ms: shape.cost_ms,
+        online: shape.online,
     };
     Ok(client.post("/v1/models", &body).await?)
 }

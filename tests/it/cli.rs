@@ -34,6 +34,7 @@ fn row<'a>(table: &'a str, input: &str) -> &'a str {
 
 #[test]
 fn up_runs_a_real_job_on_the_sample_photos_and_prints_what_it_saw() {
+    let _cpu = common::cpu_shared_blocking();
     let lite0 =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet_lite0.safetensors");
     assert!(

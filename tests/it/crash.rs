@@ -106,6 +106,7 @@ async fn batches(client: &Client, job: u64) -> Vec<BatchInfo> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_while_workers_run_a_job_loses_nothing() {
+    let _cpu = common::cpu_shared().await;
     let dir = tempfile::tempdir().unwrap();
     let mut group = coordinators(dir.path());
     let cluster = satellites(dir.path(), &group, 2, 2).await;
@@ -153,6 +154,7 @@ async fn a_leader_killed_while_workers_run_a_job_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_leader_and_worker_kills_through_a_whole_job() {
+    let _cpu = common::cpu_shared().await;
     let dir = tempfile::tempdir().unwrap();
     let mut group = coordinators(dir.path());
     let mut cluster = satellites(dir.path(), &group, 4, 3).await;
@@ -210,6 +212,7 @@ async fn chaos_leader_and_worker_kills_through_a_whole_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_cluster_killed_and_restarted_keeps_jobs_files_and_results() {
+    let _cpu = common::cpu_shared().await;
     let dir = tempfile::tempdir().unwrap();
     let mut group = coordinators(dir.path());
     let mut cluster = satellites(dir.path(), &group, 2, 2).await;
@@ -278,6 +281,7 @@ async fn the_whole_cluster_killed_and_restarted_keeps_jobs_files_and_results() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_steps_down_commits_nothing_and_catches_up() {
+    let _cpu = common::cpu_shared().await;
     common::init_log();
     let dir = tempfile::tempdir().unwrap();
     let spec = ClusterSpec {
@@ -394,6 +398,7 @@ async fn a_partitioned_leader_steps_down_commits_nothing_and_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storage_node_lost_during_a_job_loses_nothing() {
+    let _cpu = common::cpu_shared().await;
     common::init_log();
     let dir = tempfile::tempdir().unwrap();
     let spec = ClusterSpec {

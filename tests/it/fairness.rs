@@ -26,9 +26,20 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A cluster of `coordinators`, one storage node, and `workers` one-thread workers.
-async fn cluster(coordinators: u64, workers: usize) -> (EmbeddedCluster, tempfile::TempDir) {
+/// A cluster of `coordinators`, one storage node, and `workers` one-thread workers; the
+/// returned guard keeps the test binary's other tests off the cores while rates are measured.
+async fn cluster(
+    coordinators: u64,
+    workers: usize,
+) -> (
+    EmbeddedCluster,
+    (
+        tempfile::TempDir,
+        tokio::sync::RwLockWriteGuard<'static, ()>,
+    ),
+) {
     common::init_log();
+    let cpu = common::cpu_alone().await;
     let dir = tempfile::tempdir().unwrap();
     let spec = ClusterSpec {
         coordinators,
@@ -48,7 +59,7 @@ async fn cluster(coordinators: u64, workers: usize) -> (EmbeddedCluster, tempfil
             .await
             .unwrap();
     }
-    (cluster, dir)
+    (cluster, (dir, cpu))
 }
 
 /// Registers synthetic models of the given costs (name → ms per query) and their input.

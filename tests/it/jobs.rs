@@ -117,7 +117,7 @@ fn assert_classified(r: &QueryResult) {
     }
 }
 
-async fn two_worker_cluster(lease_timeout_ms: u64) -> (EmbeddedCluster, tempfile::TempDir) {
+async fn two_worker_cluster(lease_timeout_ms: u64) -> (EmbeddedCluster, common::TestDir) {
     cluster(1, 3, 2, |c| c.lease_timeout_ms = lease_timeout_ms).await
 }
 

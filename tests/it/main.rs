@@ -1,4 +1,4 @@
-//! The `idunno` package's system tests, in one test binary (one link, not seven): each module
+//! The `idunno` package's system tests, in one test binary (one link, not eight): each module
 //! is a user-visible area, `common` their shared helpers (clusters in a temp folder, raw HTTP,
 //! polling with a deadline, the synthetic model).
 
@@ -8,5 +8,6 @@ mod crash;
 mod fairness;
 mod jobs;
 mod netns;
+mod online;
 mod sdfs;
 mod worker_reads;

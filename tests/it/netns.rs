@@ -5,6 +5,7 @@
 //! catches up. Needs root (CI runs as root); where namespaces cannot be made, the test says so
 //! and does nothing.
 
+use crate::common;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -159,6 +160,7 @@ fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_partitioned_by_the_network_steps_down_and_catches_up() {
+    let _cpu = common::cpu_shared().await;
     let hosts = match Hosts::create() {
         Ok(hosts) => hosts,
         Err(e) => {

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::model_cache::ModelSpec;
-use crate::queue::PreparedBatch;
+use crate::queue::{PreparedBatch, Work};
 use crate::release::release;
 use crate::results::{self, Finished, QueryOutcome};
 use crate::shared::Shared;
@@ -88,11 +88,7 @@ fn top_classes(
 pub fn top_k(probs: &[f32], k: usize) -> Vec<Class> {
     idunno_models::top_k(probs, k)
         .into_iter()
-        .map(|p| Class {
-            index: p.class_index,
-            label: p.label.to_string(),
-            probability: p.probability,
-        })
+        .map(Class::from)
         .collect()
 }
 
@@ -101,8 +97,13 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<Class> {
 pub(crate) async fn compute_loop(shared: Arc<Shared>, reports: mpsc::Sender<Finished>) {
     let mut stop = shared.stop.clone();
     loop {
-        let Some(batch) = shared.queue.take(&mut stop).await else {
-            return;
+        let batch = match shared.queue.take(&mut stop).await {
+            None => return,
+            Some(Work::Online(batch)) => {
+                crate::online::run(&shared, batch).await;
+                continue;
+            }
+            Some(Work::Batch(batch)) => batch,
         };
         if let Some(finished) = run_batch(&shared, batch).await {
             if reports.send(finished).await.is_err() {

@@ -7,7 +7,8 @@
 //! * start-up and shutdown: `runtime` ([`start`], [`run`]) builds the `shared` context (what
 //!   every task holds) and spawns the tasks; `stop` is the stop signal;
 //! * the tasks: `heartbeat` (every coordinator, model loads), `prefetch` (the lease call and
-//!   input preparation), [`compute`] (forward passes), [`results`] (written to SDFS, reported);
+//!   input preparation), [`compute`] (forward passes), [`results`] (written to SDFS, reported),
+//!   `online` (online batches: decoded, run ahead of jobs' batches, outputs to the leader);
 //! * what the tasks use: `queue` (prepared batches, held leases), [`pool`] (compute threads),
 //!   `release` (giving a lease back), [`inputs`] (reading from storage nodes), [`model_cache`],
 //!   [`sdfs`] (weights in, results out), `coordinator` (calls kept under one request id),
@@ -25,6 +26,7 @@ pub mod error;
 mod heartbeat;
 pub mod inputs;
 pub mod model_cache;
+mod online;
 pub mod pool;
 mod prefetch;
 mod queue;

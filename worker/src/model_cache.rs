@@ -41,6 +41,11 @@ impl ModelSpec {
         Self::new(&lease.model, lease.arch, &lease.weights, lease.cost_ms)
     }
 
+    /// The model an online batch needs.
+    pub fn from_online(lease: &idunno_api::online::OnlineLease) -> Result<ModelSpec, WorkerError> {
+        Self::new(&lease.model, lease.arch, &lease.weights, lease.cost_ms)
+    }
+
     /// The model a registry entry describes.
     pub fn from_registry(model: &idunno_api::model::Model) -> Result<ModelSpec, WorkerError> {
         Self::new(
@@ -187,6 +192,7 @@ mod tests {
             loaded_on: vec![],
             cost_ms: None,
             cost_ms_per_query: 0.0,
+            online: Default::default(),
         };
         assert_eq!(
             ModelSpec::from_registry(&registry).unwrap().arch,

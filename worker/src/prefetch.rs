@@ -64,6 +64,9 @@ pub(crate) async fn prefetch_loop(shared: Arc<Shared>) {
         for revoked in &answer.revoked {
             give_back_revoked(&shared, revoked);
         }
+        if let Some(online) = answer.online {
+            crate::online::start(&shared, online);
+        }
         let Some(lease) = answer.lease else { continue };
         tracing::debug!(batch = %lease.batch_id, lease = lease.lease_id, inputs = lease.inputs.len(), "leased");
         shared.holding.add(lease.lease_id);

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use std::time::Instant;
 
+use idunno_api::online::OnlineLease;
 use idunno_api::worker::{Lease, LeaseRef};
 use image::DynamicImage;
 use tokio::sync::{watch, Notify};
@@ -29,6 +30,27 @@ pub(crate) struct PreparedBatch {
     pub images: Vec<Result<DynamicImage, String>>,
     /// When the lease arrived (how long a batch waited is a tracing figure).
     pub leased_at: Instant,
+}
+
+/// An online batch whose inputs are decoded: ready for the network, ahead of any batch.
+pub(crate) struct OnlineBatch {
+    pub lease: OnlineLease,
+    /// One entry per input of the lease, same order: the image, or why there is none.
+    pub images: Vec<Result<OnlineImage, String>>,
+}
+
+/// One input of an online batch, ready for the model.
+pub(crate) enum OnlineImage {
+    /// Decoded; the model preprocesses it as a job's.
+    Decoded(DynamicImage),
+    /// Already preprocessed: a `[3, S, S]` tensor's values.
+    Tensor(Vec<f32>),
+}
+
+/// What a compute slot takes next.
+pub(crate) enum Work {
+    Online(OnlineBatch),
+    Batch(PreparedBatch),
 }
 
 /// A batch in the queue.
@@ -53,6 +75,8 @@ impl Entry {
 /// Unstarted batches, oldest first.
 pub(crate) struct PreparedQueue {
     entries: Mutex<VecDeque<Entry>>,
+    /// Online batches ready to run; they go before `entries`.
+    online: Mutex<VecDeque<OnlineBatch>>,
     /// Wakes compute slots waiting for a ready batch (or for the queue to close).
     ready: Notify,
     /// Counts the batches compute slots have taken.
@@ -64,6 +88,7 @@ impl Default for PreparedQueue {
     fn default() -> Self {
         PreparedQueue {
             entries: Mutex::new(VecDeque::new()),
+            online: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
             taken: watch::channel(0).0,
             closed: Mutex::new(false),
@@ -98,6 +123,15 @@ impl PreparedQueue {
         true
     }
 
+    /// An online batch is ready: it runs before any prepared batch.
+    pub fn push_online(&self, batch: OnlineBatch) {
+        self.online
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(batch);
+        self.ready.notify_one();
+    }
+
     /// The leases waiting here, as the lease call lists them.
     pub fn prepared(&self) -> Vec<LeaseRef> {
         self.lock()
@@ -119,15 +153,24 @@ impl PreparedQueue {
         entries.remove(at).map(into_lease)
     }
 
-    /// The next ready batch, waiting for one; `None` once the worker stops or the queue is
-    /// closed.
-    pub async fn take(&self, stop: &mut watch::Receiver<bool>) -> Option<PreparedBatch> {
+    /// The next ready batch (online batches first), waiting for one; `None` once the worker
+    /// stops or the queue is closed.
+    pub async fn take(&self, stop: &mut watch::Receiver<bool>) -> Option<Work> {
         loop {
             let ready = self.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
             if *stop.borrow() || *self.closed.lock().unwrap_or_else(|p| p.into_inner()) {
                 return None;
+            }
+            let online = self
+                .online
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            if let Some(batch) = online {
+                self.ready.notify_one();
+                return Some(Work::Online(batch));
             }
             {
                 let mut entries = self.lock();
@@ -137,7 +180,7 @@ impl PreparedQueue {
                         self.taken.send_modify(|n| *n += 1);
                         // Another slot may be waiting and there may be more.
                         self.ready.notify_one();
-                        return Some(batch);
+                        return Some(Work::Batch(batch));
                     }
                 }
             }

@@ -10,6 +10,11 @@
 //!
 //! The call's request id (`Idempotency-Key`) names the lease it gets: a worker that gives up
 //! waiting (or loses the answer) and asks again with the same id gets the same lease.
+//!
+//! The same call hands out online batches ([`crate::online`]): when a model's queue makes a
+//! batch and online traffic's virtual time is not behind the job the worker would get, the
+//! answer carries the online batch instead (nothing is committed for it). A worker that has
+//! the model loaded is preferred: while one does, others are not given the model's batches.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +23,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::Json;
+use idunno_api::online::OnlineLease;
 use idunno_api::worker::{Lease, LeaseAnswer, LeaseRef, LeaseRequest, LeasedInput};
 
 use super::request_id;
@@ -26,6 +32,7 @@ use crate::app::{Coordinator, LeaderState};
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::leader::scheduler::Prepared;
 use crate::leader::workers::Workers;
+use crate::online::{Batching, TakenBatch};
 use crate::state::command::{Command, LeaseGrant, Response};
 use crate::state::jobs::{BatchId, BatchState, JobRecord};
 use crate::state::State as Replicated;
@@ -46,6 +53,11 @@ struct Decision {
     lease: Option<u64>,
     /// The prepared lease the new batch takes the place of: revoked once the lease is granted.
     displaced: Option<LeaseRef>,
+    /// The model to hand an online batch of now, instead of `lease`.
+    online: Option<(String, Batching)>,
+    /// When the next online batch this worker could run falls due (its oldest request's
+    /// queue delay runs out).
+    online_due: Option<Instant>,
 }
 
 pub(super) async fn lease(
@@ -68,6 +80,9 @@ pub(super) async fn lease(
         let notified = c.shared.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let online_arrived = c.online.wake.notified();
+        tokio::pin!(online_arrived);
+        online_arrived.as_mut().enable();
         // A node that stopped leading (deposed, or cut off from its quorum) sends the worker
         // on to another coordinator instead of holding its call.
         if !c.is_leader() {
@@ -80,8 +95,17 @@ pub(super) async fn lease(
         if let Some(grant) = earlier {
             return answer(&c, Some(grant), Vec::new());
         }
+        if let Some((model, batch)) = c.online.given(&worker, &request) {
+            return online_answer(&c, &model, batch, Vec::new());
+        }
         let decision = decide(&c, &worker, &body.prepared);
         tracing::debug!(%worker, prepared = ?body.prepared, ?decision, "lease decision");
+        if let Some((model, batching)) = &decision.online {
+            if let Some(batch) = c.online.take(model, batching.max_batch, &worker, &request) {
+                c.metrics.online_batches.add(1);
+                return online_answer(&c, model, batch, decision.revoked);
+            }
+        }
         let mut granted = None;
         if let Some(job) = decision.lease {
             let cmd = Command::Lease {
@@ -109,8 +133,11 @@ pub(super) async fn lease(
         if Instant::now() >= deadline {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
+        let online_due = decision.online_due.unwrap_or(deadline).min(deadline);
         tokio::select! {
             _ = &mut notified => {}
+            _ = &mut online_arrived => {}
+            _ = tokio::time::sleep_until(online_due.into()) => {}
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.wait_for(|s| *s) => return Err(ApiError::Unavailable("shutting down".into())),
@@ -124,7 +151,40 @@ fn answer(
     revoked: Vec<LeaseRef>,
 ) -> Result<HttpResponse, ApiError> {
     let lease = grant.map(|g| to_lease(c, g)).transpose()?;
-    Ok(Json(LeaseAnswer { lease, revoked }).into_response())
+    Ok(Json(LeaseAnswer {
+        lease,
+        revoked,
+        online: None,
+    })
+    .into_response())
+}
+
+/// An answer carrying an online batch of `model` (and the revocations decided with it).
+fn online_answer(
+    c: &Coordinator,
+    model: &str,
+    batch: TakenBatch,
+    revoked: Vec<LeaseRef>,
+) -> Result<HttpResponse, ApiError> {
+    let record = c.shared.read().state.models.get(model).cloned();
+    let record =
+        record.ok_or_else(|| ApiError::Conflict(format!("model {model:?} was deleted")))?;
+    let online = OnlineLease {
+        batch_id: batch.batch_id,
+        model: record.name,
+        arch: record.arch,
+        weights: record.weights,
+        input_size: record.input_size,
+        cost_ms: record.cost_ms.unwrap_or(0),
+        inputs: batch.inputs,
+        top_k: batch.top_k,
+    };
+    Ok(Json(LeaseAnswer {
+        lease: None,
+        revoked,
+        online: Some(online),
+    })
+    .into_response())
 }
 
 /// The scheduler's answer for `worker`, which holds `prepared`, marking it alive.
@@ -134,7 +194,77 @@ fn decide(c: &Coordinator, worker: &str, prepared: &[LeaseRef]) -> Decision {
     let mut leader = c.leader_state();
     let mut workers = c.workers();
     workers.seen(worker);
-    decide_in(&applied.state, &mut leader, &workers, worker, prepared)
+    let mut decision = decide_in(&applied.state, &mut leader, &workers, worker, prepared);
+    // Online traffic's turn: its virtual time against the job this worker would get.
+    let online_v = leader.fair.online(
+        c.online.served(),
+        c.config.online_weight,
+        !c.online.is_empty(),
+    );
+    let kept = prepared.len().saturating_sub(decision.revoked.len());
+    if let (Some(online_v), true) = (online_v, kept <= 1) {
+        let (due, next) = due_online(c, &applied.state, &workers, worker);
+        decision.online_due = next;
+        let job_v = decision
+            .lease
+            .and_then(|id| applied.state.jobs.get(&id))
+            .and_then(|j| leader.fair.vtime(j));
+        if due.is_some() && job_v.is_none_or(|v| online_v <= v) {
+            decision.online = due;
+            decision.lease = None;
+            decision.displaced = None;
+        }
+    }
+    decision
+}
+
+/// The model whose online batch `worker` should run now (due, and the worker runs it,
+/// preferring workers that have it loaded; the oldest request first), and when the next one
+/// it could run falls due.
+fn due_online(
+    c: &Coordinator,
+    state: &Replicated,
+    workers: &Workers,
+    worker: &str,
+) -> (Option<(String, Batching)>, Option<Instant>) {
+    let now = Instant::now();
+    let alive = c.config.lease_timeout();
+    let mut best: Option<(Instant, String, Batching)> = None;
+    let mut next: Option<Instant> = None;
+    for (model, oldest) in c.online.waiting() {
+        let Some(record) = state.models.get(&model) else {
+            continue;
+        };
+        if !workers.accepts(worker, &model) {
+            continue;
+        }
+        let loaded = workers.with_model(&model, alive);
+        if !loaded.is_empty() && !loaded.iter().any(|w| w == worker) {
+            continue;
+        }
+        let batching = Batching {
+            max_batch: record
+                .online
+                .max_batch_size
+                .unwrap_or(c.config.online_max_batch),
+            max_delay: Duration::from_millis(u64::from(
+                record
+                    .online
+                    .max_queue_delay_ms
+                    .unwrap_or(c.config.online_max_delay_ms),
+            )),
+        };
+        match c.online.due(&model, batching, now) {
+            Ok(()) => {
+                if best.as_ref().is_none_or(|(t, ..)| oldest < *t) {
+                    best = Some((oldest, model, batching));
+                }
+            }
+            Err(Some(at)) => next = Some(next.map_or(at, |n| n.min(at))),
+            Err(None) => {}
+        }
+    }
+    (best.map(|(_, m, b)| (m, b)), next)
 }
 
 fn decide_in(
@@ -190,6 +320,7 @@ fn decide_in(
         revoked,
         lease,
         displaced,
+        ..Decision::default()
     }
 }
 

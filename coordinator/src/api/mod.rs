@@ -8,6 +8,8 @@ mod jobs;
 mod lease;
 mod models;
 mod nodes;
+mod online;
+mod v2;
 mod worker_id;
 mod workers;
 
@@ -35,6 +37,8 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         .merge(cluster::router())
         .merge(files::router())
         .merge(nodes::router())
+        .merge(online::router())
+        .merge(v2::router())
         // The Raft transport has its own body limit (it wins over the one below): a log
         // entry can hold a whole client request, and an append carries several entries.
         .merge(crate::raft::routes::router(

@@ -12,7 +12,7 @@ use super::{request_id, ReadOptions};
 use crate::app::Coordinator;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::state::command::{Command, Response};
-use crate::state::models::{validate, ModelRecord};
+use crate::state::models::{validate, validate_online, ModelRecord};
 
 pub fn router() -> Router<Arc<Coordinator>> {
     Router::new()
@@ -45,12 +45,14 @@ async fn create(
         input_size,
         body.cost_ms,
     )?;
+    validate_online(&body.online)?;
     let cmd = Command::PutModel {
         name: body.name,
         arch: body.arch,
         weights: body.weights,
         input_size,
         cost_ms: body.cost_ms,
+        online: body.online,
     };
     match c.write(request_id(&headers), cmd).await? {
         Response::Model(m) => Ok((StatusCode::CREATED, Json(view(&c, &m)))),

@@ -32,8 +32,14 @@ pub async fn expire_leases(coordinator: Arc<Coordinator>) {
             _ = shutdown.wait_for(|s| *s) => return,
         }
         if !coordinator.is_leader() {
+            if !coordinator.online.is_empty() {
+                coordinator
+                    .online
+                    .fail_all("this coordinator no longer leads; retry the request");
+            }
             continue;
         }
+        reclaim_online(&coordinator);
         let expired = expired_leases(&coordinator, Instant::now(), now_ms());
         if expired.is_empty() {
             continue;
@@ -51,6 +57,38 @@ pub async fn expire_leases(coordinator: Arc<Coordinator>) {
         }
     }
 }
+
+/// Online batches of silent workers (or running past [`ONLINE_MAX_RUN`]) go back to their
+/// queues; online requests past their deadline are answered.
+fn reclaim_online(coordinator: &Coordinator) {
+    let running = coordinator.online.running_workers();
+    let timeout = coordinator.config.lease_timeout();
+    let now = Instant::now();
+    let gone: std::collections::HashSet<String> = {
+        let workers = coordinator.workers();
+        running
+            .into_iter()
+            .filter(|w| {
+                workers
+                    .last_seen(w)
+                    .is_none_or(|heard| now.saturating_duration_since(heard) > timeout)
+            })
+            .collect()
+    };
+    let reclaimed = coordinator
+        .online
+        .reclaim(|w| gone.contains(w), ONLINE_MAX_RUN, now);
+    if reclaimed > 0 {
+        tracing::info!(
+            batches = reclaimed,
+            "online batches of silent workers run again"
+        );
+    }
+}
+
+/// Longest an online batch may run on a worker that still heartbeats before it is handed to
+/// another (its requests' deadlines are usually shorter).
+const ONLINE_MAX_RUN: Duration = Duration::from_secs(120);
 
 /// How long a worker this node never heard from is given after the node started: three
 /// heartbeat intervals, and no more than a lease timeout.

@@ -60,6 +60,13 @@ impl Tag {
 pub struct FairShare {
     tags: HashMap<u64, Tag>,
     prepared: HashMap<String, Vec<Prepared>>,
+    /// Online traffic's tag while it has requests queued or running: one more client, whose
+    /// served count is the images handed out in online batches (see [`FairShare::online`]).
+    online: Option<Tag>,
+    /// Online traffic's virtual time at the last look (joiners start no lower than it).
+    online_v: Option<f64>,
+    /// Where a job or online traffic joining now starts (set by [`FairShare::refresh`]).
+    floor: Option<f64>,
 }
 
 /// A batch a worker holds but has not started.
@@ -120,7 +127,9 @@ impl FairShare {
                 let tag = self.tags.get(&j.id)?;
                 (tag.runnable || j.in_flight > 0).then(|| tag.vtime(*charged))
             })
+            .chain(self.online_v)
             .min_by(f64::total_cmp);
+        self.floor = floor;
         for (job, charged) in running {
             let runnable = job.has_work();
             match self.tags.get_mut(&job.id) {
@@ -159,6 +168,36 @@ impl FairShare {
                 }
             }
         }
+    }
+
+    /// Online traffic's virtual time (after [`FairShare::refresh`]), `served` images handed
+    /// out so far at `weight`, or `None` when it is not `active` (nothing queued or
+    /// running). Like a job, online traffic that becomes active joins level with the
+    /// others, and a weight change re-bases it.
+    pub fn online(&mut self, served: u64, weight: u32, active: bool) -> Option<f64> {
+        if !active {
+            self.online = None;
+            self.online_v = None;
+            return None;
+        }
+        let floor = self.floor.unwrap_or(0.0);
+        let tag = self.online.get_or_insert(Tag {
+            base_v: floor,
+            base_served: served,
+            weight,
+            runnable: true,
+        });
+        if tag.weight != weight {
+            *tag = Tag {
+                base_v: tag.vtime(served),
+                base_served: served,
+                weight,
+                runnable: true,
+            };
+        }
+        let v = tag.vtime(served);
+        self.online_v = Some(v);
+        Some(v)
     }
 
     /// A job's virtual time (after [`FairShare::refresh`]); `None` if it has no tag.
@@ -362,5 +401,41 @@ mod tests {
         assert_eq!(fair.vtime(&a).unwrap(), before);
         a.done = 1_200;
         assert_eq!(fair.vtime(&a).unwrap(), before + 100.0);
+    }
+
+    #[test]
+    fn online_traffic_joins_level_and_is_charged_per_image() {
+        let mut fair = FairShare::new();
+        let mut a = job(1, 1);
+        a.done = 5_000;
+        fair.refresh([&a].into_iter());
+        let level = fair.vtime(&a).unwrap();
+        // Joining: level with the job, not at zero (which would starve the job).
+        assert_eq!(fair.online(0, 2, true), Some(level));
+        // 8 images at weight 2 count as 4 queries.
+        assert_eq!(fair.online(8, 2, true), Some(level + 4.0));
+        // A weight change re-bases: what was served so far stays charged at the old weight.
+        assert_eq!(fair.online(16, 1, true), Some(level + 8.0));
+        assert_eq!(fair.online(17, 1, true), Some(level + 9.0));
+        // Idle drops the tag; coming back re-joins level with the others.
+        assert_eq!(fair.online(17, 1, false), None);
+        a.done += 100;
+        fair.refresh([&a].into_iter());
+        assert_eq!(fair.online(50, 1, true), Some(level + 100.0));
+    }
+
+    #[test]
+    fn a_job_joining_while_online_traffic_runs_starts_level_with_it() {
+        let mut fair = FairShare::new();
+        fair.refresh(std::iter::empty());
+        assert_eq!(fair.online(0, 1, true), Some(0.0));
+        assert_eq!(fair.online(800, 1, true), Some(800.0));
+        let b = job(2, 1);
+        fair.refresh([&b].into_iter());
+        assert_eq!(
+            fair.vtime(&b),
+            Some(800.0),
+            "a job starting at 0 would starve online traffic"
+        );
     }
 }

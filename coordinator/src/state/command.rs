@@ -36,6 +36,8 @@ pub enum Command {
         /// Declared CPU ms per query (`synthetic` models only).
         #[serde(default)]
         cost_ms: Option<u32>,
+        #[serde(default)]
+        online: idunno_api::model::OnlineBatching,
     },
     DeleteModel {
         name: String,

@@ -284,8 +284,9 @@ impl State {
                 weights,
                 input_size,
                 cost_ms,
+                online,
             } => self
-                .put_model(name, arch, weights, input_size, cost_ms, now)
+                .put_model(name, arch, weights, input_size, (cost_ms, online), now)
                 .map_or_else(Response::Failed, Response::Model),
             Command::DeleteModel { name } => done(self.delete_model(&name)),
             Command::LoadModel { name } => self

@@ -1,7 +1,9 @@
 //! The model registry in the replicated state: name → architecture, input size, weights file.
 
 use idunno_api::arch::Arch;
-use idunno_api::model::MAX_SYNTHETIC_COST_MS;
+use idunno_api::model::{
+    OnlineBatching, MAX_ONLINE_BATCH, MAX_ONLINE_DELAY_MS, MAX_SYNTHETIC_COST_MS,
+};
 use idunno_api::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +26,9 @@ pub struct ModelRecord {
     /// Declared CPU milliseconds per query of a `synthetic` model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_ms: Option<u32>,
+    /// How online requests are batched (unset: the coordinator's defaults).
+    #[serde(default)]
+    pub online: OnlineBatching,
 }
 
 impl ModelRecord {
@@ -42,6 +47,7 @@ impl ModelRecord {
             loaded_on,
             cost_ms: self.cost_ms,
             cost_ms_per_query,
+            online: self.online,
         }
     }
 }
@@ -88,6 +94,27 @@ pub fn validate(
     Ok(())
 }
 
+/// Checks a model's online batching.
+pub fn validate_online(online: &OnlineBatching) -> Result<(), CommandError> {
+    if let Some(n) = online
+        .max_batch_size
+        .filter(|n| !(1..=MAX_ONLINE_BATCH).contains(n))
+    {
+        return Err(CommandError::Invalid(format!(
+            "online.max_batch_size must be in 1..={MAX_ONLINE_BATCH}, not {n}"
+        )));
+    }
+    if let Some(ms) = online
+        .max_queue_delay_ms
+        .filter(|ms| *ms > MAX_ONLINE_DELAY_MS)
+    {
+        return Err(CommandError::Invalid(format!(
+            "online.max_queue_delay_ms must be at most {MAX_ONLINE_DELAY_MS}, not {ms}"
+        )));
+    }
+    Ok(())
+}
+
 fn name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
@@ -99,10 +126,11 @@ impl State {
         arch: Arch,
         weights: String,
         input_size: u32,
-        cost_ms: Option<u32>,
+        (cost_ms, online): (Option<u32>, OnlineBatching),
         now: Millis,
     ) -> Result<ModelRecord, CommandError> {
         validate(&name, arch, &weights, input_size, cost_ms)?;
+        validate_online(&online)?;
         let previous = self.models.get(&name);
         let created_at_ms = previous.map(|m| m.created_at_ms).unwrap_or(now);
         let preload = previous.is_some_and(|m| m.preload);
@@ -114,6 +142,7 @@ impl State {
             created_at_ms,
             preload,
             cost_ms,
+            online,
         };
         self.models.insert(name.clone(), record.clone());
         self.touch(Key::Model(name));

@@ -25,6 +25,7 @@ fn model(state: &mut State) {
             weights: "models/r18.safetensors".into(),
             input_size: 224,
             cost_ms: None,
+            online: Default::default(),
         },
     ));
     assert!(matches!(r, Response::Model(_)), "{r:?}");

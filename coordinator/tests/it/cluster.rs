@@ -36,6 +36,7 @@ async fn add_model(c: &Client) {
         weights: "models/r18.safetensors".into(),
         input_size: None,
         cost_ms: None,
+        online: Default::default(),
     };
     let _: Value = c.post("/v1/models", &m).await.unwrap();
 }

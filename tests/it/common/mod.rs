@@ -24,13 +24,48 @@ pub fn init_log() {
     }
 }
 
-/// Starts a cluster under a fresh temp folder (returned, to keep it alive).
+/// The test binary's cores, shared by its tests (they run in parallel): every test that runs
+/// a cluster holds a share, and a test that measures rates ([`cpu_alone`]) holds them all, so
+/// that busy neighbours do not skew what it measures.
+static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A share of the cores, for as long as it is held.
+pub async fn cpu_shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CPU.read().await
+}
+
+/// A share of the cores, for a test that runs outside a runtime.
+pub fn cpu_shared_blocking() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CPU.blocking_read()
+}
+
+/// The cores alone, for as long as it is held (waits for the tests running now).
+pub async fn cpu_alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    CPU.write().await
+}
+
+/// A test's temp folder, holding the test's share of the cores too ([`cpu_shared`]).
+pub struct TestDir {
+    dir: tempfile::TempDir,
+    _cpu: tokio::sync::RwLockReadGuard<'static, ()>,
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = tempfile::TempDir;
+    fn deref(&self) -> &tempfile::TempDir {
+        &self.dir
+    }
+}
+
+/// Starts a cluster under a fresh temp folder (returned, to keep it alive; it holds the
+/// test's share of the cores).
 pub async fn cluster(
     coordinators: u64,
     storage_nodes: usize,
     workers: usize,
     tweak: impl Fn(&mut CoordinatorConfig),
-) -> (EmbeddedCluster, tempfile::TempDir) {
+) -> (EmbeddedCluster, TestDir) {
+    let cpu = cpu_shared().await;
     let dir = tempfile::tempdir().unwrap();
     let spec = ClusterSpec {
         coordinators,
@@ -41,7 +76,7 @@ pub async fn cluster(
     let cluster = EmbeddedCluster::start(dir.path(), &spec, tweak)
         .await
         .unwrap();
-    (cluster, dir)
+    (cluster, TestDir { dir, _cpu: cpu })
 }
 
 /// `len` bytes that depend only on `seed`.
