@@ -2,4 +2,5 @@
 //! port 0 (`cluster`), and openraft's storage suite against our sled store (`store_suite`).
 
 mod cluster;
+mod contract;
 mod store_suite;
