@@ -161,7 +161,12 @@ impl Coordinator {
                 self.step_down_after().as_millis()
             )));
         }
-        match self.proposer.propose(request_id, cmd).await {
+        let started = Instant::now();
+        let proposed = self.proposer.propose(request_id, cmd).await;
+        self.metrics
+            .raft_write
+            .observe(started.elapsed().as_secs_f64());
+        match proposed {
             Ok(Response::Failed(e)) => Err(e.into()),
             Ok(r) => Ok(r),
             Err(ProposeError::NotLeader { leader }) => Err(ApiError::NoLeader(match leader {

@@ -108,7 +108,7 @@ pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Ne
     if c.links.is_cut(leader_id) {
         return ApiError::NoLeader("the link to the leader is cut".into()).into_response();
     }
-    c.metrics.forwarded.add(1);
+    c.metrics.forwarded.inc();
     match proxy(&c.http, c.id, &leader_addr, req, limit).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),

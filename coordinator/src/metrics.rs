@@ -1,91 +1,229 @@
-//! Prometheus metrics of a coordinator: a few counters of our own plus Raft's gauges,
-//! rendered in the text exposition format at `/metrics`.
+//! Prometheus metrics of a coordinator (`prometheus-client`): what it counts as requests come
+//! and go (HTTP, leases, completions, online inference, Raft writes) and what it reads off its
+//! state at scrape time (Raft's term and indexes, each job's queue and rate, online queues,
+//! live workers). Served at `/metrics` by `api/health.rs`.
 
-use std::fmt::Write;
+use std::time::Duration;
 
-pub use idunno_server::Counter;
+use idunno_server::metrics::{
+    batch_sizes, seconds, Counter, EncodeLabelSet, Family, FloatGauge, Gauge, Histogram,
+    HistogramFamily, HttpMetrics, Registry,
+};
 
-/// The coordinator's own counters.
-#[derive(Debug, Default)]
+/// A model's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    pub model: String,
+}
+
+/// A job and its model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub job: String,
+    pub model: String,
+}
+
+/// Every metric of a coordinator, registered once in `registry`.
+#[derive(Debug)]
 pub struct Metrics {
-    pub http_requests: Counter,
-    pub http_client_errors: Counter,
-    pub http_server_errors: Counter,
+    pub registry: Registry,
+    pub http: HttpMetrics,
     pub forwarded: Counter,
     pub leases_granted: Counter,
     pub batches_completed: Counter,
     pub leases_expired: Counter,
-    pub online_requests: Counter,
-    pub online_images: Counter,
-    pub online_batches: Counter,
+    /// From a lease call's arrival to the lease it gets.
+    pub lease_wait: Histogram,
+    /// From a client write's proposal to its application on this node (the leader's append,
+    /// replication to a quorum, commit and apply).
+    pub raft_write: Histogram,
+    /// Worker milliseconds per query of completed batches, per model (seconds).
+    pub query_seconds: HistogramFamily<ModelLabel>,
+    pub online_requests: Family<ModelLabel, Counter>,
+    pub online_images: Family<ModelLabel, Counter>,
+    pub online_batch_size: HistogramFamily<ModelLabel>,
+    /// From a request's arrival to its batch being handed to a worker.
+    pub online_queue_delay: HistogramFamily<ModelLabel>,
+    /// From a request's arrival to its answer.
+    pub online_latency: HistogramFamily<ModelLabel>,
+    // Read off the state at scrape time.
+    pub raft_term: Gauge,
+    pub raft_is_leader: Gauge,
+    pub raft_last_log_index: Gauge,
+    pub raft_committed_index: Gauge,
+    pub raft_applied_index: Gauge,
+    pub job_queries_left: Family<JobLabels, Gauge>,
+    pub job_in_flight: Family<JobLabels, Gauge>,
+    pub job_rate: Family<JobLabels, FloatGauge>,
+    pub online_queued: Family<ModelLabel, Gauge>,
+    pub workers_alive: Gauge,
+    pub replicas_missing: Gauge,
+    pub repair_queue: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let http = HttpMetrics::register(&mut registry);
+        let m = Metrics {
+            http,
+            forwarded: Counter::default(),
+            leases_granted: Counter::default(),
+            batches_completed: Counter::default(),
+            leases_expired: Counter::default(),
+            lease_wait: seconds(),
+            raft_write: seconds(),
+            query_seconds: Family::new_with_constructor(seconds),
+            online_requests: Family::default(),
+            online_images: Family::default(),
+            online_batch_size: Family::new_with_constructor(batch_sizes),
+            online_queue_delay: Family::new_with_constructor(seconds),
+            online_latency: Family::new_with_constructor(seconds),
+            raft_term: Gauge::default(),
+            raft_is_leader: Gauge::default(),
+            raft_last_log_index: Gauge::default(),
+            raft_committed_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            job_queries_left: Family::default(),
+            job_in_flight: Family::default(),
+            job_rate: Family::default(),
+            online_queued: Family::default(),
+            workers_alive: Gauge::default(),
+            replicas_missing: Gauge::default(),
+            repair_queue: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "idunno_forwarded",
+            "requests forwarded to the leader",
+            m.forwarded.clone(),
+        );
+        r.register(
+            "idunno_leases_granted",
+            "batches leased by this leader",
+            m.leases_granted.clone(),
+        );
+        r.register(
+            "idunno_batches_completed",
+            "completions accepted by this leader",
+            m.batches_completed.clone(),
+        );
+        r.register(
+            "idunno_leases_expired",
+            "leases expired by this leader",
+            m.leases_expired.clone(),
+        );
+        r.register(
+            "idunno_lease_wait_seconds",
+            "from a worker's lease call to the lease it gets",
+            m.lease_wait.clone(),
+        );
+        r.register(
+            "idunno_raft_write_seconds",
+            "from a write's proposal to its application here (append, replicate, commit, apply)",
+            m.raft_write.clone(),
+        );
+        r.register(
+            "idunno_query_seconds",
+            "worker time per query of completed batches, by model",
+            m.query_seconds.clone(),
+        );
+        r.register(
+            "idunno_online_requests",
+            "online inference requests answered with outputs, by model",
+            m.online_requests.clone(),
+        );
+        r.register(
+            "idunno_online_images",
+            "images of those requests, by model",
+            m.online_images.clone(),
+        );
+        r.register(
+            "idunno_online_batch_size",
+            "images per online batch handed to a worker, by model",
+            m.online_batch_size.clone(),
+        );
+        r.register(
+            "idunno_online_queue_delay_seconds",
+            "from an online request's arrival to its batch being handed out, by model",
+            m.online_queue_delay.clone(),
+        );
+        r.register(
+            "idunno_online_latency_seconds",
+            "from an online request's arrival to its answer, by model",
+            m.online_latency.clone(),
+        );
+        r.register("idunno_raft_term", "current Raft term", m.raft_term.clone());
+        r.register(
+            "idunno_raft_is_leader",
+            "1 if this node leads",
+            m.raft_is_leader.clone(),
+        );
+        r.register(
+            "idunno_raft_last_log_index",
+            "last log index",
+            m.raft_last_log_index.clone(),
+        );
+        r.register(
+            "idunno_raft_committed_index",
+            "committed index: on the leader what a quorum holds, on a follower its applied index",
+            m.raft_committed_index.clone(),
+        );
+        r.register(
+            "idunno_raft_applied_index",
+            "last applied index",
+            m.raft_applied_index.clone(),
+        );
+        r.register(
+            "idunno_job_queries_left",
+            "queries of a running job not done yet (its queue depth)",
+            m.job_queries_left.clone(),
+        );
+        r.register(
+            "idunno_job_in_flight",
+            "queries of a running job leased to workers now",
+            m.job_in_flight.clone(),
+        );
+        r.register(
+            "idunno_job_rate_qps",
+            "a running job's completion rate over the last 10 s",
+            m.job_rate.clone(),
+        );
+        r.register(
+            "idunno_online_queued",
+            "online requests waiting for a worker, by model",
+            m.online_queued.clone(),
+        );
+        r.register(
+            "idunno_workers_alive",
+            "workers this node heard from within a lease timeout",
+            m.workers_alive.clone(),
+        );
+        r.register(
+            "idunno_sdfs_replicas_missing",
+            "copies short of each blob's replication factor (on the live storage nodes), summed",
+            m.replicas_missing.clone(),
+        );
+        r.register(
+            "idunno_sdfs_repair_queue",
+            "copies the leader's repair would make now",
+            m.repair_queue.clone(),
+        );
+        Metrics { registry, ..m }
+    }
 }
 
 impl Metrics {
-    /// Renders every metric; `gauges` are (name, help, value) read at scrape time.
-    pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
-        let mut out = String::new();
-        let counters = [
-            (
-                "idunno_http_requests_total",
-                "HTTP requests served",
-                &self.http_requests,
-            ),
-            (
-                "idunno_http_client_errors_total",
-                "HTTP 4xx answers",
-                &self.http_client_errors,
-            ),
-            (
-                "idunno_http_server_errors_total",
-                "HTTP 5xx answers",
-                &self.http_server_errors,
-            ),
-            (
-                "idunno_forwarded_total",
-                "requests forwarded to the leader",
-                &self.forwarded,
-            ),
-            (
-                "idunno_leases_granted_total",
-                "batches leased by this leader",
-                &self.leases_granted,
-            ),
-            (
-                "idunno_batches_completed_total",
-                "completions accepted by this leader",
-                &self.batches_completed,
-            ),
-            (
-                "idunno_leases_expired_total",
-                "leases expired by this leader",
-                &self.leases_expired,
-            ),
-            (
-                "idunno_online_requests_total",
-                "online inference requests answered with outputs by this node",
-                &self.online_requests,
-            ),
-            (
-                "idunno_online_images_total",
-                "images of those requests",
-                &self.online_images,
-            ),
-            (
-                "idunno_online_batches_total",
-                "online batches handed to workers by this leader",
-                &self.online_batches,
-            ),
-        ];
-        for (name, help, c) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c.get()
-            );
-        }
-        for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        }
-        out
+    /// One online request answered: its model, images and latency.
+    pub fn online_answered(&self, model: &str, images: u64, took: Duration) {
+        let label = ModelLabel {
+            model: model.to_string(),
+        };
+        self.online_requests.get_or_create(&label).inc();
+        self.online_images.get_or_create(&label).inc_by(images);
+        self.online_latency
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
     }
 }

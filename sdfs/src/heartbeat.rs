@@ -130,7 +130,8 @@ async fn heartbeat_until_forgotten(
         };
         match result {
             Ok(_) => {
-                node.metrics.heartbeats.add(1);
+                node.metrics.heartbeats.inc();
+                node.metrics.coordinators_reachable.set(1);
                 if failing {
                     tracing::info!("heartbeats accepted again");
                     failing = false;
@@ -145,6 +146,7 @@ async fn heartbeat_until_forgotten(
             }
             Err(e) if e.status() == Some(404) => return true,
             Err(e) => {
+                node.metrics.coordinators_reachable.set(0);
                 if !failing {
                     tracing::info!(error = %e, "heartbeat failed; retrying");
                     failing = true;

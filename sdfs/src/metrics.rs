@@ -1,97 +1,110 @@
-//! Prometheus metrics of a storage node, rendered in the text exposition format at
-//! `/metrics`: what it holds, what moved through it, and what it found corrupt.
+//! Prometheus metrics of a storage node (`prometheus-client`), served at `/metrics`: what it
+//! holds, the bytes that moved in and out, what it found corrupt, and its HTTP requests with
+//! their latency by method (a `PUT` of a blob is a put, a `GET` a read).
 
-use std::fmt::Write;
+use idunno_server::metrics::{Counter, Gauge, HttpMetrics, Registry};
 
 use crate::blob_store::{StoreStats, Totals};
 
-pub use idunno_server::Counter;
-
-/// The HTTP side's counters (the store keeps its own, see [`StoreStats`]).
-#[derive(Debug, Default)]
+/// Every metric of a storage node, registered once in `registry`.
+#[derive(Debug)]
 pub struct Metrics {
-    pub http_requests: Counter,
-    pub http_client_errors: Counter,
-    pub http_server_errors: Counter,
+    pub registry: Registry,
+    pub http: HttpMetrics,
     /// Blobs copied in from other nodes (re-replication).
     pub fetches: Counter,
     /// Successful heartbeats to the coordinators.
     pub heartbeats: Counter,
+    /// Whether the last heartbeat reached a coordinator (what `/readyz` answers).
+    pub coordinators_reachable: Gauge,
+    blobs: Gauge,
+    bytes: Gauge,
+    bytes_written: Counter,
+    bytes_read: Counter,
+    corrupt_chunks: Counter,
+    blobs_dropped: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let http = HttpMetrics::register(&mut registry);
+        let m = Metrics {
+            registry: Registry::default(),
+            http,
+            fetches: Counter::default(),
+            heartbeats: Counter::default(),
+            coordinators_reachable: Gauge::default(),
+            blobs: Gauge::default(),
+            bytes: Gauge::default(),
+            bytes_written: Counter::default(),
+            bytes_read: Counter::default(),
+            corrupt_chunks: Counter::default(),
+            blobs_dropped: Counter::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "idunno_sdfs_blobs",
+            "blobs stored on this node",
+            m.blobs.clone(),
+        );
+        r.register(
+            "idunno_sdfs_bytes",
+            "content bytes stored on this node",
+            m.bytes.clone(),
+        );
+        r.register(
+            "idunno_sdfs_bytes_written",
+            "content bytes of newly stored blobs (bytes in)",
+            m.bytes_written.clone(),
+        );
+        r.register(
+            "idunno_sdfs_bytes_read",
+            "verified content bytes served (bytes out)",
+            m.bytes_read.clone(),
+        );
+        r.register(
+            "idunno_sdfs_corrupt_chunks",
+            "chunks that failed their checksum",
+            m.corrupt_chunks.clone(),
+        );
+        r.register(
+            "idunno_sdfs_blobs_dropped",
+            "blobs dropped as corrupt (reported lost)",
+            m.blobs_dropped.clone(),
+        );
+        r.register(
+            "idunno_sdfs_fetches",
+            "blobs copied from other nodes",
+            m.fetches.clone(),
+        );
+        r.register(
+            "idunno_sdfs_heartbeats",
+            "heartbeats the coordinators accepted",
+            m.heartbeats.clone(),
+        );
+        r.register(
+            "idunno_sdfs_coordinators_reachable",
+            "1 if the last heartbeat reached a coordinator",
+            m.coordinators_reachable.clone(),
+        );
+        Metrics { registry, ..m }
+    }
 }
 
 impl Metrics {
-    /// Renders every metric with the store's current totals and counters.
-    pub fn render(&self, totals: Totals, stats: StoreStats) -> String {
-        let mut out = String::new();
-        let gauges = [
-            (
-                "idunno_sdfs_blobs",
-                "blobs stored on this node",
-                totals.blobs,
-            ),
-            (
-                "idunno_sdfs_bytes",
-                "content bytes stored on this node",
-                totals.bytes,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    /// Brings the store's totals and counters into the metrics, before a scrape.
+    pub fn update(&self, totals: Totals, stats: StoreStats) {
+        self.blobs.set(totals.blobs as i64);
+        self.bytes.set(totals.bytes as i64);
+        for (counter, value) in [
+            (&self.bytes_written, stats.bytes_written),
+            (&self.bytes_read, stats.bytes_read),
+            (&self.corrupt_chunks, stats.corrupt_chunks),
+            (&self.blobs_dropped, stats.blobs_dropped),
+        ] {
+            counter.inc_by(value.saturating_sub(counter.get()));
         }
-        let counters = [
-            (
-                "idunno_sdfs_bytes_written_total",
-                "content bytes of newly stored blobs",
-                stats.bytes_written,
-            ),
-            (
-                "idunno_sdfs_bytes_read_total",
-                "verified content bytes served",
-                stats.bytes_read,
-            ),
-            (
-                "idunno_sdfs_corrupt_chunks_total",
-                "chunks that failed their checksum",
-                stats.corrupt_chunks,
-            ),
-            (
-                "idunno_sdfs_blobs_dropped_total",
-                "blobs dropped as corrupt (reported lost)",
-                stats.blobs_dropped,
-            ),
-            (
-                "idunno_sdfs_fetches_total",
-                "blobs copied from other nodes",
-                self.fetches.get(),
-            ),
-            (
-                "idunno_sdfs_heartbeats_total",
-                "heartbeats the coordinators accepted",
-                self.heartbeats.get(),
-            ),
-            (
-                "idunno_http_requests_total",
-                "HTTP requests served",
-                self.http_requests.get(),
-            ),
-            (
-                "idunno_http_client_errors_total",
-                "HTTP 4xx answers",
-                self.http_client_errors.get(),
-            ),
-            (
-                "idunno_http_server_errors_total",
-                "HTTP 5xx answers",
-                self.http_server_errors.get(),
-            ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        }
-        out
     }
 }
 
@@ -100,21 +113,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
+    fn the_store_s_figures_become_metrics() {
         let m = Metrics::default();
-        m.http_requests.add(3);
-        let text = m.render(
+        let stats = |corrupt| StoreStats {
+            corrupt_chunks: corrupt,
+            bytes_written: 100,
+            ..StoreStats::default()
+        };
+        m.update(
             Totals {
                 blobs: 2,
                 bytes: 10,
             },
-            StoreStats {
-                corrupt_chunks: 1,
-                ..StoreStats::default()
-            },
+            stats(1),
         );
-        assert!(text.contains("# TYPE idunno_sdfs_blobs gauge\nidunno_sdfs_blobs 2\n"));
-        assert!(text.contains("idunno_sdfs_corrupt_chunks_total 1\n"));
-        assert!(text.contains("idunno_http_requests_total 3\n"));
+        m.update(
+            Totals {
+                blobs: 2,
+                bytes: 10,
+            },
+            stats(3),
+        );
+        let mut text = String::new();
+        idunno_server::metrics::encode(&mut text, &m.registry).unwrap();
+        assert!(text.contains("idunno_sdfs_blobs 2\n"), "{text}");
+        assert!(
+            text.contains("idunno_sdfs_corrupt_chunks_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("idunno_sdfs_bytes_written_total 100\n"),
+            "{text}"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! A storage node's HTTP API: `/internal/blobs…` for coordinators and workers (behind the
-//! cluster secret), `/healthz` and `/metrics`. Bodies stream both ways; every error is JSON.
+//! cluster secret), `/healthz`, `/readyz` and `/metrics`. Bodies stream both ways; every error is JSON.
 //!
 //! | route | answer |
 //! |---|---|
@@ -38,6 +38,7 @@ const JSON_LIMIT: usize = 64 << 10;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(
             "/internal/blobs",
@@ -60,11 +61,27 @@ async fn healthz(State(node): State<Arc<Node>>) -> Json<Value> {
     Json(json!({"status": "ok", "id": node.config.id}))
 }
 
+/// Ready: the last heartbeat reached a coordinator (or none is configured: a node serving
+/// alone). 503 otherwise.
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    let alone = node.config.coordinator_list().is_empty();
+    if alone || node.metrics.coordinators_reachable.get() == 1 {
+        Json(json!({"status": "ready", "id": node.config.id})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"error": "no coordinator has answered this node's heartbeats yet",
+                        "code": "unavailable"}),
+            ),
+        )
+            .into_response()
+    }
+}
+
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(node.store.totals(), node.store.stats()),
-    )
+    node.metrics.update(node.store.totals(), node.store.stats());
+    idunno_server::metrics::render(&node.metrics.registry)
 }
 
 /// `PUT /internal/blobs`: streams the body into the store.
@@ -204,7 +221,7 @@ async fn fetch_blob(
         node.shutdown.clone(),
     )
     .await?;
-    node.metrics.fetches.add(1);
+    node.metrics.fetches.inc();
     tracing::debug!(%hash, from = %body.from, "blob fetched");
     Ok((StatusCode::CREATED, Json(stored)))
 }
@@ -227,12 +244,11 @@ async fn method_not_allowed(req: Request) -> SdfsError {
 
 /// Counts requests and error answers.
 async fn count(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
     let response = next.run(req).await;
-    node.metrics.http_requests.add(1);
-    if response.status().is_client_error() {
-        node.metrics.http_client_errors.add(1);
-    } else if response.status().is_server_error() {
-        node.metrics.http_server_errors.add(1);
-    }
+    node.metrics
+        .http
+        .record(&method, response.status(), started.elapsed());
     response
 }

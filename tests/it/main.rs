@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod fairness;
 mod jobs;
+mod metrics;
 mod netns;
 mod online;
 mod sdfs;

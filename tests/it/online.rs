@@ -251,10 +251,11 @@ async fn v2_answers_as_the_jobs_do_in_json_and_in_binary() {
 async fn online_batches(addr: &str) -> u64 {
     let (_, body) = http(Method::GET, &format!("http://{addr}/metrics"), &[], None).await;
     let text = String::from_utf8(body).unwrap();
+    // The batch-size histogram's count, summed over models.
     text.lines()
-        .find_map(|l| l.strip_prefix("idunno_online_batches_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
+        .filter(|l| l.starts_with("idunno_online_batch_size_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

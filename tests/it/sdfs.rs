@@ -736,21 +736,26 @@ async fn a_reader_of_an_evicted_version_still_gets_all_of_it() {
     cluster.shutdown().await;
 }
 
+/// Requests a storage node answered with a 4xx, from its `/metrics`.
+async fn refused_requests(addr: String) -> u64 {
+    let (_, body) = http(Method::GET, &format!("http://{addr}/metrics"), &[], None).await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with("idunno_http_requests_total{") && l.contains(r#"status="4xx""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_whose_client_breaks_off_leaves_no_blob_on_any_node() {
     let (cluster, _dir) = cluster(3, 3, 0, |_| {}).await;
     let addr = leader_addr(&cluster).await;
-    // A node refusing the upload answers 400: a client error in its counters.
-    let refused = |i: usize| {
-        cluster
-            .node(i)
-            .unwrap()
-            .node()
-            .metrics
-            .http_client_errors
-            .get()
-    };
-    let before: Vec<u64> = (0..3).map(refused).collect();
+    // A node refusing the upload answers 400: a client error in its metrics.
+    let refused = |i: usize| refused_requests(cluster.node_addr(i));
+    let mut before = Vec::new();
+    for i in 0..3 {
+        before.push(refused(i).await);
+    }
     // 4 MiB arrive, then the client's body fails (no Content-Length: only the error tells
     // the coordinator the upload is incomplete).
     let pieces = (0..64)
@@ -772,7 +777,7 @@ async fn a_put_whose_client_breaks_off_leaves_no_blob_on_any_node() {
     eventually("every node to finish with the broken upload", || async {
         for (i, &errors_before) in before.iter().enumerate() {
             let store = cluster.node(i).unwrap().store();
-            let settled = (refused(i) > errors_before || store.totals().blobs > 0)
+            let settled = (refused(i).await > errors_before || store.totals().blobs > 0)
                 && store.content_files().unwrap() == store.totals().blobs as usize;
             if !settled {
                 return None;

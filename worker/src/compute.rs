@@ -165,7 +165,11 @@ async fn run_batch(shared: &Arc<Shared>, batch: PreparedBatch) -> Option<Finishe
         .pool
         .run(move || classify_images(&model, &decoded, k))
         .await;
-    let compute_ms = started.elapsed().as_millis() as u64;
+    let took = started.elapsed();
+    let compute_ms = took.as_millis() as u64;
+    shared
+        .metrics
+        .ran(&lease.model, "job", lease.inputs.len(), took);
     let mut ranked = match ranked {
         Ok(ranked) => ranked.into_iter(),
         Err(e) => {

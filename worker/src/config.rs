@@ -67,6 +67,11 @@ pub struct WorkerConfig {
     /// products). Default: the number of cores.
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Address of the worker's own HTTP listener: `/healthz`, `/readyz`, `/metrics`
+    /// (Prometheus). Port 0 picks a free one, which the worker logs at start.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
 }
 
 impl WorkerConfig {
@@ -83,6 +88,7 @@ impl WorkerConfig {
             cluster_secret: None,
             top_k: 5,
             threads: None,
+            listen: "127.0.0.1:0".into(),
         }
     }
 

@@ -9,6 +9,7 @@
 //! * the tasks: `heartbeat` (every coordinator, model loads), `prefetch` (the lease call and
 //!   input preparation), [`compute`] (forward passes), [`results`] (written to SDFS, reported),
 //!   `online` (online batches: decoded, run ahead of jobs' batches, outputs to the leader);
+//! * its own HTTP listener: `listener` (`/healthz`, `/readyz`, `/metrics`), `metrics`;
 //! * what the tasks use: `queue` (prepared batches, held leases), [`pool`] (compute threads),
 //!   `release` (giving a lease back), [`inputs`] (reading from storage nodes), [`model_cache`],
 //!   [`sdfs`] (weights in, results out), `coordinator` (calls kept under one request id),
@@ -25,6 +26,8 @@ mod coordinator;
 pub mod error;
 mod heartbeat;
 pub mod inputs;
+mod listener;
+mod metrics;
 pub mod model_cache;
 mod online;
 pub mod pool;

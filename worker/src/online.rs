@@ -38,6 +38,9 @@ pub(crate) fn start(shared: &Arc<Shared>, mut lease: OnlineLease) {
             .pool
             .run(move || inputs.into_par_iter().map(|i| prepare(i, size)).collect())
             .await;
+        shared
+            .metrics
+            .decoded(&lease.model, "online", received.elapsed());
         let images = images.unwrap_or_else(|e| {
             (0..count)
                 .map(|_| Err(format!("decoding failed: {e}")))
@@ -91,7 +94,9 @@ pub(crate) async fn run(shared: &Arc<Shared>, batch: OnlineBatch) {
                 .collect()
         }
     };
-    let compute_ms = started.elapsed().as_millis() as u64;
+    let took = started.elapsed();
+    let compute_ms = took.as_millis() as u64;
+    shared.metrics.ran(&lease.model, "online", count, took);
     tracing::debug!(batch = %lease.batch_id, images = outputs.len(), compute_ms, "online batch computed");
     let shared = shared.clone();
     tokio::spawn(async move { report(&shared, &lease.batch_id, outputs, compute_ms).await });

@@ -137,6 +137,7 @@ async fn prepare(shared: &Shared, lease: Lease) -> PreparedBatch {
     let leased_at = Instant::now();
     let fetched = shared.inputs.fetch_all(&lease.inputs).await;
     let names: Vec<String> = lease.inputs.iter().map(|i| i.name.clone()).collect();
+    let decoding = Instant::now();
     // Decoding runs as a job of the compute pool, not on a thread of its own: the pool's
     // threads take it up between the forward pass's tasks, so the cores never hold more
     // runnable compute threads than they have (a third thread preempting one of the pool's
@@ -154,6 +155,9 @@ async fn prepare(shared: &Shared, lease: Lease) -> PreparedBatch {
                 .collect::<Vec<_>>()
         })
         .await;
+    shared
+        .metrics
+        .decoded(&lease.model, "job", decoding.elapsed());
     let images = decoded.unwrap_or_else(|e| {
         lease
             .inputs

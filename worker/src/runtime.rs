@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use idunno_api::worker::{WorkerRegistered, WorkerRegistration};
 use idunno_api::Client;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -25,6 +26,7 @@ use crate::coordinator::encode_segment;
 use crate::error::WorkerError;
 use crate::heartbeat::heartbeat_loop;
 use crate::inputs::InputFetcher;
+use crate::metrics::Metrics;
 use crate::model_cache::ModelCache;
 use crate::pool::ComputePool;
 use crate::prefetch::prefetch_loop;
@@ -50,6 +52,7 @@ pub struct WorkerHandle {
     tasks: Tasks,
     shared: Arc<Shared>,
     stop_tx: watch::Sender<bool>,
+    listen_addr: std::net::SocketAddr,
 }
 
 /// The worker's named tasks; whatever is still here when it drops is aborted.
@@ -59,6 +62,8 @@ struct Tasks {
     prefetch: Option<JoinHandle<()>>,
     compute: Vec<JoinHandle<()>>,
     reporter: Option<JoinHandle<()>>,
+    /// The worker's own listener (`/healthz`, `/readyz`, `/metrics`).
+    http: Option<JoinHandle<()>>,
 }
 
 impl Tasks {
@@ -68,6 +73,7 @@ impl Tasks {
             self.prefetch.take(),
             self.reporter.take(),
             self.heartbeat.take(),
+            self.http.take(),
         ]
         .into_iter()
         .flatten()
@@ -132,7 +138,23 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         stats: Stats::default(),
         stop,
         heartbeat_interval,
+        metrics: Metrics::default(),
         config,
+    });
+    let http_listener = TcpListener::bind(&shared.config.listen)
+        .await
+        .map_err(|e| {
+            WorkerError::Config(format!("cannot listen on {}: {e}", shared.config.listen))
+        })?;
+    let listen_addr = http_listener.local_addr().map_err(|e| {
+        WorkerError::Config(format!("cannot listen on {}: {e}", shared.config.listen))
+    })?;
+    tracing::info!(addr = %listen_addr, "serving /healthz, /readyz, /metrics");
+    let app = crate::listener::router(shared.clone());
+    let http = tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app).await {
+            tracing::warn!(error = %e, "the worker's HTTP listener failed");
+        }
     });
 
     let (report_tx, report_rx) = mpsc::channel::<Finished>(REPORT_QUEUE);
@@ -149,9 +171,11 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
             prefetch: Some(prefetch),
             compute,
             reporter: Some(reporter),
+            http: Some(http),
         },
         shared,
         stop_tx,
+        listen_addr,
     })
 }
 
@@ -168,6 +192,11 @@ impl WorkerHandle {
     /// The id the coordinator assigned.
     pub fn worker_id(&self) -> &str {
         &self.shared.worker_id
+    }
+
+    /// The address of the worker's own listener (`/healthz`, `/readyz`, `/metrics`).
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        self.listen_addr
     }
 
     /// Counters of what the worker has done so far.
@@ -201,9 +230,12 @@ impl WorkerHandle {
         // Every compute slot has ended, so the reporter ends once it has published all.
         join(self.tasks.reporter.take()).await;
         // Heartbeats (and background model loads) last, so no lease expired meanwhile.
-        if let Some(heartbeat) = self.tasks.heartbeat.take() {
-            heartbeat.abort();
-            let _ = heartbeat.await;
+        for task in [self.tasks.heartbeat.take(), self.tasks.http.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+            let _ = task.await;
         }
         let path = format!("/v1/workers/{}", encode_segment(&shared.worker_id));
         match shared

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::WorkerConfig;
 use crate::inputs::InputFetcher;
+use crate::metrics::Metrics;
 use crate::model_cache::ModelCache;
 use crate::pool::ComputePool;
 use crate::queue::{Holding, PreparedQueue};
@@ -33,6 +34,7 @@ pub(crate) struct Shared {
     pub stop: watch::Receiver<bool>,
     /// How often to heartbeat (from the registration answer).
     pub heartbeat_interval: Duration,
+    pub metrics: Metrics,
 }
 
 /// Counters of what the worker did, for tests and logs.

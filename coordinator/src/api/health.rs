@@ -3,14 +3,16 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use std::time::Duration;
+
 use crate::app::Coordinator;
 use crate::error::ApiError;
+use crate::metrics::{JobLabels, ModelLabel};
 
 pub fn router() -> Router<Arc<Coordinator>> {
     Router::new()
@@ -33,38 +35,88 @@ async fn readyz(State(c): State<Arc<Coordinator>>) -> Result<Json<Value>, ApiErr
     }
 }
 
+/// Reads the gauges off the state, then renders every metric.
 async fn metrics(State(c): State<Arc<Coordinator>>) -> impl IntoResponse {
-    let (term, last_log, applied, leader) = {
-        let m = c.raft.metrics();
-        let m = m.borrow();
-        (
-            m.current_term as f64,
-            m.last_log_index.unwrap_or(0) as f64,
-            m.last_applied.map_or(0, |l| l.index) as f64,
-            if m.current_leader == Some(c.id) {
-                1.0
-            } else {
-                0.0
-            },
-        )
-    };
-    let (jobs, running) = {
+    let m = &c.metrics;
+    {
+        let raft = c.raft.metrics();
+        let raft = raft.borrow();
+        m.raft_term.set(raft.current_term as i64);
+        m.raft_is_leader
+            .set(i64::from(raft.current_leader == Some(c.id)));
+        m.raft_last_log_index
+            .set(raft.last_log_index.unwrap_or(0) as i64);
+        m.raft_applied_index
+            .set(raft.last_applied.map_or(0, |l| l.index) as i64);
+        m.raft_committed_index
+            .set(committed_index(c.id, &raft) as i64);
+    }
+    m.job_queries_left.clear();
+    m.job_in_flight.clear();
+    m.job_rate.clear();
+    {
         let applied = c.shared.read();
-        let jobs = applied.state.jobs.len() as f64;
-        let running = applied.state.runnable_jobs().count() as f64;
-        (jobs, running)
+        let now = crate::proposer::now_ms();
+        for job in applied.state.running_jobs() {
+            let labels = JobLabels {
+                job: job.id.to_string(),
+                model: job.model.clone(),
+            };
+            m.job_queries_left
+                .get_or_create(&labels)
+                .set(job.queries.saturating_sub(job.done) as i64);
+            m.job_in_flight
+                .get_or_create(&labels)
+                .set(job.in_flight as i64);
+            m.job_rate
+                .get_or_create(&labels)
+                .set(applied.state.job_rate(job, now));
+        }
+        let (missing, copies) = crate::replicas::repair::shortfall(&applied.state);
+        m.replicas_missing.set(missing as i64);
+        m.repair_queue.set(copies as i64);
+    }
+    m.online_queued.clear();
+    for (model, n) in c.online.queued() {
+        m.online_queued
+            .get_or_create(&ModelLabel { model })
+            .set(n as i64);
+    }
+    let alive = c
+        .workers()
+        .list()
+        .iter()
+        .filter(|w| Duration::from_millis(w.last_seen_ms_ago) < c.config.lease_timeout())
+        .count();
+    m.workers_alive.set(alive as i64);
+    idunno_server::metrics::render(&m.registry)
+}
+
+/// The committed index as this node knows it: on the leader, the highest index a quorum of
+/// voters holds (its own log and what each follower matched); on a follower, its applied
+/// index (the commit index is at least that; openraft does not report a follower's).
+fn committed_index(id: u64, raft: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
+    let applied = raft.last_applied.map_or(0, |l| l.index);
+    let Some(replication) = &raft.replication else {
+        return applied;
     };
-    let body = c.metrics.render(&[
-        ("idunno_raft_term", "current Raft term", term),
-        ("idunno_raft_last_log_index", "last log index", last_log),
-        ("idunno_raft_applied_index", "last applied index", applied),
-        ("idunno_raft_is_leader", "1 if this node leads", leader),
-        ("idunno_jobs", "jobs in the state", jobs),
-        (
-            "idunno_jobs_runnable",
-            "jobs with work to hand out",
-            running,
-        ),
-    ]);
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    let voters: Vec<u64> = raft.membership_config.membership().voter_ids().collect();
+    let mut held: Vec<u64> = voters
+        .iter()
+        .map(|v| {
+            if *v == id {
+                raft.last_log_index.unwrap_or(0)
+            } else {
+                replication
+                    .get(v)
+                    .and_then(|m| m.as_ref())
+                    .map_or(0, |l| l.index)
+            }
+        })
+        .collect();
+    held.sort_unstable_by(|a, b| b.cmp(a));
+    held.get(voters.len() / 2)
+        .copied()
+        .unwrap_or(applied)
+        .max(applied)
 }

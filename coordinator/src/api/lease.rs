@@ -74,6 +74,7 @@ pub(super) async fn lease(
         )));
     }
     let request = request_id(&headers);
+    let called = Instant::now();
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms).min(MAX_WAIT);
     let mut shutdown = c.shutdown.clone();
     loop {
@@ -102,7 +103,18 @@ pub(super) async fn lease(
         tracing::debug!(%worker, prepared = ?body.prepared, ?decision, "lease decision");
         if let Some((model, batching)) = &decision.online {
             if let Some(batch) = c.online.take(model, batching.max_batch, &worker, &request) {
-                c.metrics.online_batches.add(1);
+                let label = crate::metrics::ModelLabel {
+                    model: model.clone(),
+                };
+                c.metrics
+                    .online_batch_size
+                    .get_or_create(&label)
+                    .observe(batch.inputs.len() as f64);
+                let delays = c.metrics.online_queue_delay.get_or_create(&label);
+                for waited in &batch.waited {
+                    delays.observe(waited.as_secs_f64());
+                }
+                drop(delays);
                 return online_answer(&c, model, batch, decision.revoked);
             }
         }
@@ -115,7 +127,8 @@ pub(super) async fn lease(
             };
             match c.write(request.clone(), cmd).await? {
                 Response::Leased(grant) => {
-                    c.metrics.leases_granted.add(1);
+                    c.metrics.leases_granted.inc();
+                    c.metrics.lease_wait.observe(called.elapsed().as_secs_f64());
                     granted = Some(grant);
                 }
                 // The job ran out between the look and the commit; look again when woken.

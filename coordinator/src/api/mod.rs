@@ -68,13 +68,12 @@ async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 async fn count(State(c): State<Arc<Coordinator>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    c.metrics.http_requests.add(1);
-    if resp.status().is_client_error() {
-        c.metrics.http_client_errors.add(1);
-    } else if resp.status().is_server_error() {
-        c.metrics.http_server_errors.add(1);
-    }
+    c.metrics
+        .http
+        .record(&method, resp.status(), started.elapsed());
     resp
 }
 

@@ -216,6 +216,7 @@ async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
     let body = body.map_err(|r| match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(r.body_text()),
         _ => ApiError::BadRequest(r.body_text()),
@@ -251,8 +252,8 @@ async fn infer(
         }
         Ok(Ok(reply)) => reply.map_err(failure)?,
     };
-    c.metrics.online_requests.add(1);
-    c.metrics.online_images.add(images as u64);
+    c.metrics
+        .online_answered(&model, images as u64, arrived.elapsed());
     respond(&model, parsed.id, &parsed.outputs, outputs)
 }
 

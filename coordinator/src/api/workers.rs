@@ -284,6 +284,12 @@ async fn complete(
             body.failed
         )));
     }
+    let per_query = {
+        let applied = c.shared.read();
+        let model = applied.state.jobs.get(&batch.job).map(|j| j.model.clone());
+        let len = applied.state.batches.get(&batch).map(|b| b.len);
+        model.zip(len)
+    };
     let cmd = Command::Complete {
         batch,
         lease_id: body.lease_id,
@@ -294,7 +300,13 @@ async fn complete(
     match c.write(String::new(), cmd).await? {
         Response::Completed { accepted } => {
             if accepted {
-                c.metrics.batches_completed.add(1);
+                c.metrics.batches_completed.inc();
+                if let Some((model, len)) = per_query.filter(|(_, len)| *len > 0) {
+                    c.metrics
+                        .query_seconds
+                        .get_or_create(&crate::metrics::ModelLabel { model })
+                        .observe(body.compute_ms as f64 / 1000.0 / f64::from(len));
+                }
             }
             Ok(Json(CompletionAck { accepted }))
         }

@@ -50,7 +50,7 @@ pub async fn expire_leases(coordinator: Arc<Coordinator>) {
             .await
         {
             Ok(_) => {
-                coordinator.metrics.leases_expired.add(count as u64);
+                coordinator.metrics.leases_expired.inc_by(count as u64);
                 tracing::info!(count, "expired leases of silent workers");
             }
             Err(e) => tracing::debug!(error = %e, "lease expiry not committed"),

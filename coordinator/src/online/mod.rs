@@ -109,6 +109,8 @@ pub struct TakenBatch {
     pub inputs: Vec<OnlineInput>,
     /// Top classes the batch's outputs must name (the most any of its requests wants).
     pub top_k: u32,
+    /// How long each of its requests waited in the queue.
+    pub waited: Vec<Duration>,
 }
 
 impl Online {
@@ -198,6 +200,7 @@ impl Online {
                     .flat_map(|p| p.inputs.iter().cloned())
                     .collect(),
                 top_k: b.requests.iter().map(|p| p.top_k).max().unwrap_or(0),
+                waited: Vec::new(),
             },
         ))
     }
@@ -237,6 +240,7 @@ impl Online {
             .flat_map(|p| p.inputs.iter().cloned())
             .collect();
         let top_k = requests.iter().map(|p| p.top_k).max().unwrap_or(0);
+        let waited = requests.iter().map(|p| p.enqueued.elapsed()).collect();
         inner.served += images as u64;
         inner.in_flight.insert(
             batch_id.clone(),
@@ -252,6 +256,7 @@ impl Online {
             batch_id,
             inputs,
             top_k,
+            waited,
         })
     }
 
@@ -373,6 +378,15 @@ impl Online {
         for request in requests {
             request.answer(Err(OnlineFailure(reason.to_string())));
         }
+    }
+
+    /// Requests queued (not yet handed out), per model.
+    pub fn queued(&self) -> Vec<(String, usize)> {
+        self.lock()
+            .queues
+            .iter()
+            .map(|(m, q)| (m.clone(), q.len()))
+            .collect()
     }
 
     /// Whether anything is held (queued or running).

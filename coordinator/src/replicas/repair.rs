@@ -44,6 +44,28 @@ pub enum Action {
     Forget { hash: String, nodes: Vec<String> },
 }
 
+/// Copies short of the blobs' replication factors on the live nodes (summed), and the copies
+/// [`plan`] would make now: the `/metrics` view of repair.
+pub fn shortfall(state: &State) -> (usize, usize) {
+    let alive: HashSet<&str> = state.alive_nodes().map(|n| n.id.as_str()).collect();
+    let missing = state
+        .blobs()
+        .map(|b| {
+            let live = b
+                .replicas
+                .iter()
+                .filter(|r| alive.contains(r.as_str()))
+                .count();
+            (b.target as usize).min(alive.len()).saturating_sub(live)
+        })
+        .sum();
+    let copies = plan(state, &HashSet::new())
+        .iter()
+        .filter(|a| matches!(a, Action::Copy { .. }))
+        .count();
+    (missing, copies)
+}
+
 /// What to do now, from the namespace alone; no copy goes to a node in `avoid` (one being
 /// reconciled, whose copies are not counted yet, or one a copy recently failed on).
 pub fn plan(state: &State, avoid: &HashSet<String>) -> Vec<Action> {

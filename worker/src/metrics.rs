@@ -1,0 +1,143 @@
+//! The worker's Prometheus metrics (`prometheus-client`), served by [`crate::listener`]:
+//! forward-pass time per model and batch size, decode time, batches and images by kind (job
+//! or online), the share of its life the compute slots were busy, and the models loaded.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use idunno_server::metrics::{
+    batch_sizes, seconds, Counter, EncodeLabelSet, Family, FloatGauge, Gauge, HistogramFamily,
+    HttpMetrics, Registry,
+};
+
+/// A model and a batch size.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    pub model: String,
+    pub batch_size: String,
+}
+
+/// A model and what the batch was for (`job` or `online`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub model: String,
+    pub kind: String,
+}
+
+/// Every metric of a worker.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub registry: Registry,
+    pub http: HttpMetrics,
+    forward: HistogramFamily<BatchLabels>,
+    decode: HistogramFamily<KindLabels>,
+    batch_size: HistogramFamily<KindLabels>,
+    batches: Family<KindLabels, Counter>,
+    images: Family<KindLabels, Counter>,
+    busy: FloatGauge,
+    pub models_loaded: Gauge,
+    busy_nanos: AtomicU64,
+    started: Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let http = HttpMetrics::register(&mut registry);
+        let m = Metrics {
+            registry: Registry::default(),
+            http,
+            forward: Family::new_with_constructor(seconds),
+            decode: Family::new_with_constructor(seconds),
+            batch_size: Family::new_with_constructor(batch_sizes),
+            batches: Family::default(),
+            images: Family::default(),
+            busy: FloatGauge::default(),
+            models_loaded: Gauge::default(),
+            busy_nanos: AtomicU64::new(0),
+            started: Instant::now(),
+        };
+        let r = &mut registry;
+        r.register(
+            "idunno_worker_forward_seconds",
+            "preprocessing and forward pass of a batch, by model and batch size",
+            m.forward.clone(),
+        );
+        r.register(
+            "idunno_worker_decode_seconds",
+            "decoding a batch's images, by model and kind",
+            m.decode.clone(),
+        );
+        r.register(
+            "idunno_worker_batch_size",
+            "images per batch run, by model and kind",
+            m.batch_size.clone(),
+        );
+        r.register(
+            "idunno_worker_batches",
+            "batches run, by model and kind",
+            m.batches.clone(),
+        );
+        r.register(
+            "idunno_worker_images",
+            "images run, by model and kind",
+            m.images.clone(),
+        );
+        r.register(
+            "idunno_worker_busy_ratio",
+            "share of the worker's life its compute pool spent on batches",
+            m.busy.clone(),
+        );
+        r.register(
+            "idunno_worker_models_loaded",
+            "models loaded now",
+            m.models_loaded.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// A batch of `images` images of `model` ran for `took` (`kind`: job or online).
+    pub fn ran(&self, model: &str, kind: &str, images: usize, took: Duration) {
+        let batch = BatchLabels {
+            model: model.to_string(),
+            batch_size: images.to_string(),
+        };
+        self.forward
+            .get_or_create(&batch)
+            .observe(took.as_secs_f64());
+        let labels = KindLabels {
+            model: model.to_string(),
+            kind: kind.to_string(),
+        };
+        self.batch_size
+            .get_or_create(&labels)
+            .observe(images as f64);
+        self.batches.get_or_create(&labels).inc();
+        self.images.get_or_create(&labels).inc_by(images as u64);
+        self.busy_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// A batch's images of `model` were decoded in `took`.
+    pub fn decoded(&self, model: &str, kind: &str, took: Duration) {
+        let labels = KindLabels {
+            model: model.to_string(),
+            kind: kind.to_string(),
+        };
+        self.decode
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+}
+
+impl Metrics {
+    /// Sets the busy share before a scrape: batch time over life time, per compute slot.
+    pub fn update_busy(&self, slots: u32) {
+        let life = self.started.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);
+        let busy = self.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        self.busy
+            .set((busy / life / f64::from(slots.max(1))).min(1.0));
+    }
+}
