@@ -89,8 +89,24 @@ impl HttpMetrics {
 
     /// Counts one request.
     pub fn record(&self, method: &Method, status: StatusCode, took: Duration) {
+        // Methods are the client's to choose: any outside HTTP's own counts as "other", so
+        // that no client can grow the label set without bound.
+        let known = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ];
+        let method = if known.contains(method) {
+            method.as_str()
+        } else {
+            "other"
+        };
         let labels = HttpLabels {
-            method: method.as_str().to_string(),
+            method: method.to_string(),
             status: format!("{}xx", status.as_u16() / 100),
         };
         self.requests.get_or_create(&labels).inc();
@@ -113,6 +129,12 @@ mod tests {
             StatusCode::NOT_FOUND,
             Duration::from_millis(3),
         );
+        let odd = Method::from_bytes(b"BREW").unwrap();
+        http.record(
+            &odd,
+            StatusCode::METHOD_NOT_ALLOWED,
+            Duration::from_millis(1),
+        );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
@@ -123,5 +145,10 @@ mod tests {
             text.contains("# TYPE idunno_http_request_seconds histogram"),
             "{text}"
         );
+        assert!(
+            text.contains(r#"idunno_http_requests_total{method="other",status="4xx"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("BREW"), "{text}");
     }
 }
