@@ -122,11 +122,16 @@ pub async fn start(
             path: db_path.display().to_string(),
             source,
         })?;
-    let log = LogStore::open(&db).map_err(|source| StartError::Storage {
-        path: db_path.display().to_string(),
-        source,
-    })?;
-    let sm = StateMachineStore::open(&db).map_err(|e| StartError::State(e.to_string()))?;
+    let metrics = Metrics::default();
+    let log = LogStore::open(&db)
+        .map_err(|source| StartError::Storage {
+            path: db_path.display().to_string(),
+            source,
+        })?
+        .timed(metrics.raft_append.clone());
+    let sm = StateMachineStore::open(&db)
+        .map_err(|e| StartError::State(e.to_string()))?
+        .timed(metrics.raft_apply.clone());
     let shared = sm.shared();
     drop(db);
 
@@ -178,7 +183,7 @@ pub async fn start(
         links,
         removed: std::sync::atomic::AtomicBool::new(false),
         http,
-        metrics: Metrics::default(),
+        metrics,
         started: Instant::now(),
         leader: Mutex::new(LeaderState::new(0)),
         workers: Mutex::new(Workers::default()),

@@ -37,6 +37,10 @@ pub struct Metrics {
     /// From a client write's proposal to its application on this node (the leader's append,
     /// replication to a quorum, commit and apply).
     pub raft_write: Histogram,
+    /// Writing entries to this node's log (sled, flushed), per append.
+    pub raft_append: Histogram,
+    /// Applying committed entries to the state machine (and writing what changed), per call.
+    pub raft_apply: Histogram,
     /// Worker milliseconds per query of completed batches, per model (seconds).
     pub query_seconds: HistogramFamily<ModelLabel>,
     pub online_requests: Family<ModelLabel, Counter>,
@@ -73,6 +77,8 @@ impl Default for Metrics {
             leases_expired: Counter::default(),
             lease_wait: seconds(),
             raft_write: seconds(),
+            raft_append: seconds(),
+            raft_apply: seconds(),
             query_seconds: Family::new_with_constructor(seconds),
             online_requests: Family::default(),
             online_images: Family::default(),
@@ -125,6 +131,16 @@ impl Default for Metrics {
             m.raft_write.clone(),
         );
         r.register(
+            "idunno_raft_append_seconds",
+            "writing entries to this node's Raft log, flushed, per append",
+            m.raft_append.clone(),
+        );
+        r.register(
+            "idunno_raft_apply_seconds",
+            "applying committed entries to the state machine, per call",
+            m.raft_apply.clone(),
+        );
+        r.register(
             "idunno_query_seconds",
             "worker time per query of completed batches, by model",
             m.query_seconds.clone(),
@@ -167,7 +183,7 @@ impl Default for Metrics {
         );
         r.register(
             "idunno_raft_committed_index",
-            "committed index: on the leader what a quorum holds, on a follower its applied index",
+            "last committed index Raft reported to this node",
             m.raft_committed_index.clone(),
         );
         r.register(

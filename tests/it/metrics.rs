@@ -78,6 +78,9 @@ async fn every_role_serves_prometheus_metrics_and_readiness() {
     assert!(value(&s, "idunno_raft_term", &[]).unwrap() >= 1.0);
     assert!(value(&s, "idunno_raft_applied_index", &[]).unwrap() >= 1.0);
     assert!(value(&s, "idunno_raft_write_seconds", &[]).unwrap() >= 1.0);
+    assert!(value(&s, "idunno_raft_append_seconds", &[]).unwrap() >= 1.0);
+    assert!(value(&s, "idunno_raft_apply_seconds", &[]).unwrap() >= 1.0);
+    assert!(value(&s, "idunno_raft_committed_index", &[]).unwrap() >= 1.0);
     assert!(value(&s, "idunno_lease_wait_seconds", &[]).unwrap() >= 2.0);
     assert!(value(&s, "idunno_query_seconds", &[("model", "fast")]).unwrap() >= 2.0);
     assert!(value(&s, "idunno_online_latency_seconds", &[("model", "fast")]).unwrap() >= 1.0);

@@ -49,7 +49,7 @@ async fn metrics(State(c): State<Arc<Coordinator>>) -> impl IntoResponse {
         m.raft_applied_index
             .set(raft.last_applied.map_or(0, |l| l.index) as i64);
         m.raft_committed_index
-            .set(committed_index(c.id, &raft) as i64);
+            .set(c.log.committed_index().unwrap_or(0) as i64);
     }
     m.job_queries_left.clear();
     m.job_in_flight.clear();
@@ -90,33 +90,4 @@ async fn metrics(State(c): State<Arc<Coordinator>>) -> impl IntoResponse {
         .count();
     m.workers_alive.set(alive as i64);
     idunno_server::metrics::render(&m.registry)
-}
-
-/// The committed index as this node knows it: on the leader, the highest index a quorum of
-/// voters holds (its own log and what each follower matched); on a follower, its applied
-/// index (the commit index is at least that; openraft does not report a follower's).
-fn committed_index(id: u64, raft: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
-    let applied = raft.last_applied.map_or(0, |l| l.index);
-    let Some(replication) = &raft.replication else {
-        return applied;
-    };
-    let voters: Vec<u64> = raft.membership_config.membership().voter_ids().collect();
-    let mut held: Vec<u64> = voters
-        .iter()
-        .map(|v| {
-            if *v == id {
-                raft.last_log_index.unwrap_or(0)
-            } else {
-                replication
-                    .get(v)
-                    .and_then(|m| m.as_ref())
-                    .map_or(0, |l| l.index)
-            }
-        })
-        .collect();
-    held.sort_unstable_by(|a, b| b.cmp(a));
-    held.get(voters.len() / 2)
-        .copied()
-        .unwrap_or(applied)
-        .max(applied)
 }

@@ -4,6 +4,7 @@
 //! An append is reported done only after sled has flushed it to disk; the vote is flushed
 //! before it is acknowledged. This file knows nothing of what the entries mean.
 
+use idunno_server::metrics::Histogram;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,8 @@ pub struct LogStore {
     meta: sled::Tree,
     /// Last committed index as last saved (`u64::MAX` = none), for status pages.
     committed: Arc<AtomicU64>,
+    /// Observes how long each append takes, written and flushed (`/metrics`).
+    append_time: Option<Histogram>,
 }
 
 impl LogStore {
@@ -38,11 +41,20 @@ impl LogStore {
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             committed: Arc::new(AtomicU64::new(u64::MAX)),
+            append_time: None,
         };
         if let Ok(Some(c)) = store.get_meta::<LogId>(COMMITTED) {
             store.committed.store(c.index, Ordering::Relaxed);
         }
         Ok(store)
+    }
+
+    /// The same store, timing each append into `histogram`.
+    pub fn timed(self, histogram: Histogram) -> LogStore {
+        LogStore {
+            append_time: Some(histogram),
+            ..self
+        }
     }
 
     /// The committed index as last reported by Raft.
@@ -184,6 +196,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         // Encoding and writing a large entry takes a while: off the async threads, so that
         // heartbeats and votes are still answered meanwhile.
+        let started = std::time::Instant::now();
         let entries: Vec<Entry> = entries.into_iter().collect();
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || {
@@ -204,6 +217,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map(|_| ())
             .map_err(std::io::Error::other);
+        if let Some(h) = &self.append_time {
+            h.observe(started.elapsed().as_secs_f64());
+        }
         callback.log_io_completed(flushed);
         Ok(())
     }

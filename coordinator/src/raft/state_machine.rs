@@ -4,6 +4,7 @@
 //!
 //! Readers (the API) share the state through [`SharedState`]; this file owns all writes.
 
+use idunno_server::metrics::Histogram;
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -56,6 +57,8 @@ pub struct StateMachineStore {
     tree: sled::Tree,
     snapshots: sled::Tree,
     shared: Arc<SharedState>,
+    /// Observes how long each apply call takes (`/metrics`).
+    apply_time: Option<Histogram>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -72,6 +75,7 @@ impl StateMachineStore {
             tree: db.open_tree("state").map_err(read)?,
             snapshots: db.open_tree("snapshot").map_err(read)?,
             shared: Arc::new(SharedState::default()),
+            apply_time: None,
         };
         let applied = sm.load_tree()?;
         let snapshot = sm.stored_snapshot()?;
@@ -83,6 +87,14 @@ impl StateMachineStore {
         };
         *sm.shared.write() = applied;
         Ok(sm)
+    }
+
+    /// The same store, timing each apply into `histogram`.
+    pub fn timed(self, histogram: Histogram) -> StateMachineStore {
+        StateMachineStore {
+            apply_time: Some(histogram),
+            ..self
+        }
     }
 
     /// The state readers share.
@@ -301,6 +313,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             tree: self.tree.clone(),
             snapshots: self.snapshots.clone(),
             shared: self.shared.clone(),
+            apply_time: None,
         };
         store.save_snapshot(&meta, &data)?;
         Ok(Snapshot {
@@ -323,8 +336,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let started = std::time::Instant::now();
         let (outcomes, written) = self.apply_in_memory(entries)?;
         let Some((last, batch, work)) = written else {
+            if let Some(h) = &self.apply_time {
+                h.observe(started.elapsed().as_secs_f64());
+            }
             return Ok(outcomes);
         };
         // A big entry (a job listing 100 000 inputs) writes as many records: off the async
@@ -334,6 +351,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| io_err(ErrorSubject::Apply(last), ErrorVerb::Write, e))?
             .map_err(|e| io_err(ErrorSubject::Apply(last), ErrorVerb::Write, e))?;
+        if let Some(h) = &self.apply_time {
+            h.observe(started.elapsed().as_secs_f64());
+        }
         if work {
             self.shared.work.notify_waiters();
         }
