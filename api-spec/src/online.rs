@@ -12,7 +12,8 @@ use crate::result::Class;
 /// An online batch handed to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OnlineLease {
-    /// `"online-<n>"`, unique for the leader's term.
+    /// `"online-<epoch>-<n>"`: unique across leaders (the epoch is random per coordinator
+    /// process).
     pub batch_id: String,
     /// Registry name of the model, its architecture and weights location.
     pub model: String,
@@ -113,7 +114,7 @@ mod tests {
     #[test]
     fn inputs_and_outputs_round_trip_through_json() {
         let lease = OnlineLease {
-            batch_id: "online-1".into(),
+            batch_id: "online-0badcafe-1".into(),
             model: "m".into(),
             arch: Arch::ResNet18,
             weights: "w".into(),

@@ -95,11 +95,23 @@ pub struct Batching {
 }
 
 /// The leader's online requests, queued and running.
-#[derive(Default)]
 pub struct Online {
     inner: Mutex<Inner>,
     /// Wakes lease calls when a request arrives.
     pub wake: Notify,
+    /// Random, per coordinator process: batch ids of two leaders never coincide, so a late
+    /// answer to another leader's batch can never be taken for one of this leader's.
+    epoch: u32,
+}
+
+impl Default for Online {
+    fn default() -> Online {
+        Online {
+            inner: Mutex::default(),
+            wake: Notify::new(),
+            epoch: rand::random(),
+        }
+    }
 }
 
 /// A batch taken for a worker.
@@ -234,7 +246,7 @@ impl Online {
             return None;
         }
         inner.next_batch += 1;
-        let batch_id = format!("online-{}", inner.next_batch);
+        let batch_id = format!("online-{:08x}-{}", self.epoch, inner.next_batch);
         let inputs = requests
             .iter()
             .flat_map(|p| p.inputs.iter().cloned())
@@ -524,5 +536,18 @@ mod tests {
         online.fail_all("no longer the leader");
         assert!(matches!(kept.await.unwrap(), Err(OnlineFailure(_))));
         assert!(online.is_empty());
+    }
+
+    #[test]
+    fn two_leaders_never_name_a_batch_alike() {
+        let (a, b) = (Online::default(), Online::default());
+        let _ra = a.submit("m", vec![image(1)], 0, later(10_000)).unwrap();
+        let _rb = b.submit("m", vec![image(1)], 0, later(10_000)).unwrap();
+        let (x, y) = (
+            a.take("m", 1, "w", "r").unwrap(),
+            b.take("m", 1, "w", "r").unwrap(),
+        );
+        assert_ne!(x.batch_id, y.batch_id);
+        assert!(!b.complete(&x.batch_id, "w", vec![output(1)]).unwrap());
     }
 }
