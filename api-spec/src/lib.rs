@@ -8,6 +8,8 @@
 //!   between coordinator and worker);
 //! * what travels beside them: [`headers`], [`encoding`] (names in URL paths), [`range`]
 //!   (the `Range` header), [`address`] (`host:port`);
+//! * [`contract`] (feature `contract`, for tests): `openapi.yaml` as data, answers checked
+//!   against it;
 //! * clients (feature `client`, on by default): [`client`] (the coordinators, with retries
 //!   and failover) and [`storage_node`] (the storage nodes' internal routes).
 //!
@@ -20,6 +22,8 @@ pub mod arch;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod cluster;
+#[cfg(feature = "contract")]
+pub mod contract;
 pub mod encoding;
 pub mod error;
 pub mod file;

@@ -100,7 +100,7 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> (StatusCode, Vec<u8>) {
-    let mut req = reqwest::Client::new().request(method, url);
+    let mut req = reqwest::Client::new().request(method.clone(), url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -109,7 +109,41 @@ pub async fn http(
     }
     let resp = req.send().await.unwrap();
     let status = resp.status();
-    (status, resp.bytes().await.unwrap().to_vec())
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp.bytes().await.unwrap().to_vec();
+    check_contract(&method, url, status, content_type.as_deref(), &body);
+    (status, body)
+}
+
+/// `api-spec/openapi.yaml`, loaded once.
+static SPEC: std::sync::LazyLock<idunno_api::contract::Spec> =
+    std::sync::LazyLock::new(idunno_api::contract::Spec::load);
+
+/// Every raw answer a system test gets from a route the spec documents must keep the
+/// contract: a documented status, and a JSON body of the documented schema.
+fn check_contract(
+    method: &reqwest::Method,
+    url: &str,
+    status: StatusCode,
+    content_type: Option<&str>,
+    body: &[u8],
+) {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return;
+    };
+    if let Err(e) = SPEC.check(
+        method.as_str(),
+        parsed.path(),
+        status.as_u16(),
+        content_type,
+        body,
+    ) {
+        panic!("{method} {url}: the answer breaks api-spec/openapi.yaml: {e}");
+    }
 }
 
 pub fn json(bytes: &[u8]) -> Value {
