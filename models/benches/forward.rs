@@ -8,7 +8,8 @@
 //! and the images/s that makes (fastest of the runs in a 3 s budget), then the
 //! decoding time of each sample photo (one thread) and the per-image preprocessing time.
 //! The worker's whole path, decoding overlapped with compute, is `idunno bench worker`.
-//! A measuring tool, not a test: nothing is asserted, and `cargo test` does not run it.
+//! A measuring tool, not a test: nothing is asserted, and under `cargo test --all-targets`
+//! (which runs bench targets without `--bench`) it returns at once.
 
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,15 @@ where
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; positional arguments are ours.
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this target too, but
+    // without it: then there is nothing to measure (and no optimised build to measure).
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "forward: a benchmark; run it with `cargo bench -p idunno-models --bench forward`"
+        );
+        return;
+    }
+    // Positional arguments are ours.
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -2,7 +2,8 @@
 //! `GET`, timed end to end (durable on `201`, every chunk verified on the way out). By default
 //! 32 MiB; `SDFS_BENCH_MB=256 cargo bench -p idunno-sdfs --bench throughput` gives the figures
 //! quoted in the README (`SDFS_BENCH_ROUNDS` repeats, `SDFS_BENCH_CHUNK_KB` tries another
-//! chunk size). A benchmark, not a test: `cargo test` does not run it.
+//! chunk size). A benchmark, not a test: under `cargo test --all-targets` (which runs bench
+//! targets without `--bench`) it returns at once.
 
 #[path = "../tests/it/common/mod.rs"]
 mod common;
@@ -14,6 +15,12 @@ use futures::StreamExt;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "throughput: a benchmark; run it with `cargo bench -p idunno-sdfs --bench throughput`"
+        );
+        return;
+    }
     let mb: usize = std::env::var("SDFS_BENCH_MB")
         .ok()
         .and_then(|v| v.parse().ok())
