@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use idunno_server::metrics::{
-    batch_sizes, seconds, Counter, EncodeLabelSet, Family, FloatGauge, Gauge, Histogram,
+    batch_sizes, register, seconds, Counter, EncodeLabelSet, Family, FloatGauge, Gauge, Histogram,
     HistogramFamily, HttpMetrics, Registry,
 };
 
@@ -67,166 +67,38 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let http = HttpMetrics::register(&mut registry);
-        let m = Metrics {
+        let mut r = Registry::default();
+        let http = HttpMetrics::register(&mut r);
+        Metrics {
             http,
-            forwarded: Counter::default(),
-            leases_granted: Counter::default(),
-            batches_completed: Counter::default(),
-            leases_expired: Counter::default(),
-            lease_wait: seconds(),
-            raft_write: seconds(),
-            raft_append: seconds(),
-            raft_apply: seconds(),
-            query_seconds: Family::new_with_constructor(seconds),
-            online_requests: Family::default(),
-            online_images: Family::default(),
-            online_batch_size: Family::new_with_constructor(batch_sizes),
-            online_queue_delay: Family::new_with_constructor(seconds),
-            online_latency: Family::new_with_constructor(seconds),
-            raft_term: Gauge::default(),
-            raft_is_leader: Gauge::default(),
-            raft_last_log_index: Gauge::default(),
-            raft_committed_index: Gauge::default(),
-            raft_applied_index: Gauge::default(),
-            job_queries_left: Family::default(),
-            job_in_flight: Family::default(),
-            job_rate: Family::default(),
-            online_queued: Family::default(),
-            workers_alive: Gauge::default(),
-            replicas_missing: Gauge::default(),
-            repair_queue: Gauge::default(),
-            registry: Registry::default(),
-        };
-        let r = &mut registry;
-        r.register(
-            "idunno_forwarded",
-            "requests forwarded to the leader",
-            m.forwarded.clone(),
-        );
-        r.register(
-            "idunno_leases_granted",
-            "batches leased by this leader",
-            m.leases_granted.clone(),
-        );
-        r.register(
-            "idunno_batches_completed",
-            "completions accepted by this leader",
-            m.batches_completed.clone(),
-        );
-        r.register(
-            "idunno_leases_expired",
-            "leases expired by this leader",
-            m.leases_expired.clone(),
-        );
-        r.register(
-            "idunno_lease_wait_seconds",
-            "from a worker's lease call to the lease it gets",
-            m.lease_wait.clone(),
-        );
-        r.register(
-            "idunno_raft_write_seconds",
-            "from a write's proposal to its application here (append, replicate, commit, apply)",
-            m.raft_write.clone(),
-        );
-        r.register(
-            "idunno_raft_append_seconds",
-            "writing entries to this node's Raft log, flushed, per append",
-            m.raft_append.clone(),
-        );
-        r.register(
-            "idunno_raft_apply_seconds",
-            "applying committed entries to the state machine, per call",
-            m.raft_apply.clone(),
-        );
-        r.register(
-            "idunno_query_seconds",
-            "worker time per query of completed batches, by model",
-            m.query_seconds.clone(),
-        );
-        r.register(
-            "idunno_online_requests",
-            "online inference requests answered with outputs, by model",
-            m.online_requests.clone(),
-        );
-        r.register(
-            "idunno_online_images",
-            "images of those requests, by model",
-            m.online_images.clone(),
-        );
-        r.register(
-            "idunno_online_batch_size",
-            "images per online batch handed to a worker, by model",
-            m.online_batch_size.clone(),
-        );
-        r.register(
-            "idunno_online_queue_delay_seconds",
-            "from an online request's arrival to its batch being handed out, by model",
-            m.online_queue_delay.clone(),
-        );
-        r.register(
-            "idunno_online_latency_seconds",
-            "from an online request's arrival to its answer, by model",
-            m.online_latency.clone(),
-        );
-        r.register("idunno_raft_term", "current Raft term", m.raft_term.clone());
-        r.register(
-            "idunno_raft_is_leader",
-            "1 if this node leads",
-            m.raft_is_leader.clone(),
-        );
-        r.register(
-            "idunno_raft_last_log_index",
-            "last log index",
-            m.raft_last_log_index.clone(),
-        );
-        r.register(
-            "idunno_raft_committed_index",
-            "last committed index Raft reported to this node",
-            m.raft_committed_index.clone(),
-        );
-        r.register(
-            "idunno_raft_applied_index",
-            "last applied index",
-            m.raft_applied_index.clone(),
-        );
-        r.register(
-            "idunno_job_queries_left",
-            "queries of a running job not done yet (its queue depth)",
-            m.job_queries_left.clone(),
-        );
-        r.register(
-            "idunno_job_in_flight",
-            "queries of a running job leased to workers now",
-            m.job_in_flight.clone(),
-        );
-        r.register(
-            "idunno_job_rate_qps",
-            "a running job's completion rate over the last 10 s",
-            m.job_rate.clone(),
-        );
-        r.register(
-            "idunno_online_queued",
-            "online requests waiting for a worker, by model",
-            m.online_queued.clone(),
-        );
-        r.register(
-            "idunno_workers_alive",
-            "workers this node heard from within a lease timeout",
-            m.workers_alive.clone(),
-        );
-        r.register(
-            "idunno_sdfs_replicas_missing",
-            "copies short of each blob's replication factor (on the live storage nodes), summed",
-            m.replicas_missing.clone(),
-        );
-        r.register(
-            "idunno_sdfs_repair_queue",
-            "copies the leader's repair would make now",
-            m.repair_queue.clone(),
-        );
-        Metrics { registry, ..m }
+            forwarded: register(&mut r, "idunno_forwarded", "requests forwarded to the leader", Counter::default()),
+            leases_granted: register(&mut r, "idunno_leases_granted", "batches leased by this leader", Counter::default()),
+            batches_completed: register(&mut r, "idunno_batches_completed", "completions accepted by this leader", Counter::default()),
+            leases_expired: register(&mut r, "idunno_leases_expired", "leases expired by this leader", Counter::default()),
+            lease_wait: register(&mut r, "idunno_lease_wait_seconds", "from a worker's lease call to the lease it gets", seconds()),
+            raft_write: register(&mut r, "idunno_raft_write_seconds", "from a write's proposal to its application here (append, replicate, commit, apply)", seconds()),
+            raft_append: register(&mut r, "idunno_raft_append_seconds", "writing entries to this node's Raft log, flushed, per append", seconds()),
+            raft_apply: register(&mut r, "idunno_raft_apply_seconds", "applying committed entries to the state machine, per call", seconds()),
+            query_seconds: register(&mut r, "idunno_query_seconds", "worker time per query of completed batches, by model", Family::new_with_constructor(seconds)),
+            online_requests: register(&mut r, "idunno_online_requests", "online inference requests answered with outputs, by model", Family::default()),
+            online_images: register(&mut r, "idunno_online_images", "images of those requests, by model", Family::default()),
+            online_batch_size: register(&mut r, "idunno_online_batch_size", "images per online batch handed to a worker, by model", Family::new_with_constructor(batch_sizes)),
+            online_queue_delay: register(&mut r, "idunno_online_queue_delay_seconds", "from an online request's arrival to its batch being handed out, by model", Family::new_with_constructor(seconds)),
+            online_latency: register(&mut r, "idunno_online_latency_seconds", "from an online request's arrival to its answer, by model", Family::new_with_constructor(seconds)),
+            raft_term: register(&mut r, "idunno_raft_term", "current Raft term", Gauge::default()),
+            raft_is_leader: register(&mut r, "idunno_raft_is_leader", "1 if this node leads", Gauge::default()),
+            raft_last_log_index: register(&mut r, "idunno_raft_last_log_index", "last log index", Gauge::default()),
+            raft_committed_index: register(&mut r, "idunno_raft_committed_index", "last committed index Raft reported to this node", Gauge::default()),
+            raft_applied_index: register(&mut r, "idunno_raft_applied_index", "last applied index", Gauge::default()),
+            job_queries_left: register(&mut r, "idunno_job_queries_left", "queries of a running job not done yet (its queue depth)", Family::default()),
+            job_in_flight: register(&mut r, "idunno_job_in_flight", "queries of a running job leased to workers now", Family::default()),
+            job_rate: register(&mut r, "idunno_job_rate_qps", "a running job's completion rate over the last 10 s", Family::default()),
+            online_queued: register(&mut r, "idunno_online_queued", "online requests waiting for a worker, by model", Family::default()),
+            workers_alive: register(&mut r, "idunno_workers_alive", "workers this node heard from within a lease timeout", Gauge::default()),
+            replicas_missing: register(&mut r, "idunno_sdfs_replicas_missing", "copies short of each blob's replication factor (on the live storage nodes), summed", Gauge::default()),
+            repair_queue: register(&mut r, "idunno_sdfs_repair_queue", "copies the leader's repair would make now", Gauge::default()),
+            registry: r,
+        }
     }
 }
 

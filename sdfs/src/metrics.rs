@@ -2,7 +2,7 @@
 //! holds, the bytes that moved in and out, what it found corrupt, and its HTTP requests with
 //! their latency by method (a `PUT` of a blob is a put, a `GET` a read).
 
-use idunno_server::metrics::{Counter, Gauge, HttpMetrics, Registry};
+use idunno_server::metrics::{register, Counter, Gauge, HttpMetrics, Registry};
 
 use crate::blob_store::{StoreStats, Totals};
 
@@ -27,68 +27,66 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let http = HttpMetrics::register(&mut registry);
-        let m = Metrics {
-            registry: Registry::default(),
+        let mut r = Registry::default();
+        let http = HttpMetrics::register(&mut r);
+        Metrics {
             http,
-            fetches: Counter::default(),
-            heartbeats: Counter::default(),
-            coordinators_reachable: Gauge::default(),
-            blobs: Gauge::default(),
-            bytes: Gauge::default(),
-            bytes_written: Counter::default(),
-            bytes_read: Counter::default(),
-            corrupt_chunks: Counter::default(),
-            blobs_dropped: Counter::default(),
-        };
-        let r = &mut registry;
-        r.register(
-            "idunno_sdfs_blobs",
-            "blobs stored on this node",
-            m.blobs.clone(),
-        );
-        r.register(
-            "idunno_sdfs_bytes",
-            "content bytes stored on this node",
-            m.bytes.clone(),
-        );
-        r.register(
-            "idunno_sdfs_bytes_written",
-            "content bytes of newly stored blobs (bytes in)",
-            m.bytes_written.clone(),
-        );
-        r.register(
-            "idunno_sdfs_bytes_read",
-            "verified content bytes served (bytes out)",
-            m.bytes_read.clone(),
-        );
-        r.register(
-            "idunno_sdfs_corrupt_chunks",
-            "chunks that failed their checksum",
-            m.corrupt_chunks.clone(),
-        );
-        r.register(
-            "idunno_sdfs_blobs_dropped",
-            "blobs dropped as corrupt (reported lost)",
-            m.blobs_dropped.clone(),
-        );
-        r.register(
-            "idunno_sdfs_fetches",
-            "blobs copied from other nodes",
-            m.fetches.clone(),
-        );
-        r.register(
-            "idunno_sdfs_heartbeats",
-            "heartbeats the coordinators accepted",
-            m.heartbeats.clone(),
-        );
-        r.register(
-            "idunno_sdfs_coordinators_reachable",
-            "1 if the last heartbeat reached a coordinator",
-            m.coordinators_reachable.clone(),
-        );
-        Metrics { registry, ..m }
+            fetches: register(
+                &mut r,
+                "idunno_sdfs_fetches",
+                "blobs copied from other nodes",
+                Counter::default(),
+            ),
+            heartbeats: register(
+                &mut r,
+                "idunno_sdfs_heartbeats",
+                "heartbeats the coordinators accepted",
+                Counter::default(),
+            ),
+            coordinators_reachable: register(
+                &mut r,
+                "idunno_sdfs_coordinators_reachable",
+                "1 if the last heartbeat reached a coordinator",
+                Gauge::default(),
+            ),
+            blobs: register(
+                &mut r,
+                "idunno_sdfs_blobs",
+                "blobs stored on this node",
+                Gauge::default(),
+            ),
+            bytes: register(
+                &mut r,
+                "idunno_sdfs_bytes",
+                "content bytes stored on this node",
+                Gauge::default(),
+            ),
+            bytes_written: register(
+                &mut r,
+                "idunno_sdfs_bytes_written",
+                "content bytes of newly stored blobs (bytes in)",
+                Counter::default(),
+            ),
+            bytes_read: register(
+                &mut r,
+                "idunno_sdfs_bytes_read",
+                "verified content bytes served (bytes out)",
+                Counter::default(),
+            ),
+            corrupt_chunks: register(
+                &mut r,
+                "idunno_sdfs_corrupt_chunks",
+                "chunks that failed their checksum",
+                Counter::default(),
+            ),
+            blobs_dropped: register(
+                &mut r,
+                "idunno_sdfs_blobs_dropped",
+                "blobs dropped as corrupt (reported lost)",
+                Counter::default(),
+            ),
+            registry: r,
+        }
     }
 }
 

@@ -40,6 +40,16 @@ pub fn batch_sizes() -> Histogram {
     ))
 }
 
+/// Registers `metric` under `name` with `help` and returns it: the returned handle and the
+/// registry's share one value, so a role's metrics struct is built in one pass.
+pub fn register<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// The registry in the text exposition format.
 pub fn render(registry: &Registry) -> Response {
     let mut body = String::new();
@@ -70,21 +80,20 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     /// Registers `idunno_http_requests_total` and `idunno_http_request_seconds`.
     pub fn register(registry: &mut Registry) -> HttpMetrics {
-        let m = HttpMetrics {
-            requests: Family::default(),
-            seconds: Family::new_with_constructor(seconds),
-        };
-        registry.register(
-            "idunno_http_requests",
-            "HTTP requests served, by method and status class",
-            m.requests.clone(),
-        );
-        registry.register(
-            "idunno_http_request_seconds",
-            "time to answer an HTTP request (to its head; streamed bodies go on after)",
-            m.seconds.clone(),
-        );
-        m
+        HttpMetrics {
+            requests: register(
+                registry,
+                "idunno_http_requests",
+                "HTTP requests served, by method and status class",
+                Family::default(),
+            ),
+            seconds: register(
+                registry,
+                "idunno_http_request_seconds",
+                "time to answer an HTTP request (to its head; streamed bodies go on after)",
+                Family::new_with_constructor(seconds),
+            ),
+        }
     }
 
     /// Counts one request.

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use idunno_server::metrics::{
-    batch_sizes, seconds, Counter, EncodeLabelSet, Family, FloatGauge, Gauge, HistogramFamily,
-    HttpMetrics, Registry,
+    batch_sizes, register, seconds, Counter, EncodeLabelSet, Family, FloatGauge, Gauge,
+    HistogramFamily, HttpMetrics, Registry,
 };
 
 /// A model and a batch size.
@@ -42,58 +42,56 @@ pub(crate) struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let http = HttpMetrics::register(&mut registry);
-        let m = Metrics {
-            registry: Registry::default(),
+        let mut r = Registry::default();
+        let http = HttpMetrics::register(&mut r);
+        Metrics {
             http,
-            forward: Family::new_with_constructor(seconds),
-            decode: Family::new_with_constructor(seconds),
-            batch_size: Family::new_with_constructor(batch_sizes),
-            batches: Family::default(),
-            images: Family::default(),
-            busy: FloatGauge::default(),
-            models_loaded: Gauge::default(),
+            forward: register(
+                &mut r,
+                "idunno_worker_forward_seconds",
+                "preprocessing and forward pass of a batch, by model and batch size",
+                Family::new_with_constructor(seconds),
+            ),
+            decode: register(
+                &mut r,
+                "idunno_worker_decode_seconds",
+                "decoding a batch's images, by model and kind",
+                Family::new_with_constructor(seconds),
+            ),
+            batch_size: register(
+                &mut r,
+                "idunno_worker_batch_size",
+                "images per batch run, by model and kind",
+                Family::new_with_constructor(batch_sizes),
+            ),
+            batches: register(
+                &mut r,
+                "idunno_worker_batches",
+                "batches run, by model and kind",
+                Family::default(),
+            ),
+            images: register(
+                &mut r,
+                "idunno_worker_images",
+                "images run, by model and kind",
+                Family::default(),
+            ),
+            busy: register(
+                &mut r,
+                "idunno_worker_busy_ratio",
+                "share of the worker's life its compute pool spent on batches",
+                FloatGauge::default(),
+            ),
+            models_loaded: register(
+                &mut r,
+                "idunno_worker_models_loaded",
+                "models loaded now",
+                Gauge::default(),
+            ),
             busy_nanos: AtomicU64::new(0),
             started: Instant::now(),
-        };
-        let r = &mut registry;
-        r.register(
-            "idunno_worker_forward_seconds",
-            "preprocessing and forward pass of a batch, by model and batch size",
-            m.forward.clone(),
-        );
-        r.register(
-            "idunno_worker_decode_seconds",
-            "decoding a batch's images, by model and kind",
-            m.decode.clone(),
-        );
-        r.register(
-            "idunno_worker_batch_size",
-            "images per batch run, by model and kind",
-            m.batch_size.clone(),
-        );
-        r.register(
-            "idunno_worker_batches",
-            "batches run, by model and kind",
-            m.batches.clone(),
-        );
-        r.register(
-            "idunno_worker_images",
-            "images run, by model and kind",
-            m.images.clone(),
-        );
-        r.register(
-            "idunno_worker_busy_ratio",
-            "share of the worker's life its compute pool spent on batches",
-            m.busy.clone(),
-        );
-        r.register(
-            "idunno_worker_models_loaded",
-            "models loaded now",
-            m.models_loaded.clone(),
-        );
-        Metrics { registry, ..m }
+            registry: r,
+        }
     }
 }
 
