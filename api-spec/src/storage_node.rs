@@ -103,6 +103,23 @@ impl StorageNodeClient {
         Self::err(addr, describe_error(&e))
     }
 
+    /// Sends `req` to `addr`; an error names the node and why it could not be reached.
+    async fn send(
+        addr: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, NodeError> {
+        req.send().await.map_err(|e| Self::unreachable(addr, e))
+    }
+
+    /// Sends `req` to `addr` and reads a successful answer's JSON body.
+    async fn send_json<T: serde::de::DeserializeOwned>(
+        addr: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, NodeError> {
+        let resp = Self::check(addr, Self::send(addr, req).await?).await?;
+        resp.json().await.map_err(|e| Self::err(addr, e))
+    }
+
     /// The answer if it is a success; else an error with the node's own `{"error": …}`.
     async fn check(addr: &str, resp: reqwest::Response) -> Result<reqwest::Response, NodeError> {
         if resp.status().is_success() {
@@ -127,33 +144,23 @@ impl StorageNodeClient {
         hash: &str,
         timeout: Duration,
     ) -> Result<reqwest::Response, NodeError> {
-        let resp = self
+        let req = self
             .request(
                 reqwest::Method::GET,
                 addr,
                 &format!("/internal/blobs/{hash}"),
             )
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| Self::unreachable(addr, e))?;
-        Self::check(addr, resp).await
+            .timeout(timeout);
+        Self::check(addr, Self::send(addr, req).await?).await
     }
 
     /// Streams `body` into a new blob on `addr`. Unbounded in time (the body's length is not
     /// known): the caller times each piece and the answer.
     pub async fn put_blob(&self, addr: &str, body: reqwest::Body) -> Result<StoredBlob, NodeError> {
-        let resp = self
+        let req = self
             .request(reqwest::Method::PUT, addr, "/internal/blobs")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| Self::unreachable(addr, e))?;
-        Self::check(addr, resp)
-            .await?
-            .json()
-            .await
-            .map_err(|e| Self::err(addr, e))
+            .body(body);
+        Self::send_json(addr, req).await
     }
 
     /// Has `target` copy blob `hash` (of `size` bytes) from the node at `from`; bounded by
@@ -166,7 +173,7 @@ impl StorageNodeClient {
         size: u64,
     ) -> Result<StoredBlob, NodeError> {
         let limit = self.timeout + Duration::from_secs(size / MIN_COPY_BYTES_PER_SEC);
-        let resp = self
+        let req = self
             .request(
                 reqwest::Method::POST,
                 target,
@@ -175,44 +182,28 @@ impl StorageNodeClient {
             .timeout(limit)
             .json(&FetchBlob {
                 from: from.to_string(),
-            })
-            .send()
-            .await
-            .map_err(|e| Self::unreachable(target, e))?;
-        Self::check(target, resp)
-            .await?
-            .json()
-            .await
-            .map_err(|e| Self::err(target, e))
+            });
+        Self::send_json(target, req).await
     }
 
     /// The blobs a node holds.
     pub async fn list_blobs(&self, addr: &str) -> Result<Vec<BlobInfo>, NodeError> {
-        let resp = self
+        let req = self
             .request(reqwest::Method::GET, addr, "/internal/blobs")
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| Self::unreachable(addr, e))?;
-        Self::check(addr, resp)
-            .await?
-            .json()
-            .await
-            .map_err(|e| Self::err(addr, e))
+            .timeout(self.timeout);
+        Self::send_json(addr, req).await
     }
 
     /// The stamp of a blob on a node (`None`: the node does not hold it).
     pub async fn blob_stamp(&self, addr: &str, hash: &str) -> Result<Option<u64>, NodeError> {
-        let resp = self
+        let req = self
             .request(
                 reqwest::Method::HEAD,
                 addr,
                 &format!("/internal/blobs/{hash}"),
             )
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| Self::unreachable(addr, e))?;
+            .timeout(self.timeout);
+        let resp = Self::send(addr, req).await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -237,12 +228,10 @@ impl StorageNodeClient {
         if let Some(stamp) = stamp {
             path.push_str(&format!("?stamp={stamp}"));
         }
-        let resp = self
+        let req = self
             .request(reqwest::Method::DELETE, addr, &path)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| Self::unreachable(addr, e))?;
+            .timeout(self.timeout);
+        let resp = Self::send(addr, req).await?;
         match resp.status() {
             reqwest::StatusCode::NOT_FOUND => Ok(Deletion::Gone),
             reqwest::StatusCode::PRECONDITION_FAILED => Ok(Deletion::Kept),
