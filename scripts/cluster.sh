@@ -11,9 +11,16 @@
 # registration and heartbeats, blobs on the storage nodes) is made once, on the first `up`,
 # in ./data/secret (mode 600), and handed to every process as IDUNNO_CLUSTER_SECRET (not on
 # the command line, where ps would show it).
+# TLS=1 serves every role over TLS: on the first such `up` a throwaway CA and certificate are
+# made (`idunno certs`) in ./data/tls and handed to every process as IDUNNO_TLS_DIR; while
+# ./data/tls/ca.pem exists the cluster stays TLS (delete ./data/tls to go back to plain HTTP).
+# Clients then use https:// and the CA: `IDUNNO_TLS_CA=data/tls/ca.pem idunno …`,
+# `curl --cacert data/tls/ca.pem https://127.0.0.1:7001/…`.
+# The client API is open (no token) on 127.0.0.1; set IDUNNO_TOKEN to require one.
 # Environment: IDUNNO_DATA (data folder), IDUNNO_BIN (binary; default target/release/idunno,
 # built if missing), COORDINATOR_PORT (first port, default 7001), STORAGE_NODES (default 4),
-# STORAGE_PORT (first port, default 7101), WORKERS (default 2).
+# STORAGE_PORT (first port, default 7101), WORKERS (default 2), TLS (1: TLS everywhere),
+# IDUNNO_TOKEN (the client API's bearer token, handed to every process).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +35,18 @@ workers=${WORKERS:-2}
 for n in "$storage_nodes" "$workers" "$cport" "$sport"; do
   [[ "$n" =~ ^[0-9]+$ ]] || { echo "cluster.sh: $n is not a number" >&2; exit 2; }
 done
+
+tls_dir=$data/tls
+# tls_on: this cluster serves TLS (asked for now, or made so by an earlier `TLS=1 … up`).
+tls_on() { [ "${TLS:-0}" = 1 ] || [ -f "$tls_dir/ca.pem" ]; }
+scheme() { if tls_on; then echo https; else echo http; fi; }
+# fetch URL: curl with the cluster's CA when it is TLS, and the token when one is set.
+fetch() {
+  local args=(-fsS -m 2)
+  if tls_on; then args+=(--cacert "$tls_dir/ca.pem"); fi
+  if [ -n "${IDUNNO_TOKEN:-}" ]; then args+=(-H "authorization: Bearer $IDUNNO_TOKEN"); fi
+  curl "${args[@]}" "$1"
+}
 
 coordinator_addr() { echo "127.0.0.1:$((cport + $1 - 1))"; }
 storage_addr() { echo "127.0.0.1:$((sport + $1 - 1))"; }
@@ -73,8 +92,8 @@ start() {
 wait_ready() {
   local i
   for i in $(seq 1 100); do
-    if curl -fsS "http://$(coordinator_addr 1)/readyz" >/dev/null 2>&1 ||
-       curl -fsS "http://$(coordinator_addr 2)/readyz" >/dev/null 2>&1; then
+    if fetch "$(scheme)://$(coordinator_addr 1)/readyz" >/dev/null 2>&1 ||
+       fetch "$(scheme)://$(coordinator_addr 2)/readyz" >/dev/null 2>&1; then
       return 0
     fi
     sleep 0.1
@@ -87,7 +106,7 @@ wait_ready() {
 nodes_json() {
   local addr
   for addr in $(coordinator_list | tr , ' '); do
-    curl -fsS -m 2 "http://$addr/v1/nodes" 2>/dev/null && return 0
+    fetch "$(scheme)://$addr/v1/nodes" 2>/dev/null && return 0
   done
   return 1
 }
@@ -123,10 +142,21 @@ load_secret() {
   export IDUNNO_CLUSTER_SECRET
 }
 
+# load_tls: with TLS, the CA and certificate (made on first use), for every process started.
+load_tls() {
+  tls_on || return 0
+  if [ ! -f "$tls_dir/ca.pem" ]; then
+    "$bin" certs "$tls_dir" >/dev/null
+    echo "made a throwaway CA and certificate in $tls_dir"
+  fi
+  export IDUNNO_TLS_DIR=$tls_dir IDUNNO_TLS_CA=$tls_dir/ca.pem
+}
+
 up() {
   ensure_binary
   mkdir -p "$data/logs" "$data/pids"
   load_secret
+  load_tls
   local i
   for i in $(seq 1 "$coordinators"); do
     start "coordinator$i" coordinator --id "$i" --listen "$(coordinator_addr "$i")" \
@@ -141,8 +171,10 @@ up() {
     start "w$i" worker --coordinators "$(coordinator_list)" --name "w$i" --cache "$data/w$i"
   done
   wait_storage
-  echo "cluster is up ($storage_nodes storage nodes alive, $workers workers);" \
-    "try: IDUNNO_COORDINATORS=$(coordinator_list) $bin cluster status"
+  local hint="IDUNNO_COORDINATORS=$(coordinator_list)"
+  if tls_on; then hint+=" IDUNNO_TLS_CA=$tls_dir/ca.pem"; fi
+  echo "cluster is up ($storage_nodes storage nodes alive, $workers workers, $(scheme));" \
+    "try: $hint $bin cluster status"
 }
 
 # pidfiles ROLE…: the pid files of these roles (w: workers, s: storage nodes, coordinator), in
@@ -182,6 +214,7 @@ status() {
     echo "no coordinator is running (scripts/cluster.sh up starts the cluster)"
     return
   fi
+  if tls_on; then export IDUNNO_TLS_CA=$tls_dir/ca.pem; fi
   if [ -x "$bin" ]; then
     "$bin" cluster status --coordinators "$(coordinator_list)" || true
     echo
@@ -189,7 +222,7 @@ status() {
   fi
   local addr body names
   for addr in $(coordinator_list | tr , ' '); do
-    if body=$(curl -fsS -m 2 "http://$addr/v1/workers" 2>/dev/null); then
+    if body=$(fetch "$(scheme)://$addr/v1/workers" 2>/dev/null); then
       echo
       names=$(grep -o '"name":"[^"]*"' <<<"$body" | cut -d'"' -f4 | paste -sd ' ' -) || true
       echo "workers registered: ${names:-none}"

@@ -11,10 +11,12 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+data=${IDUNNO_DATA:-$root/data}
 queries=${DEMO_QUERIES:-600}
 [[ "$queries" =~ ^[0-9]+$ ]] && [ "$queries" -gt 0 ] || { echo "DEMO_QUERIES must be a number" >&2; exit 2; }
 export WORKERS=${WORKERS:-3}
 "$root/scripts/cluster.sh" up >/dev/null
+source "$root/scripts/http.sh"
 IFS=, read -ra nodes <<<"$("$root/scripts/cluster.sh" coordinators)"
 export IDUNNO_COORDINATORS=$("$root/scripts/cluster.sh" coordinators)
 bin=${IDUNNO_BIN:-$root/target/release/idunno}
@@ -30,7 +32,7 @@ call() {
   local method=$1 path=$2 addr; shift 2
   for _ in $(seq 1 100); do
     for addr in "${nodes[@]}"; do
-      curl -fsS -m 10 "${auth[@]}" -X "$method" "http://$addr$path" "$@" 2>/dev/null && return 0
+      curl "${tls_args[@]}" -fsS -m 10 "${auth[@]}" -X "$method" "$(base_url "$addr")$path" "$@" 2>/dev/null && return 0
     done
     sleep 0.1
   done

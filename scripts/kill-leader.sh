@@ -14,6 +14,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 data=${IDUNNO_DATA:-$root/data}
+source "$root/scripts/http.sh"
 deadline_s=${KILL_LEADER_DEADLINE:-30}
 [[ "$deadline_s" =~ ^[0-9]+$ ]] || { echo "KILL_LEADER_DEADLINE must be whole seconds" >&2; exit 2; }
 IFS=, read -ra nodes <<<"$("$root/scripts/cluster.sh" coordinators)"
@@ -22,7 +23,7 @@ if [ -n "${IDUNNO_TOKEN:-}" ]; then auth=(-H "authorization: Bearer $IDUNNO_TOKE
 
 # leader_of ADDR: the leader id that coordinator ADDR knows of (empty if none or no answer).
 leader_of() {
-  curl -fsS -m 2 "${auth[@]}" "http://$1/v1/cluster" 2>/dev/null |
+  curl "${tls_args[@]}" -fsS -m 2 "${auth[@]}" "$(base_url "$1")/v1/cluster" 2>/dev/null |
     grep -o '"leader_id":[0-9]*' | sed 's/.*://' || true
 }
 
@@ -45,8 +46,8 @@ echo "killed coordinator $leader (leader) with SIGKILL"
 last="no coordinator answered"
 while :; do
   for addr in "${nodes[@]}"; do
-    answer=$(curl -sS -m 2 "${auth[@]}" -X DELETE -w '\n%{http_code}' \
-      "http://$addr/v1/models/kill-leader~probe" 2>&1) || answer=$'\n'"000"
+    answer=$(curl "${tls_args[@]}" -sS -m 2 "${auth[@]}" -X DELETE -w '\n%{http_code}' \
+      "$(base_url "$addr")/v1/models/kill-leader~probe" 2>&1) || answer=$'\n'"000"
     code=${answer##*$'\n'}
     body=${answer%$'\n'*}
     if [ "$code" = 404 ] && grep -q '"code":"not_found"' <<<"$body"; then

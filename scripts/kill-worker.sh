@@ -11,6 +11,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 data=${IDUNNO_DATA:-$root/data}
+source "$root/scripts/http.sh"
 deadline_s=${KILL_WORKER_DEADLINE:-30}
 [[ "$deadline_s" =~ ^[0-9]+$ ]] || { echo "KILL_WORKER_DEADLINE must be whole seconds" >&2; exit 2; }
 IFS=, read -ra nodes <<<"$("$root/scripts/cluster.sh" coordinators)"
@@ -23,7 +24,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 get() {
   local addr
   for addr in "${nodes[@]}"; do
-    curl -fsS -m 5 "${auth[@]}" "http://$addr$1" 2>/dev/null && return 0
+    curl "${tls_args[@]}" -fsS -m 5 "${auth[@]}" "$(base_url "$addr")$1" 2>/dev/null && return 0
   done
   echo "no coordinator answered GET $1" >&2
   return 1

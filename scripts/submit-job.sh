@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # submit-job.sh DIR MODEL [BATCH_SIZE] — run an inference job over a folder of images, over
-# plain HTTP against a running cluster (scripts/cluster.sh up, or `idunno up --serve`):
+# HTTP or HTTPS against a running cluster (scripts/cluster.sh up, or `idunno up --serve`):
 #   1. uploads every regular file in DIR (hidden ones aside) to SDFS under
 #      inputs/<folder>-<time>/ with curl -T. Workers decode by content, so a file is not
 #      picked by its extension: one that is no image (or in a format workers do not read)
@@ -8,9 +8,13 @@
 #   2. creates and starts a job of MODEL (a registered model: `idunno model list`) over them;
 #   3. polls the job, drawing its progress, and prints each image's top-3 classes.
 # Env: IDUNNO_COORDINATORS (the CLI's comma-separated list) or IDUNNO_COORDINATOR (one
-# address); default 127.0.0.1:7001. A coordinator that cannot be reached, or has no leader
+# address; `https://host:port` for TLS); default 127.0.0.1:7001. IDUNNO_TLS_CA: the cluster's
+# CA (bare addresses then get https://). IDUNNO_TOKEN: the bearer token. A coordinator that cannot be reached, or has no leader
 # (502/503/504), is skipped for the next one. Needs curl and python3 (to read and write JSON).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/http.sh"
+auth=()
+if [ -n "${IDUNNO_TOKEN:-}" ]; then auth=(-H "authorization: Bearer $IDUNNO_TOKEN"); fi
 
 if [[ $# -lt 2 || $# -gt 3 ]]; then
     echo "usage: $0 DIR MODEL [BATCH_SIZE]" >&2
@@ -60,7 +64,7 @@ call() {
     for ((attempt = 0; attempt < 3 * n; attempt++)); do
         addr=${coordinators[current]}
         rc=0
-        code=$(curl -sS --connect-timeout 2 -o "$body" -w '%{http_code}' "$@" "http://$addr$path" 2>/dev/null) || rc=$?
+        code=$(curl -sS --connect-timeout 2 "${tls_args[@]}" "${auth[@]}" -o "$body" -w '%{http_code}' "$@" "$(base_url "$addr")$path" 2>/dev/null) || rc=$?
         if [[ $rc -eq 0 && $code == 2* ]]; then
             answer=$(cat "$body")
             return 0

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use idunno_api::file::StorageNode;
-use idunno_api::Client;
+use idunno_api::{Client, Transport};
 use idunno_coordinator::local::LocalGroup;
 use idunno_coordinator::{CoordinatorConfig, StartError};
 use idunno_sdfs::{NodeConfig, NodeHandle, SdfsError};
+use idunno_server::tls::TlsOptions;
 use idunno_worker::{WorkerConfig, WorkerError, WorkerHandle};
 use tokio::net::TcpListener;
 
@@ -27,6 +28,8 @@ pub enum EmbeddedError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     NotReady(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] idunno_server::tls::TlsError),
 }
 
 /// The shape of a cluster.
@@ -52,6 +55,12 @@ pub struct EmbeddedCluster {
     dir: PathBuf,
     /// The coordinators' bearer token, which the storage nodes, workers and client send.
     token: Option<String>,
+    /// The coordinators' cluster secret, which the storage nodes and workers send too.
+    cluster_secret: Option<String>,
+    /// The coordinators' TLS files, which the storage nodes and workers serve with too.
+    tls: TlsOptions,
+    /// How the client reaches the cluster (TLS trusting its CA when `tls` is set).
+    transport: Transport,
 }
 
 impl EmbeddedCluster {
@@ -62,10 +71,14 @@ impl EmbeddedCluster {
         spec: &ClusterSpec,
         tweak: impl Fn(&mut CoordinatorConfig),
     ) -> Result<EmbeddedCluster, EmbeddedError> {
-        // The token `tweak` gives the coordinators, for everything else to send.
+        // The token, secret and TLS files `tweak` gives the coordinators, for everything else
+        // to use.
         let mut probe = CoordinatorConfig::new(1, dir.to_path_buf());
         tweak(&mut probe);
         let token = probe.token;
+        let cluster_secret = probe.cluster_secret;
+        let transport = probe.tls.load()?.transport;
+        let tls = probe.tls;
         let coordinators = match &spec.listen {
             None => LocalGroup::start(spec.coordinators, dir, tweak).await?,
             Some(addr) => {
@@ -87,6 +100,9 @@ impl EmbeddedCluster {
             workers: Vec::new(),
             dir: dir.to_path_buf(),
             token,
+            cluster_secret,
+            tls,
+            transport,
         };
         cluster.start_satellites(spec).await?;
         Ok(cluster)
@@ -107,6 +123,9 @@ impl EmbeddedCluster {
             workers: Vec::new(),
             dir: dir.to_path_buf(),
             token: None,
+            cluster_secret: None,
+            tls: TlsOptions::default(),
+            transport: Transport::plain(),
         };
         cluster.start_satellites(spec).await?;
         Ok(cluster)
@@ -134,7 +153,12 @@ impl EmbeddedCluster {
 
     /// A client of the coordinators.
     pub fn client(&self) -> Client {
-        Client::new(&self.coordinator_addrs(), self.token.clone()).expect("the group has addresses")
+        Client::with_transport(
+            &self.coordinator_addrs(),
+            self.token.clone(),
+            &self.transport,
+        )
+        .expect("the group has addresses")
     }
 
     /// Starts one more storage node (`s<n>`); returns its index.
@@ -144,6 +168,8 @@ impl EmbeddedCluster {
         let mut config = NodeConfig::new(id.clone(), self.dir.join(&id));
         config.coordinators = self.coordinator_addrs();
         config.token = self.token.clone();
+        config.cluster_secret = self.cluster_secret.clone();
+        config.tls = self.tls.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         config.listen = listener.local_addr()?.to_string();
         let handle = idunno_sdfs::start(config.clone(), listener).await?;
@@ -233,6 +259,8 @@ impl EmbeddedCluster {
         config.name = Some(format!("worker-{}", index + 1));
         config.batch_wait_ms = 2_000;
         config.token = self.token.clone();
+        config.cluster_secret = self.cluster_secret.clone();
+        config.tls = self.tls.clone();
         tweak(&mut config);
         let handle = idunno_worker::start(config.clone()).await?;
         self.workers.push((config, Some(handle)));

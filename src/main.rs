@@ -38,6 +38,8 @@ enum Command {
     Up(cli::up::UpArgs),
     /// Measure the system (not a test: prints figures).
     Bench(bench::BenchArgs),
+    /// Make a throwaway CA and a node certificate for a TLS cluster (`--tls-dir`).
+    Certs(cli::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,9 +48,6 @@ fn main() -> ExitCode {
         cli.command,
         Command::Coordinator(_) | Command::SdfsNode(_) | Command::Worker(_)
     );
-    if !server {
-        restore_sigpipe();
-    }
     init_tracing(if server { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -75,6 +74,7 @@ fn main() -> ExitCode {
             Command::Sdfs(args) => cli::sdfs::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Up(args) => cli::up::run(args).await,
+            Command::Certs(args) => cli::certs::run(args),
         }
     });
     match result {
@@ -95,20 +95,13 @@ fn one_line(e: &anyhow::Error) -> String {
         .replace('\n', " ")
 }
 
-/// `idunno job list | head` should end quietly, as other command-line tools do, instead of
-/// failing on a closed pipe: client commands take back the default SIGPIPE action that Rust
-/// turns off. Servers keep ignoring it.
-fn restore_sigpipe() {
-    #[cfg(unix)]
-    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid action.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDUNNO_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},openraft=warn,sled=warn"))
+        // The platform verifier logs every certificate it refuses at ERROR; the
+        // refusal reaches the user as the command's error anyway.
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default},openraft=warn,sled=warn,rustls_platform_verifier=off"
+        ))
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -37,6 +37,19 @@ pub fn parse_host_port(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// Whether `host:port` names the loopback interface (`localhost`, `127.0.0.0/8`, `[::1]`).
+pub fn is_loopback(addr: &str) -> bool {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +82,15 @@ mod tests {
             assert!(parse_host_port(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_host_port(" 10.0.0.1:7 ").unwrap(), "10.0.0.1:7");
+    }
+
+    #[test]
+    fn loopback_is_told_apart() {
+        for addr in ["127.0.0.1:7001", "localhost:1", "[::1]:7", "127.9.9.9:1"] {
+            assert!(super::is_loopback(addr), "{addr}");
+        }
+        for addr in ["0.0.0.0:7001", "10.0.0.2:1", "example.org:80", "[::]:7"] {
+            assert!(!super::is_loopback(addr), "{addr}");
+        }
     }
 }

@@ -13,6 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::transport::{Scheme, Transport};
 use crate::{ErrorBody, REQUEST_ID_HEADER, SECRET_HEADER};
 
 /// What a call can fail with.
@@ -47,6 +48,9 @@ pub struct Client {
 
 struct Inner {
     http: reqwest::Client,
+    /// The scheme of the transport the client was made with, for the addresses the cluster
+    /// hands out bare (storage nodes).
+    scheme: Scheme,
     /// Base URLs (`http://host:port`), in the order given.
     coordinators: Vec<String>,
     /// Index of the coordinator that answered last; tried first.
@@ -61,20 +65,33 @@ struct Inner {
 }
 
 impl Client {
-    /// A client for these coordinator addresses (`host:port` or `http://host:port`).
+    /// A client for these coordinator addresses (`host:port`, `http://…` or `https://…`)
+    /// over plain HTTP (an `https://` address is verified against the system's roots).
     pub fn new(coordinators: &[String], token: Option<String>) -> Result<Client, ClientError> {
+        Client::with_transport(coordinators, token, &Transport::plain())
+    }
+
+    /// A client for these coordinator addresses over `transport` (bare `host:port`s get its
+    /// scheme; TLS trusts its roots).
+    pub fn with_transport(
+        coordinators: &[String],
+        token: Option<String>,
+        transport: &Transport,
+    ) -> Result<Client, ClientError> {
+        let scheme = transport.scheme();
         let coordinators: Vec<String> = coordinators
             .iter()
             .map(|c| c.trim())
             .filter(|c| !c.is_empty())
-            .map(base_url)
+            .map(|c| scheme.base_url(c))
             .collect();
         if coordinators.is_empty() {
             return Err(ClientError::Protocol(
                 "no coordinator address given (use --coordinators or IDUNNO_COORDINATORS)".into(),
             ));
         }
-        let http = reqwest::Client::builder()
+        let http = transport
+            .client_builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
@@ -82,6 +99,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
+                scheme,
                 coordinators,
                 current: AtomicUsize::new(0),
                 token,
@@ -97,6 +115,7 @@ impl Client {
         Client {
             inner: Arc::new(Inner {
                 http: self.inner.http.clone(),
+                scheme: self.inner.scheme,
                 coordinators: self.inner.coordinators.clone(),
                 current: AtomicUsize::new(self.inner.current.load(Ordering::Relaxed)),
                 token: self.inner.token.clone(),
@@ -113,6 +132,7 @@ impl Client {
         Client {
             inner: Arc::new(Inner {
                 http: self.inner.http.clone(),
+                scheme: self.inner.scheme,
                 coordinators: self.inner.coordinators.clone(),
                 current: AtomicUsize::new(self.inner.current.load(Ordering::Relaxed)),
                 token: self.inner.token.clone(),
@@ -126,6 +146,11 @@ impl Client {
     /// The underlying reqwest client (shared connection pool), for streaming calls.
     pub fn http(&self) -> &reqwest::Client {
         &self.inner.http
+    }
+
+    /// The scheme bare `host:port` addresses from the cluster are reached with.
+    pub fn scheme(&self) -> Scheme {
+        self.inner.scheme
     }
 
     /// The bearer token, if any.
@@ -224,6 +249,9 @@ impl Client {
         let n = self.inner.coordinators.len();
         let mut last_error: String;
         let mut attempt: u32 = 0;
+        // Coordinators in a row that refused this process's TLS (an unknown CA, a name the
+        // certificate does not hold): waiting does not cure that.
+        let mut tls_refusals: usize = 0;
         loop {
             let index = self.inner.current.load(Ordering::Relaxed) % n;
             let url = format!("{}{}", self.inner.coordinators[index], path);
@@ -254,7 +282,20 @@ impl Client {
                     }
                     last_error = format!("{url}: {}", describe(status, &bytes));
                 }
-                Err(e) => last_error = format!("{url}: {}", describe_error(&e)),
+                Err(e) => {
+                    last_error = format!("{url}: {}", describe_error(&e));
+                    if tls_error(&e).is_some() {
+                        tls_refusals += 1;
+                        if tls_refusals >= n {
+                            return Err(ClientError::Unavailable {
+                                tried: self.inner.coordinators.join(","),
+                                last: last_error,
+                            });
+                        }
+                    } else {
+                        tls_refusals = 0;
+                    }
+                }
             }
             // Move on to the next coordinator; back off a little once all were tried.
             self.inner.current.store((index + 1) % n, Ordering::Relaxed);
@@ -365,9 +406,32 @@ fn describe(status: StatusCode, bytes: &[u8]) -> String {
     format!("{} ({status})", error_body(status, bytes).error)
 }
 
+/// The TLS failure (rustls's error) behind a reqwest error, if that is what it is.
+pub fn tls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // An I/O error hides the error it wraps from `source`: look inside.
+        if let Some(tls) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|wrapped| wrapped.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        source = inner.source();
+    }
+    None
+}
+
 /// A reqwest error in a few words, without its URL (the caller names the peer), with the
 /// causes a plain `to_string` leaves out.
 pub fn describe_error(e: &reqwest::Error) -> String {
+    if let Some(tls) = tls_error(e) {
+        return format!("TLS: {tls}");
+    }
     if e.is_connect() {
         return "connection refused or unreachable".into();
     }
@@ -390,16 +454,6 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
     serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol(format!("bad answer: {e}")))
 }
 
-/// `host:port` → `http://host:port`; an explicit scheme is kept; a trailing `/` is dropped.
-pub fn base_url(addr: &str) -> String {
-    let addr = addr.trim_end_matches('/');
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 /// A fresh request id: unique per process and call, unpredictable enough to not collide
 /// across processes (time, pid, a counter and the std library's random hasher keys).
 pub fn new_request_id() -> String {
@@ -419,12 +473,6 @@ pub fn new_request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base_urls_get_a_scheme() {
-        assert_eq!(base_url("127.0.0.1:7001"), "http://127.0.0.1:7001");
-        assert_eq!(base_url("http://a:1/"), "http://a:1");
-    }
 
     #[test]
     fn names_are_percent_encoded_but_keep_slashes() {

@@ -11,7 +11,8 @@
 //! * [`contract`] (feature `contract`, for tests): `openapi.yaml` as data, answers checked
 //!   against it;
 //! * clients (feature `client`, on by default): [`client`] (the coordinators, with retries
-//!   and failover) and [`storage_node`] (the storage nodes' internal routes).
+//!   and failover), [`storage_node`] (the storage nodes' internal routes) and [`transport`]
+//!   (plain HTTP or TLS trusting the cluster's CA, for all of them).
 //!
 //! The human-readable contract is `api-spec/openapi.yaml`; every body here is named there.
 //! This crate holds no server code. Without the `client` feature it is types only (the models
@@ -35,12 +36,16 @@ pub mod range;
 pub mod result;
 #[cfg(feature = "client")]
 pub mod storage_node;
+#[cfg(feature = "client")]
+pub mod transport;
 pub mod v2;
 pub mod worker;
 
 #[cfg(feature = "client")]
 pub use client::{Client, ClientError};
 pub use error::ErrorBody;
+#[cfg(feature = "client")]
+pub use transport::{Scheme, Transport};
 
 pub use headers::{REQUEST_ID_HEADER, SECRET_HEADER};
 

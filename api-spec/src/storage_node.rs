@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use crate::client::{base_url, describe_error};
+use crate::client::describe_error;
 use crate::file::{BlobInfo, FetchBlob, StoredBlob};
 use crate::headers::{SECRET_HEADER, STAMP_HEADER};
+use crate::transport::Scheme;
 use crate::ErrorBody;
 
 /// Progress timeout of a client built without one.
@@ -47,15 +48,19 @@ pub enum Deletion {
 #[derive(Clone)]
 pub struct StorageNodeClient {
     http: reqwest::Client,
+    /// The scheme of nodes' bare `host:port` addresses.
+    scheme: Scheme,
     secret: Option<String>,
     timeout: Duration,
 }
 
 impl StorageNodeClient {
-    /// A client over `http`'s pool, sending `secret` when the cluster has one.
-    pub fn new(http: reqwest::Client, secret: Option<String>) -> StorageNodeClient {
+    /// A client over `http`'s pool, reaching nodes with `scheme` and sending `secret` when
+    /// the cluster has one.
+    pub fn new(http: reqwest::Client, scheme: Scheme, secret: Option<String>) -> StorageNodeClient {
         StorageNodeClient {
             http,
+            scheme,
             secret,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -84,7 +89,7 @@ impl StorageNodeClient {
     ) -> reqwest::RequestBuilder {
         let req = self
             .http
-            .request(method, format!("{}{path}", base_url(addr)));
+            .request(method, format!("{}{path}", self.scheme.base_url(addr)));
         match &self.secret {
             Some(s) => req.header(SECRET_HEADER, s),
             None => req,

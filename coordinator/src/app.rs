@@ -24,6 +24,7 @@ use crate::raft::state_machine::SharedState;
 use crate::raft::{Node, NodeId, Raft};
 use crate::state::command::{Command, Response};
 use idunno_api::storage_node::StorageNodeClient;
+use idunno_api::Scheme;
 
 /// Everything a request handler or a background task of this coordinator needs.
 pub struct Coordinator {
@@ -37,6 +38,8 @@ pub struct Coordinator {
     pub proposer: Proposer,
     /// For forwarding to the leader and talking to peers.
     pub http: reqwest::Client,
+    /// `http` or `https`: how peers' and storage nodes' bare addresses are reached.
+    pub scheme: Scheme,
     /// For storage nodes' internal routes.
     pub nodes: StorageNodeClient,
     /// Wakes the repair loop (a node died or came back, a copy was lost).
@@ -227,10 +230,7 @@ impl Coordinator {
 
 /// Asks the leader at `leader_addr` for its read index.
 async fn fetch_read_index(c: &Coordinator, leader_addr: &str) -> Result<Option<u64>, ApiError> {
-    let url = format!(
-        "{}/raft/read-index",
-        idunno_api::client::base_url(leader_addr)
-    );
+    let url = format!("{}/raft/read-index", c.scheme.base_url(leader_addr));
     if c.leader().is_some_and(|(id, _)| c.links.is_cut(id)) {
         return Err(ApiError::NoLeader("the link to the leader is cut".into()));
     }

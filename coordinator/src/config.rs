@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use idunno_server::tls::TlsOptions;
 
 /// `idunno coordinator …`
 #[derive(Debug, Clone, Args)]
@@ -132,13 +133,22 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 30_000)]
     pub online_timeout_ms: u64,
 
-    /// Bearer token required on the client API (`/v1/…`); none = open.
+    /// Bearer token required on the client API (`/v1/…` and `/v2…` but its health probes).
+    /// Without one the API is open, which a node listening beyond 127.0.0.1 refuses unless
+    /// given `--open`.
     #[arg(long, env = "IDUNNO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Serve the client API without a token even on an address beyond 127.0.0.1.
+    #[arg(long)]
+    pub open: bool,
 
     /// Shared secret required on internal routes (`/raft/…`, storage nodes); none = open.
     #[arg(long, env = "IDUNNO_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+
+    #[command(flatten)]
+    pub tls: TlsOptions,
 }
 
 impl CoordinatorConfig {
@@ -172,7 +182,9 @@ impl CoordinatorConfig {
             online_weight: 1,
             online_timeout_ms: 30_000,
             token: None,
+            open: false,
             cluster_secret: None,
+            tls: TlsOptions::default(),
         }
     }
 

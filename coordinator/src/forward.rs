@@ -109,7 +109,8 @@ pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Ne
         return ApiError::NoLeader("the link to the leader is cut".into()).into_response();
     }
     c.metrics.forwarded.inc();
-    match proxy(&c.http, c.id, &leader_addr, req, limit).await {
+    let leader_url = c.scheme.base_url(&leader_addr);
+    match proxy(&c.http, c.id, &leader_url, req, limit).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -152,14 +153,14 @@ fn declared_length(req: &Request) -> Option<u64> {
         .ok()
 }
 
-/// Sends `req` to the coordinator at `addr` and streams its answer back. A body that grows
+/// Sends `req` to the coordinator at `base_url` (`scheme://host:port`) and streams its answer back. A body that grows
 /// past `limit` bytes is cut off here and answered with 413: the leader would refuse it at
 /// the same size, but its early answer races the rest of the body still being sent and
 /// would reach the client as a broken connection (503) instead.
 pub async fn proxy(
     http: &reqwest::Client,
     from: u64,
-    addr: &str,
+    base_url: &str,
     req: Request,
     limit: u64,
 ) -> Result<Response, ApiError> {
@@ -169,7 +170,7 @@ pub async fn proxy(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let url = format!("{}{}", idunno_api::client::base_url(addr), path);
+    let url = format!("{base_url}{path}");
     let mut out = http.request(parts.method.clone(), &url);
     for (name, value) in &parts.headers {
         if !HOP_HEADERS.contains(&name.as_str()) && name.as_str() != NODE_HEADER {
@@ -203,8 +204,8 @@ pub async fn proxy(
             "the body is over the limit of {limit} bytes"
         )));
     }
-    let resp =
-        sent.map_err(|e| ApiError::Unavailable(format!("leader at {addr} did not answer: {e}")))?;
+    let resp = sent
+        .map_err(|e| ApiError::Unavailable(format!("leader at {base_url} did not answer: {e}")))?;
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (name, value) in resp.headers() {
         if !HOP_HEADERS.contains(&name.as_str()) {

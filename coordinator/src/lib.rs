@@ -105,8 +105,13 @@ pub async fn start(
     listener: TcpListener,
 ) -> Result<CoordinatorHandle, StartError> {
     config.validate().map_err(StartError::Config)?;
+    let tls = config
+        .tls
+        .load()
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let bound = listener.local_addr()?.to_string();
     let addr = config.advertise.clone().unwrap_or_else(|| bound.clone());
+    check_open_api(&config, &bound)?;
     if config.peers.is_empty() && !config.join {
         config.peers = vec![(config.id, addr.clone())];
     }
@@ -151,7 +156,9 @@ pub async fn start(
     .validate()
     .map_err(|e| StartError::Config(e.to_string()))?;
 
-    let http = reqwest::Client::builder()
+    let http = tls
+        .transport
+        .client_builder()
         .connect_timeout(Duration::from_millis(300))
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
@@ -161,6 +168,7 @@ pub async fn start(
     let network = Network::new(
         config.id,
         http.clone(),
+        tls.transport.scheme(),
         config.cluster_secret.clone(),
         config.raft_body_limit,
         links.clone(),
@@ -178,11 +186,16 @@ pub async fn start(
         raft: raft.clone(),
         shared,
         log,
-        nodes: StorageNodeClient::new(http.clone(), config.cluster_secret.clone()),
+        nodes: StorageNodeClient::new(
+            http.clone(),
+            tls.transport.scheme(),
+            config.cluster_secret.clone(),
+        ),
         repair_wake: Notify::new(),
         links,
         removed: std::sync::atomic::AtomicBool::new(false),
         http,
+        scheme: tls.transport.scheme(),
         metrics,
         started: Instant::now(),
         leader: Mutex::new(LeaderState::new(0)),
@@ -194,11 +207,12 @@ pub async fn start(
     let mut tasks = Vec::new();
     let app = crate::api::router(coordinator.clone());
     let mut server_stop = shutdown.clone();
+    let server_tls = tls.server.clone();
     tasks.push(tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let stopped = async move {
             let _ = server_stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
+        };
+        if let Err(e) = idunno_server::tls::serve(listener, server_tls, app, stopped).await {
             tracing::error!(error = %e, "http server failed");
         }
     }));
@@ -219,13 +233,33 @@ pub async fn start(
     if !config.join {
         initialize(&raft, &config).await;
     }
-    tracing::info!(id = config.id, %addr, "coordinator started");
+    tracing::info!(id = config.id, %addr, scheme = tls.scheme_name(), "coordinator started");
     Ok(CoordinatorHandle {
         coordinator,
         addr: bound,
         stop,
         tasks,
     })
+}
+
+/// A client API without a token is for 127.0.0.1 (the demo) or an explicit `--open`; either
+/// way it is said at start.
+fn check_open_api(config: &CoordinatorConfig, bound: &str) -> Result<(), StartError> {
+    if config.token.is_some() {
+        return Ok(());
+    }
+    if !idunno_api::address::is_loopback(bound) && !config.open {
+        return Err(StartError::Config(format!(
+            "the client API would be open to anyone who reaches {bound}: set --token (or \
+             IDUNNO_TOKEN), or pass --open to serve it without one"
+        )));
+    }
+    tracing::warn!(
+        listen = %bound,
+        "the client API (/v1, /v2) is OPEN: no --token, anyone who reaches this address may \
+         submit jobs, read files and change models"
+    );
+    Ok(())
 }
 
 /// Initialises the cluster with the configured voters if this node has never been part of one.
@@ -263,5 +297,24 @@ async fn watch_leadership(coordinator: Arc<Coordinator>) {
             changed = metrics.changed() => if changed.is_err() { return },
             _ = shutdown.wait_for(|s| *s) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_client_api_is_for_loopback_or_an_explicit_open() {
+        let mut config = CoordinatorConfig::new(1, "unused".into());
+        assert!(check_open_api(&config, "127.0.0.1:7001").is_ok());
+        let refused = check_open_api(&config, "0.0.0.0:7001").unwrap_err();
+        assert!(refused.to_string().contains("--token"), "{refused}");
+        assert!(check_open_api(&config, "10.0.0.2:7001").is_err());
+        config.open = true;
+        assert!(check_open_api(&config, "0.0.0.0:7001").is_ok());
+        config.open = false;
+        config.token = Some("t".into());
+        assert!(check_open_api(&config, "0.0.0.0:7001").is_ok());
     }
 }

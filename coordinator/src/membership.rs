@@ -57,7 +57,7 @@ pub async fn watch_removal(c: Arc<Coordinator>) {
 
 /// A peer's own `GET /v1/cluster`.
 async fn ask(c: &Coordinator, addr: &str) -> Option<ClusterStatus> {
-    let url = format!("{}/v1/cluster", idunno_api::client::base_url(addr));
+    let url = format!("{}/v1/cluster", c.scheme.base_url(addr));
     let mut req = c
         .http
         .get(url)

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use idunno_server::tls::TlsOptions;
 
 use crate::blob_store::StoreOptions;
 
@@ -57,6 +58,9 @@ pub struct NodeConfig {
     /// the chunk size they were stored with.
     #[arg(long, default_value_t = (crate::chunk::CHUNK_SIZE >> 10) as u64)]
     pub chunk_kb: u64,
+
+    #[command(flatten)]
+    pub tls: TlsOptions,
 }
 
 impl NodeConfig {
@@ -73,6 +77,7 @@ impl NodeConfig {
             cluster_secret: None,
             cache_mb: 16,
             chunk_kb: (crate::chunk::CHUNK_SIZE >> 10) as u64,
+            tls: TlsOptions::default(),
         }
     }
 

@@ -21,10 +21,9 @@ const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Copies blob `hash` from the node at `from` (`host:port`), unless it is already here.
 pub async fn fetch_blob(
     store: &BlobStore,
-    http: &reqwest::Client,
+    nodes: &StorageNodeClient,
     from: &str,
     hash: BlobHash,
-    secret: Option<&str>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<StoredBlob, SdfsError> {
     validate_addr(from)?;
@@ -37,7 +36,6 @@ pub async fn fetch_blob(
             size: meta.size,
         });
     }
-    let nodes = StorageNodeClient::new(http.clone(), secret.map(str::to_string));
     let response = nodes
         .get_blob(from, &hash.to_hex(), COPY_TIMEOUT)
         .await

@@ -33,7 +33,7 @@ mod upload;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use idunno_api::storage_node::StorageNodeClient;
 use idunno_api::Client;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -149,11 +149,15 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<NodeHand
     let bound = listener.local_addr()?.to_string();
     let addr = config.advertise.clone().unwrap_or_else(|| bound.clone());
     let coordinators = config.coordinator_list();
+    let tls = config
+        .tls
+        .load()
+        .map_err(|e| SdfsError::Config(e.to_string()))?;
     let client = if coordinators.is_empty() {
         None
     } else {
         Some(
-            Client::new(&coordinators, config.token.clone())
+            Client::with_transport(&coordinators, config.token.clone(), &tls.transport)
                 .map_err(|e| SdfsError::Config(e.to_string()))?,
         )
     };
@@ -164,35 +168,33 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<NodeHand
         BlobStore::open_with(&data, options)
     })
     .await?;
-    let http = reqwest::Client::builder()
+    let http = tls
+        .transport
+        .client_builder()
         .connect_timeout(Duration::from_secs(2))
         .read_timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .build()
         .map_err(|e| SdfsError::Internal(format!("http client: {e}")))?;
 
+    let secret = config.cluster_secret.clone();
     let (stop, shutdown) = watch::channel(false);
     let node = Arc::new(Node {
         config,
         addr,
         store,
-        http,
+        peers: StorageNodeClient::new(http, tls.transport.scheme(), secret),
         metrics: Metrics::default(),
         shutdown: shutdown.clone(),
     });
 
     let app = crate::routes::router(node.clone());
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     let mut server_stop = shutdown.clone();
     let server = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let stopped = async move {
             let _ = server_stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
+        };
+        if let Err(e) = idunno_server::tls::serve(listener, tls.server, app, stopped).await {
             tracing::error!(error = %e, "http server failed");
         }
     });

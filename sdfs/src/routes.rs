@@ -214,10 +214,9 @@ async fn fetch_blob(
     let hash = BlobHash::parse(&hash)?;
     let stored = crate::fetch::fetch_blob(
         &node.store,
-        &node.http,
+        &node.peers,
         &body.from,
         hash,
-        node.config.cluster_secret.as_deref(),
         node.shutdown.clone(),
     )
     .await?;

@@ -3,6 +3,7 @@
 use clap::{Args, Subcommand};
 use idunno_api::cluster::{ClusterStatus, NewMember};
 
+use super::outln;
 use super::table::render;
 use super::{print_json, Connection};
 
@@ -69,7 +70,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
 
 fn print(s: &ClusterStatus) {
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-    println!(
+    outln!(
         "node {} ({}) is {}; leader: {}; term {}",
         s.node_id,
         s.addr,
@@ -79,7 +80,7 @@ fn print(s: &ClusterStatus) {
             .unwrap_or_else(|| "none".into()),
         s.term
     );
-    println!(
+    outln!(
         "log: last {}, committed {}, applied {}, snapshot {}, purged {}",
         opt(s.last_log_index),
         opt(s.commit_index),
@@ -100,7 +101,7 @@ fn print(s: &ClusterStatus) {
             ]
         })
         .collect();
-    println!(
+    outln!(
         "{}",
         render(&["id", "addr", "role", "matched", "lag"], &rows)
     );

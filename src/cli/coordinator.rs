@@ -1,5 +1,6 @@
 //! `idunno coordinator`: runs one coordinator until SIGINT/SIGTERM.
 
+use super::outln;
 use anyhow::Context;
 use idunno_coordinator::CoordinatorConfig;
 use tokio::net::TcpListener;
@@ -9,9 +10,10 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let handle = idunno_coordinator::start(config, listener).await?;
-    println!(
+    outln!(
         "coordinator {} listening on {}",
-        handle.coordinator.id, handle.addr
+        handle.coordinator.id,
+        handle.addr
     );
     super::signal::shutdown_signal().await;
     tracing::info!("shutting down");

@@ -11,6 +11,7 @@ use idunno_api::result::QueryResult;
 use idunno_api::Client;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::outln;
 use super::table::{render, time};
 use super::{print_json, Connection};
 
@@ -139,7 +140,7 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
             if json {
                 return print_json(&job);
             }
-            println!("{}", detail(&job));
+            outln!("{}", detail(&job));
             Ok(())
         }
         JobCmd::Status { id: None } | JobCmd::List => {
@@ -152,7 +153,7 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
                 return print_json(&batches);
             }
             let rows: Vec<Vec<String>> = batches.iter().map(batch_row).collect();
-            println!(
+            outln!(
                 "{}",
                 render(
                     &["batch", "start", "len", "state", "worker", "detail"],
@@ -166,7 +167,7 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
             if json {
                 return print_json(&stats);
             }
-            println!("{}", stats_text(&stats));
+            outln!("{}", stats_text(&stats));
             Ok(())
         }
         JobCmd::Workers { id } => {
@@ -174,13 +175,13 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
             if json {
                 return print_json(&stats.workers);
             }
-            println!("{}", workers_table(&stats));
+            outln!("{}", workers_table(&stats));
             Ok(())
         }
         JobCmd::Watch { ids } => super::watch::watch(&client, &ids).await,
         JobCmd::Delete { id } => {
             client.delete(&format!("/v1/jobs/{id}")).await?;
-            println!("deleted job {id}");
+            outln!("deleted job {id}");
             Ok(())
         }
         JobCmd::Wait { id } => {
@@ -188,7 +189,7 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
             if json {
                 return print_json(&job);
             }
-            println!("{}", detail(&job));
+            outln!("{}", detail(&job));
             Ok(())
         }
         JobCmd::Results { id, top } => {
@@ -196,7 +197,7 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
             if json {
                 return print_json(&results);
             }
-            println!("{}", results_table(&results, top));
+            outln!("{}", results_table(&results, top));
             Ok(())
         }
     }
@@ -290,7 +291,7 @@ fn show(jobs: &[Job], json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!(
+    outln!(
         "{}",
         render(
             &["id", "name", "model", "state", "done", "failed", "batch", "weight", "q/s"],

@@ -1,6 +1,7 @@
 //! The client commands: parse flags, call the REST API through [`idunno_api::Client`], print
 //! plain tables (or JSON with `--json`).
 
+pub mod certs;
 pub mod cluster;
 pub mod coordinator;
 pub mod job;
@@ -12,12 +13,13 @@ pub mod up;
 pub mod watch;
 
 use clap::Args;
-use idunno_api::Client;
+use idunno_api::{Client, Transport};
 
 /// Where the coordinators are and how to authenticate; shared by every client command.
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// Coordinator addresses, tried in order until one answers.
+    /// Coordinator addresses (`host:port`, `http://…` or `https://…`), tried in order until
+    /// one answers.
     #[arg(
         long,
         global = true,
@@ -31,6 +33,12 @@ pub struct Connection {
     #[arg(long, global = true, env = "IDUNNO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// The cluster's CA certificate (PEM): reach the coordinators over TLS trusting it
+    /// (bare `host:port` addresses become `https://`). Without it, `https://` addresses are
+    /// checked against the system's roots.
+    #[arg(long, global = true, env = "IDUNNO_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -38,12 +46,44 @@ pub struct Connection {
 
 impl Connection {
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.coordinators, self.token.clone())?)
+        let transport = match &self.tls_ca {
+            Some(ca) => Transport::tls_trusting_file(ca)?,
+            None => Transport::plain(),
+        };
+        Ok(Client::with_transport(
+            &self.coordinators,
+            self.token.clone(),
+            &transport,
+        )?)
     }
 }
 
 /// Prints a value as pretty JSON.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// Writes a command's output line. A reader that went away (`idunno job list | head`) ends
+/// the command quietly, as other command-line tools do. (The process ignores SIGPIPE, as
+/// Rust programs do: a peer that closes a TLS connection mid-write must fail a request, not
+/// kill the command, and the signal cannot tell a socket from stdout.)
+pub fn write_line(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(line).and_then(|()| out.write_all(b"\n"));
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` for command output, through [`write_line`].
+macro_rules! outln {
+    () => { $crate::cli::write_line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::cli::write_line(format_args!($($arg)*)) };
+}
+pub(crate) use outln;

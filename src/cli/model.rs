@@ -14,6 +14,7 @@ use idunno_api::{Client, ClientError};
 use idunno_models::hub::{self, TensorNames};
 use idunno_models::{weights, Arch, LoadOptions, Model as Network};
 
+use super::outln;
 use super::table::render;
 use super::{print_json, Connection};
 
@@ -100,7 +101,7 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
         }
         ModelCmd::Delete { name } => {
             client.delete(&model_path(&name)).await?;
-            println!("deleted model {name}");
+            outln!("deleted model {name}");
             return Ok(());
         }
     };
@@ -120,7 +121,7 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!(
+    outln!(
         "{}",
         render(
             &["name", "arch", "input", "weights", "ms/query", "loaded on"],

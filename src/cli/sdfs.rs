@@ -11,6 +11,7 @@ use idunno_api::Client;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncWriteExt;
 
+use super::outln;
 use super::table::{render, time};
 use super::{print_json, Connection};
 
@@ -82,7 +83,7 @@ pub async fn run(args: SdfsArgs) -> anyhow::Result<()> {
             if json {
                 return print_json(&v);
             }
-            println!(
+            outln!(
                 "stored {} version {} ({} bytes, blake3 {}) on {}",
                 v.name,
                 v.version,
@@ -98,7 +99,7 @@ pub async fn run(args: SdfsArgs) -> anyhow::Result<()> {
             version,
         } => {
             let v = download(&client, &name, version, &local).await?;
-            println!(
+            outln!(
                 "wrote {} ({} bytes, version {v}) to {}",
                 name,
                 std::fs::metadata(&local)?.len(),
@@ -113,7 +114,7 @@ pub async fn run(args: SdfsArgs) -> anyhow::Result<()> {
                     idunno_api::client::encode_path(&name)
                 ))
                 .await?;
-            println!("deleted {name}");
+            outln!("deleted {name}");
             Ok(())
         }
         SdfsCmd::Ls { name, version } => {
@@ -128,7 +129,7 @@ pub async fn run(args: SdfsArgs) -> anyhow::Result<()> {
             if json {
                 return print_json(&set);
             }
-            println!(
+            outln!(
                 "{} version {}: {} bytes, {} of {} replicas",
                 set.name,
                 set.version,
@@ -147,7 +148,7 @@ pub async fn run(args: SdfsArgs) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!("{}", render(&["node", "addr", "state"], &rows));
+            outln!("{}", render(&["node", "addr", "state"], &rows));
             Ok(())
         }
         SdfsCmd::Store { node: Some(node) } => {
@@ -159,7 +160,7 @@ pub async fn run(args: SdfsArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|f| vec![f.name.clone(), f.version.to_string(), f.size.to_string()])
                 .collect();
-            println!("{}", render(&["name", "version", "bytes"], &rows));
+            outln!("{}", render(&["name", "version", "bytes"], &rows));
             Ok(())
         }
         SdfsCmd::Store { node: None } => {
@@ -179,7 +180,7 @@ pub async fn run(args: SdfsArgs) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 render(&["node", "addr", "state", "blobs", "bytes"], &rows)
             );
@@ -209,7 +210,7 @@ pub async fn run(args: SdfsArgs) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 render(&["name", "version", "kept", "bytes", "stored"], &rows)
             );
@@ -301,7 +302,7 @@ async fn get_versions(client: &Client, name: &str, n: u32, local: &Path) -> anyh
         out.write_all(b"\n").await?;
     }
     out.flush().await?;
-    println!(
+    outln!(
         "wrote {} version(s) of {name} to {}",
         versions.len(),
         local.display()
@@ -416,7 +417,7 @@ pub async fn put_dir(
     } else {
         format!(" under {prefix}/")
     };
-    println!("stored {} file(s), {bytes} bytes{under}", ok.len());
+    outln!("stored {} file(s), {bytes} bytes{under}", ok.len());
     if let Some(Err(e)) = failed.into_iter().next() {
         bail!("some files were not stored: {e:#}");
     }

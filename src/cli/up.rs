@@ -15,10 +15,12 @@ use idunno_api::job::{Inputs, Job, JobStats, NewJob};
 use idunno_api::model::Model;
 use idunno_api::result::QueryResult;
 use idunno_api::Client;
+use idunno_server::tls::TlsOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::job::{results_table, stats_text, wait_with_progress};
 use super::model::{add, model_path, Shape, WeightsSource};
+use super::outln;
 
 /// Marks a folder `idunno up` made, so that it only ever wipes its own.
 const MARKER: &str = ".idunno-up";
@@ -43,6 +45,10 @@ pub struct UpArgs {
     /// Keep the cluster running after the job, until Ctrl-C.
     #[arg(long)]
     serve: bool,
+    /// Serve every role over TLS, with a throwaway CA made in `<data>/tls` (`ca.pem` for
+    /// curl's `--cacert` and the CLI's `--tls-ca`).
+    #[arg(long)]
+    tls: bool,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -61,20 +67,43 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         workers: 1,
         listen: Some(args.listen.clone()),
     };
-    let cluster = EmbeddedCluster::start(&args.data, &spec, |_| {})
-        .await
-        .with_context(|| format!("cannot start the cluster (is {} free?)", args.listen))?;
+    let tls_dir = args.data.join("tls");
+    if args.tls {
+        let hosts: Vec<String> = idunno::certs::LOCAL_HOSTS
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        idunno::certs::make(&tls_dir, &hosts, true)?;
+    }
+    let cluster = EmbeddedCluster::start(&args.data, &spec, |c| {
+        if args.tls {
+            c.tls = TlsOptions::from_dir(&tls_dir);
+        }
+    })
+    .await
+    .with_context(|| format!("cannot start the cluster (is {} free?)", args.listen))?;
     let addr = cluster.coordinator_addrs()[0].clone();
+    let scheme = if args.tls { "https" } else { "http" };
     step(&format!(
-        "cluster up in {:.1} s: coordinator http://{addr} (one-node Raft group), storage node \
-         s1, worker worker-1; data in {}",
+        "cluster up in {:.1} s: coordinator {scheme}://{addr} (one-node Raft group), storage \
+         node s1, worker worker-1; data in {}",
         started.elapsed().as_secs_f64(),
         args.data.display()
     ));
+    step(
+        "the API is OPEN (no token) on 127.0.0.1, for this demo: a cluster reachable from \
+         other machines takes --token on every role",
+    );
+    if args.tls {
+        step(&format!(
+            "TLS on every role, CA in {}",
+            tls_dir.join("ca.pem").display()
+        ));
+    }
     let client = cluster.client();
     let outcome = demo(&client, &args, &images, &lite0).await;
     if outcome.is_ok() && args.serve {
-        serve(&addr).await;
+        serve(&addr, args.tls.then_some(tls_dir.as_path())).await;
     }
     cluster.shutdown().await;
     outcome
@@ -131,9 +160,9 @@ async fn demo(client: &Client, args: &UpArgs, images: &Path, lite0: &Path) -> an
     ));
     let job = wait_with_progress(client, job.id).await?;
     let results: Vec<QueryResult> = client.get(&format!("/v1/jobs/{}/results", job.id)).await?;
-    println!("\n{}\n", results_table(&results, 3));
+    outln!("\n{}\n", results_table(&results, 3));
     let stats: JobStats = client.get(&format!("/v1/jobs/{}/stats", job.id)).await?;
-    println!("{}", stats_text(&stats));
+    outln!("{}", stats_text(&stats));
     Ok(())
 }
 
@@ -170,15 +199,27 @@ async fn load(client: &Client, model: &str) -> anyhow::Result<()> {
 }
 
 /// Waits for Ctrl-C or SIGTERM, saying how to reach the cluster meanwhile.
-async fn serve(listen: &str) {
-    println!(
-        "\nthe cluster keeps running; in another terminal:\n  \
-         curl -s http://{listen}/v1/jobs/1/results\n  \
-         curl -T photo.jpg http://{listen}/v1/files/images/photo.jpg\n  \
-         idunno job add --model lite0 --prefix images/ --start --coordinators {listen}\n  \
-         IDUNNO_COORDINATORS={listen} scripts/submit-job.sh samples lite0\n\
-         Ctrl-C stops it."
-    );
+async fn serve(listen: &str, tls: Option<&Path>) {
+    match tls {
+        None => outln!(
+            "\nthe cluster keeps running; in another terminal:\n  \
+             curl -s http://{listen}/v1/jobs/1/results\n  \
+             curl -T photo.jpg http://{listen}/v1/files/images/photo.jpg\n  \
+             idunno job add --model lite0 --prefix images/ --start --coordinators {listen}\n  \
+             IDUNNO_COORDINATORS={listen} scripts/submit-job.sh samples lite0\n\
+             Ctrl-C stops it."
+        ),
+        Some(dir) => {
+            let ca = dir.join("ca.pem");
+            let ca = ca.display();
+            outln!(
+                "\nthe cluster keeps running; in another terminal:\n  \
+                 curl -s --cacert {ca} https://{listen}/v1/jobs/1/results\n  \
+                 idunno job list --coordinators https://{listen} --tls-ca {ca}\n\
+                 Ctrl-C stops it."
+            )
+        }
+    }
     super::signal::shutdown_signal().await;
     step("stopping");
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::outln;
 use idunno_api::job::{Job, JobState, JobStats};
 use idunno_api::{Client, ClientError};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -25,7 +26,7 @@ pub async fn watch(client: &Client, ids: &[u64]) -> anyhow::Result<()> {
         ids.to_vec()
     };
     if ids.is_empty() {
-        println!("no running job to watch");
+        outln!("no running job to watch");
         return Ok(());
     }
     let view = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
@@ -76,8 +77,8 @@ pub async fn watch(client: &Client, ids: &[u64]) -> anyhow::Result<()> {
     drop(view);
     for (id, stats) in last {
         match stats {
-            Some(s) => println!("job {id}: {}/{} done, {}", s.done, s.queries, line(&s)),
-            None => println!("job {id}: deleted"),
+            Some(s) => outln!("job {id}: {}/{} done, {}", s.done, s.queries, line(&s)),
+            None => outln!("job {id}: deleted"),
         }
     }
     Ok(())

@@ -11,4 +11,5 @@ mod metrics;
 mod netns;
 mod online;
 mod sdfs;
+mod tls;
 mod worker_reads;

@@ -113,6 +113,8 @@ impl Hosts {
             .args(["netns", "exec", &self.ns(i), env!("CARGO_BIN_EXE_idunno")])
             .args(["coordinator", "--id", &i.to_string()])
             .args(["--listen", &self.coordinator(i), "--peers", &peers])
+            // Namespace addresses are not loopback: an open API must be asked for.
+            .arg("--open")
             .arg("--data")
             .arg(data.join(format!("c{i}")))
             .stdout(Stdio::null())

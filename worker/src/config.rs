@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::Args;
+use idunno_server::tls::TlsOptions;
 
 use crate::error::WorkerError;
 
@@ -72,6 +73,9 @@ pub struct WorkerConfig {
     /// (Prometheus). Port 0 picks a free one, which the worker logs at start.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
+
+    #[command(flatten)]
+    pub tls: TlsOptions,
 }
 
 impl WorkerConfig {
@@ -89,6 +93,7 @@ impl WorkerConfig {
             top_k: 5,
             threads: None,
             listen: "127.0.0.1:0".into(),
+            tls: TlsOptions::default(),
         }
     }
 

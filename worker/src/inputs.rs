@@ -20,6 +20,7 @@ use futures::StreamExt;
 use idunno_api::client::describe_error;
 use idunno_api::storage_node::StorageNodeClient;
 use idunno_api::worker::LeasedInput;
+use idunno_api::Scheme;
 use image::{DynamicImage, ImageError, ImageFormat, ImageReader, Limits};
 
 use crate::error::WorkerError;
@@ -51,10 +52,11 @@ pub struct InputFetcher {
 }
 
 impl InputFetcher {
-    /// A fetcher over `http`'s pool, sending `secret` when the cluster has one.
-    pub fn new(http: reqwest::Client, secret: Option<String>) -> InputFetcher {
+    /// A fetcher over `http`'s pool, reaching nodes with `scheme` and sending `secret` when
+    /// the cluster has one.
+    pub fn new(http: reqwest::Client, scheme: Scheme, secret: Option<String>) -> InputFetcher {
         InputFetcher {
-            nodes: StorageNodeClient::new(http, secret),
+            nodes: StorageNodeClient::new(http, scheme, secret),
         }
     }
 
@@ -319,7 +321,7 @@ mod tests {
         good.put(&b).await;
         // Inside the first chunk: the node finds the rot before it answers.
         bad.rot(&[(&hash_a, 100), (&hash_b, 100)]).await;
-        let fetcher = InputFetcher::new(reqwest::Client::new(), None);
+        let fetcher = InputFetcher::new(reqwest::Client::new(), Scheme::Http, None);
 
         // The rotten replica alone: an input error naming it, no bytes.
         let err = fetcher
@@ -347,7 +349,7 @@ mod tests {
         let (hash_x, hash_y) = (bad.put(&x).await, bad.put(&y).await);
         good.put(&y).await;
         bad.rot(&[(&hash_x, 4 << 20), (&hash_y, 4 << 20)]).await;
-        let fetcher = InputFetcher::new(reqwest::Client::new(), None);
+        let fetcher = InputFetcher::new(reqwest::Client::new(), Scheme::Http, None);
 
         // Alone, the cut-off replica is an error, not a short blob.
         let err = fetcher
@@ -371,9 +373,9 @@ mod tests {
         let good = png();
         let node = StorageNode::start(Some("s3cret")).await;
         node.put(&good).await;
-        let without = InputFetcher::new(reqwest::Client::new(), None);
-        let wrong = InputFetcher::new(reqwest::Client::new(), Some("guess".into()));
-        let with = InputFetcher::new(reqwest::Client::new(), Some("s3cret".into()));
+        let without = InputFetcher::new(reqwest::Client::new(), Scheme::Http, None);
+        let wrong = InputFetcher::new(reqwest::Client::new(), Scheme::Http, Some("guess".into()));
+        let with = InputFetcher::new(reqwest::Client::new(), Scheme::Http, Some("s3cret".into()));
         let i = input(&good, vec![node.addr()]);
         for fetcher in [without, wrong] {
             let err = fetcher.fetch(&i).await.unwrap_err();
@@ -384,7 +386,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_files_and_oversized_blobs_are_input_errors() {
-        let fetcher = InputFetcher::new(reqwest::Client::new(), None);
+        let fetcher = InputFetcher::new(reqwest::Client::new(), Scheme::Http, None);
         let mut missing = input(b"x", vec![DEAD.into()]);
         missing.hash = None;
         let err = fetcher.fetch(&missing).await.unwrap_err();
@@ -424,7 +426,7 @@ mod tests {
         let node = StorageNode::start(None).await;
         node.put(&a).await;
         node.put(&b).await;
-        let fetcher = InputFetcher::new(reqwest::Client::new(), None);
+        let fetcher = InputFetcher::new(reqwest::Client::new(), Scheme::Http, None);
         let missing = input(b"not on the node", vec![node.addr()]);
         let inputs = vec![
             input(&b, vec![node.addr()]),

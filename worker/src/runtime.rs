@@ -103,7 +103,11 @@ async fn join(task: Option<JoinHandle<()>>) {
 /// retry deadline.
 pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     config.validate()?;
-    let client = Client::new(&config.coordinators, config.token.clone())
+    let tls = config
+        .tls
+        .load()
+        .map_err(|e| WorkerError::Config(e.to_string()))?;
+    let client = Client::with_transport(&config.coordinators, config.token.clone(), &tls.transport)
         .map_err(|e| WorkerError::Config(e.to_string()))?;
     let pool = ComputePool::new(config.compute_threads())?;
     let registration = WorkerRegistration {
@@ -128,7 +132,11 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
 
     let (stop_tx, stop) = watch::channel(false);
     let shared = Arc::new(Shared {
-        inputs: InputFetcher::new(client.http().clone(), config.cluster_secret.clone()),
+        inputs: InputFetcher::new(
+            client.http().clone(),
+            client.scheme(),
+            config.cluster_secret.clone(),
+        ),
         models: ModelCache::new(client.clone(), config.cache.clone(), pool.clone()),
         worker_id: registered.worker_id,
         client,
@@ -149,10 +157,16 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     let listen_addr = http_listener.local_addr().map_err(|e| {
         WorkerError::Config(format!("cannot listen on {}: {e}", shared.config.listen))
     })?;
-    tracing::info!(addr = %listen_addr, "serving /healthz, /readyz, /metrics");
+    tracing::info!(
+        addr = %listen_addr,
+        scheme = tls.scheme_name(),
+        "serving /healthz, /readyz, /metrics"
+    );
     let app = crate::listener::router(shared.clone());
     let http = tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app).await {
+        let serve =
+            idunno_server::tls::serve(http_listener, tls.server, app, std::future::pending());
+        if let Err(e) = serve.await {
             tracing::warn!(error = %e, "the worker's HTTP listener failed");
         }
     });

@@ -46,7 +46,7 @@ async fn status(State(c): State<Arc<Coordinator>>, headers: HeaderMap) -> Json<C
 
 /// The leader's own `GET /v1/cluster`, within an election timeout.
 async fn leader_view(c: &Coordinator, leader: &str) -> Result<ClusterStatus, reqwest::Error> {
-    let url = format!("{}/v1/cluster", idunno_api::client::base_url(leader));
+    let url = format!("{}/v1/cluster", c.scheme.base_url(leader));
     let mut req = c
         .http
         .get(url)
@@ -177,7 +177,7 @@ fn same_addr(a: &str, b: &str) -> bool {
 
 /// Asks `addr` for its status: it must be an IDunno coordinator with node id `id`.
 async fn probe(c: &Coordinator, id: u64, addr: &str) -> Result<(), ApiError> {
-    let url = format!("{}/v1/cluster", idunno_api::client::base_url(addr));
+    let url = format!("{}/v1/cluster", c.scheme.base_url(addr));
     let mut req = c
         .http
         .get(&url)

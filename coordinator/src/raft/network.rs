@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 use super::links::Links;
 use super::{LogId, Node, NodeId, TypeConfig, Vote};
 use idunno_api::headers::{NODE_HEADER, SECRET_HEADER};
+use idunno_api::Scheme;
 
 /// Content type of a snapshot chunk ([`encode_snapshot_chunk`]).
 pub const SNAPSHOT_CONTENT_TYPE: &str = "application/x-idunno-snapshot-chunk";
@@ -56,6 +57,8 @@ type AppendResult =
 pub struct Network {
     pub(crate) id: NodeId,
     pub(crate) http: reqwest::Client,
+    /// How peers' addresses are reached.
+    scheme: Scheme,
     pub(crate) secret: Option<String>,
     /// Bytes above which an append of several entries is split (at most half the peers'
     /// body limit, so a follower configured like us never refuses one).
@@ -69,6 +72,7 @@ impl Network {
     pub fn new(
         id: NodeId,
         http: reqwest::Client,
+        scheme: Scheme,
         secret: Option<String>,
         body_limit: usize,
         links: Arc<Links>,
@@ -76,6 +80,7 @@ impl Network {
         Network {
             id,
             http,
+            scheme,
             secret,
             append_target: APPEND_TARGET_BYTES.min(body_limit / 2).max(1),
             links,
@@ -221,10 +226,7 @@ impl Peer {
             http: self.net.http.clone(),
             links: self.net.links.clone(),
             secret: self.net.secret.clone(),
-            url: format!(
-                "{}/raft/{route}",
-                idunno_api::client::base_url(&self.node.addr)
-            ),
+            url: format!("{}/raft/{route}", self.net.scheme.base_url(&self.node.addr)),
             action,
             id: self.net.id,
             target: self.target,

@@ -260,7 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn read_all_refuses_a_file_too_big_for_memory_before_reading() {
-        let nodes = StorageNodeClient::new(reqwest::Client::new(), None);
+        let nodes = StorageNodeClient::new(reqwest::Client::new(), idunno_api::Scheme::Http, None);
         let plan = ReadPlan {
             name: "huge.bin".into(),
             version: 1,

@@ -100,7 +100,18 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> (StatusCode, Vec<u8>) {
-    let mut req = reqwest::Client::new().request(method.clone(), url);
+    http_via(&reqwest::Client::new(), method, url, headers, body).await
+}
+
+/// [`http`] through `client` (one that trusts a TLS cluster's CA, say).
+pub async fn http_via(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (StatusCode, Vec<u8>) {
+    let mut req = client.request(method.clone(), url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -206,8 +217,26 @@ pub fn tiny_png(seed: u8) -> Vec<u8> {
 
 /// Puts `bytes` as SDFS file `name` through the coordinator at `addr`.
 pub async fn put_file(addr: &str, name: &str, bytes: Vec<u8>) {
-    let url = format!("http://{addr}/v1/files/{name}");
-    let (code, body) = http(reqwest::Method::PUT, &url, &[], Some(bytes)).await;
+    put_file_via(
+        &reqwest::Client::new(),
+        &format!("http://{addr}"),
+        &[],
+        name,
+        bytes,
+    )
+    .await;
+}
+
+/// [`put_file`] through `http` to the coordinator at `base_url`, with `headers`.
+pub async fn put_file_via(
+    http: &reqwest::Client,
+    base_url: &str,
+    headers: &[(&str, &str)],
+    name: &str,
+    bytes: Vec<u8>,
+) {
+    let url = format!("{base_url}/v1/files/{name}");
+    let (code, body) = http_via(http, reqwest::Method::PUT, &url, headers, Some(bytes)).await;
     assert_eq!(
         code,
         StatusCode::CREATED,
@@ -219,10 +248,35 @@ pub async fn put_file(addr: &str, name: &str, bytes: Vec<u8>) {
 /// Puts the input `in/tiny.png` and registers synthetic models of the given costs
 /// (name → CPU ms per query).
 pub async fn synthetic_models(client: &idunno_api::Client, addr: &str, models: &[(&str, u32)]) {
+    synthetic_models_via(
+        &reqwest::Client::new(),
+        client,
+        &format!("http://{addr}"),
+        None,
+        models,
+    )
+    .await;
+}
+
+/// [`synthetic_models`], putting the files through `http` to `base_url` with `token`.
+pub async fn synthetic_models_via(
+    http: &reqwest::Client,
+    client: &idunno_api::Client,
+    base_url: &str,
+    token: Option<&str>,
+    models: &[(&str, u32)],
+) {
     use idunno_models::{weights, Arch};
-    put_file(addr, "in/tiny.png", tiny_png(7)).await;
-    put_file(
-        addr,
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| vec![("authorization", b)])
+        .unwrap_or_default();
+    put_file_via(http, base_url, &headers, "in/tiny.png", tiny_png(7)).await;
+    put_file_via(
+        http,
+        base_url,
+        &headers,
         "models/syn.safetensors",
         weights::generate_to_bytes(Arch::Synthetic, 3).unwrap(),
     )
