@@ -151,6 +151,11 @@ impl EmbeddedCluster {
         }
     }
 
+    /// How this cluster's clients reach it (plain, or TLS trusting its CA).
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     /// A client of the coordinators.
     pub fn client(&self) -> Client {
         Client::with_transport(

@@ -18,6 +18,7 @@ use idunno_api::job::{Inputs, Job, NewJob};
 use idunno_api::v2::{encode_bytes_elements, HEADER_LENGTH_HEADER};
 use idunno_api::Client;
 use idunno_models::{weights, Arch, LoadOptions, Model as Network};
+use idunno_server::tls::TlsOptions;
 use idunno_worker::pool::ComputePool;
 use idunno_worker::{standalone_throughput, EncodedImage};
 use serde_json::json;
@@ -39,6 +40,9 @@ pub struct OnlineBench {
     /// Longest queue delay with dynamic batching on (ms).
     #[arg(long, default_value_t = 5)]
     max_delay_ms: u32,
+    /// Serve the cluster over TLS (a throwaway CA), clients and workers included.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// One run's figures.
@@ -70,7 +74,21 @@ pub async fn run(args: OnlineBench) -> anyhow::Result<()> {
         workers: 0,
         listen: None,
     };
-    let mut cluster = EmbeddedCluster::start(dir.path(), &spec, |_| {}).await?;
+    let tls_dir = dir.path().join("tls");
+    if args.tls {
+        let hosts: Vec<String> = idunno::certs::LOCAL_HOSTS
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        idunno::certs::make(&tls_dir, &hosts, false)?;
+        println!("TLS on every role and client");
+    }
+    let mut cluster = EmbeddedCluster::start(dir.path(), &spec, |c| {
+        if args.tls {
+            c.tls = TlsOptions::from_dir(&tls_dir);
+        }
+    })
+    .await?;
     for _ in 0..2 {
         cluster
             .add_worker(|w| {
@@ -78,7 +96,15 @@ pub async fn run(args: OnlineBench) -> anyhow::Result<()> {
             })
             .await?;
     }
-    let addr = cluster.coordinator_addrs()[0].clone();
+    let base_url = cluster
+        .transport()
+        .scheme()
+        .base_url(&cluster.coordinator_addrs()[0]);
+    let http = cluster
+        .transport()
+        .client_builder()
+        .tcp_nodelay(true)
+        .build()?;
     let client = cluster.client();
     let weights = weights::generate_to_bytes(arch, 1)?;
     let tmp = dir.path().join("weights.safetensors");
@@ -94,7 +120,7 @@ pub async fn run(args: OnlineBench) -> anyhow::Result<()> {
     ] {
         register(&client, arch, max_batch, delay).await?;
         for &n in &args.clients {
-            let run = load(&addr, &photos, n, args.seconds, label).await;
+            let run = load(&base_url, &http, &photos, n, args.seconds, label).await;
             print_run(&run);
             runs.push(run);
         }
@@ -121,7 +147,15 @@ pub async fn run(args: OnlineBench) -> anyhow::Result<()> {
     let done_before = job_done(&client, job.id).await?;
     let clients = args.clients.iter().copied().max().unwrap_or(16);
     let started = Instant::now();
-    let beside = load(&addr, &photos, clients, args.seconds, "beside a job").await;
+    let beside = load(
+        &base_url,
+        &http,
+        &photos,
+        clients,
+        args.seconds,
+        "beside a job",
+    )
+    .await;
     let job_rate =
         (job_done(&client, job.id).await? - done_before) as f64 / started.elapsed().as_secs_f64();
     print_run(&beside);
@@ -184,19 +218,16 @@ async fn register(
 /// `clients` clients, each sending one single-photo request after another for `seconds`
 /// (after a one-second warm-up that is not counted).
 async fn load(
-    addr: &str,
+    base_url: &str,
+    http: &reqwest::Client,
     photos: &[EncodedImage],
     clients: usize,
     seconds: u64,
     label: &str,
 ) -> Run {
-    let url = format!("http://{addr}/v2/models/bench/infer");
+    let url = format!("{base_url}/v2/models/bench/infer");
     let bodies: Arc<Vec<(Vec<u8>, usize)>> =
         Arc::new(photos.iter().map(|(_, b)| request_body(b)).collect());
-    let http = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .build()
-        .unwrap_or_default();
     let warm_until = Instant::now() + Duration::from_secs(1);
     let until = warm_until + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..clients)
