@@ -51,6 +51,9 @@ pub struct WorkerBench {
     /// Skip the cluster runs.
     #[arg(long)]
     standalone_only: bool,
+    /// Print only one JSON object per model and batch size (for scripts).
+    #[arg(long)]
+    json: bool,
 }
 
 /// One model and batch size's figures.
@@ -79,7 +82,12 @@ pub async fn run(args: WorkerBench) -> anyhow::Result<()> {
     let pool = ComputePool::new(threads)?;
     let paths = sample_paths(&samples_dir()?)?;
     let photos = Arc::new(read_files(&paths)?);
-    println!(
+    let log = |line: String| {
+        if !args.json {
+            println!("{line}");
+        }
+    };
+    log(format!(
         "{} compute thread(s); {} timed images per run (the {} sample photos in turn); \
          models {}; batches {:?}",
         pool.threads(),
@@ -87,7 +95,7 @@ pub async fn run(args: WorkerBench) -> anyhow::Result<()> {
         paths.len(),
         archs.iter().map(|a| a.name()).collect::<Vec<_>>().join(","),
         args.batch_sizes
-    );
+    ));
     let mut rows = Vec::new();
     for arch in archs {
         let model = Arc::new(load_generated(&pool, arch).await?);
@@ -98,10 +106,10 @@ pub async fn run(args: WorkerBench) -> anyhow::Result<()> {
             let rate = pool
                 .run(move || standalone_throughput(&model, &photos, batch, batches))
                 .await??;
-            println!(
+            log(format!(
                 "  {:<18} batch {batch:>3}: {rate:8.2} images/s standalone",
                 arch.name()
-            );
+            ));
             standalone.push((batch, rate));
         }
         drop(model);
@@ -119,7 +127,21 @@ pub async fn run(args: WorkerBench) -> anyhow::Result<()> {
             });
         }
     }
-    print_table(&rows);
+    if args.json {
+        for row in &rows {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "arch": row.arch.name(),
+                    "batch": row.batch,
+                    "standalone": row.standalone,
+                    "cluster": row.cluster,
+                })
+            );
+        }
+    } else {
+        print_table(&rows);
+    }
     Ok(())
 }
 

@@ -302,6 +302,64 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
     c.shutdown().await;
 }
 
+/// The workers that list `model` as loaded.
+async fn loaded_on(client: &Client, model: &str) -> usize {
+    let workers: Vec<Value> = client.get("/v1/workers").await.unwrap();
+    workers
+        .iter()
+        .filter(|w| {
+            w["loaded"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|m| m == model))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_spills_to_a_second_worker_when_the_loaded_one_cannot_keep_up() {
+    common::init_log();
+    let (c, _dir) = cluster(1, 1, 2, |_| {}).await;
+    let addr = c.coordinator_addrs()[0].clone();
+    let client = c.client();
+    // 150 ms of CPU per image, one image per batch: one worker serves ~6 requests/s.
+    common::synthetic_models(&client, &addr, &[]).await;
+    let _: Value = client
+        .post(
+            "/v1/models",
+            &json!({"name": "slow", "arch": "synthetic", "weights": "models/syn.safetensors",
+                    "cost_ms": 150, "online": {"max_batch_size": 1, "max_queue_delay_ms": 0}}),
+        )
+        .await
+        .unwrap();
+    wait_ready(&addr, "slow").await;
+    let request = |i: usize| {
+        let addr = addr.clone();
+        async move {
+            let (code, answer) = infer_json(
+                &addr,
+                "slow",
+                json!({"id": format!("r{i}"),
+                       "inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                                   "data": [[b64(&common::tiny_png(3))]]}]}),
+            )
+            .await;
+            assert_eq!(code, StatusCode::OK, "request {i}: {answer}");
+        }
+    };
+    // One request alone loads the model on one worker.
+    request(0).await;
+    assert_eq!(loaded_on(&client, "slow").await, 1);
+    // Twelve at once would take that worker ~1.8 s; the oldest waits past the spill limit
+    // within a few of them, so the other worker loads the model and serves too.
+    futures::future::join_all((1..=12).map(request)).await;
+    // (Workers report what they have loaded in their heartbeats.)
+    eventually("the second worker to have loaded the model", || async {
+        (loaded_on(&client, "slow").await == 2).then_some(())
+    })
+    .await;
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_survives_its_worker_being_killed_and_is_answered_once() {
     let (mut c, _dir) = cluster(1, 1, 1, |_| {}).await;

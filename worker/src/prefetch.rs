@@ -41,6 +41,15 @@ pub(crate) async fn prefetch_loop(shared: Arc<Shared>) {
     let mut request_id = idunno_api::client::new_request_id();
     loop {
         taken.borrow_and_update();
+        // An online batch not started yet: wait for a compute slot to take it before asking
+        // for more, so that a burst of requests spreads over the workers instead of piling
+        // up behind this one.
+        if shared.queue.online_pending() > 0 {
+            tokio::select! {
+                _ = taken.changed() => continue,
+                _ = stopped(&mut stop) => return,
+            }
+        }
         let prepared = shared.queue.prepared();
         let waiting = !prepared.is_empty();
         let answer = tokio::select! {
@@ -65,6 +74,7 @@ pub(crate) async fn prefetch_loop(shared: Arc<Shared>) {
             give_back_revoked(&shared, revoked);
         }
         if let Some(online) = answer.online {
+            shared.queue.online_received();
             crate::online::start(&shared, online);
         }
         let Some(lease) = answer.lease else { continue };

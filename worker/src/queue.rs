@@ -11,6 +11,7 @@
 //! the leader can reclaim a lease whose answer never arrived.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use std::time::Instant;
@@ -77,6 +78,9 @@ pub(crate) struct PreparedQueue {
     entries: Mutex<VecDeque<Entry>>,
     /// Online batches ready to run; they go before `entries`.
     online: Mutex<VecDeque<OnlineBatch>>,
+    /// Online batches received and not yet taken by a compute slot (decoding, or in
+    /// `online`): the prefetch loop asks for more only when this is zero.
+    online_pending: AtomicUsize,
     /// Wakes compute slots waiting for a ready batch (or for the queue to close).
     ready: Notify,
     /// Counts the batches compute slots have taken.
@@ -89,6 +93,7 @@ impl Default for PreparedQueue {
         PreparedQueue {
             entries: Mutex::new(VecDeque::new()),
             online: Mutex::new(VecDeque::new()),
+            online_pending: AtomicUsize::new(0),
             ready: Notify::new(),
             taken: watch::channel(0).0,
             closed: Mutex::new(false),
@@ -121,6 +126,17 @@ impl PreparedQueue {
         drop(entries);
         self.ready.notify_one();
         true
+    }
+
+    /// An online batch was received (its decoding starts): it counts as waiting until a
+    /// compute slot takes it.
+    pub fn online_received(&self) {
+        self.online_pending.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Online batches received and not yet started.
+    pub fn online_pending(&self) -> usize {
+        self.online_pending.load(Ordering::SeqCst)
     }
 
     /// An online batch is ready: it runs before any prepared batch.
@@ -169,6 +185,8 @@ impl PreparedQueue {
                 .unwrap_or_else(|p| p.into_inner())
                 .pop_front();
             if let Some(batch) = online {
+                self.online_pending.fetch_sub(1, Ordering::SeqCst);
+                self.taken.send_modify(|n| *n += 1);
                 self.ready.notify_one();
                 return Some(Work::Online(batch));
             }

@@ -14,7 +14,9 @@
 //! The same call hands out online batches ([`crate::online`]): when a model's queue makes a
 //! batch and online traffic's virtual time is not behind the job the worker would get, the
 //! answer carries the online batch instead (nothing is committed for it). A worker that has
-//! the model loaded is preferred: while one does, others are not given the model's batches.
+//! the model loaded is preferred: while one does, others are given the model's batches only
+//! once the oldest request has waited [`SPILL_AFTER`] past its batching delay — the loaded
+//! workers are not keeping up, and one more worker loading the model is worth its load time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -231,6 +233,10 @@ fn decide(c: &Coordinator, worker: &str, prepared: &[LeaseRef]) -> Decision {
     decision
 }
 
+/// How long past its batching delay an online request may wait for the workers that have its
+/// model loaded before another worker is given its batch (and loads the model).
+const SPILL_AFTER: Duration = Duration::from_millis(100);
+
 /// The model whose online batch `worker` should run now (due, and the worker runs it,
 /// preferring workers that have it loaded; the oldest request first), and when the next one
 /// it could run falls due.
@@ -251,10 +257,6 @@ fn due_online(
         if !workers.accepts(worker, &model) {
             continue;
         }
-        let loaded = workers.with_model(&model, alive);
-        if !loaded.is_empty() && !loaded.iter().any(|w| w == worker) {
-            continue;
-        }
         let batching = Batching {
             max_batch: record
                 .online
@@ -267,6 +269,14 @@ fn due_online(
                     .unwrap_or(c.config.online_max_delay_ms),
             )),
         };
+        let loaded = workers.with_model(&model, alive);
+        if !loaded.is_empty() && !loaded.iter().any(|w| w == worker) {
+            let spill_at = oldest + batching.max_delay + SPILL_AFTER;
+            if now < spill_at {
+                next = Some(next.map_or(spill_at, |n| n.min(spill_at)));
+                continue;
+            }
+        }
         match c.online.due(&model, batching, now) {
             Ok(()) => {
                 if best.as_ref().is_none_or(|(t, ..)| oldest < *t) {
