@@ -23,10 +23,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import onnxruntime as ort
 import torch
+
+# The TorchScript exporter is the one that takes these modules as they are; its deprecation
+# notice is not a result.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
