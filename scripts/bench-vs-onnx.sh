@@ -17,5 +17,5 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import torch, torchvi
   "$venv/bin/pip" install --quiet --upgrade pip
   "$venv/bin/pip" install --quiet torch torchvision onnxruntime onnx onnxscript numpy
 fi
-(cd "$root" && cargo build --release --quiet && cargo build --release --quiet -p idunno-models --example gen_weights)
+(cd "$root" && cargo build --release --quiet && cargo build --release --quiet -p idunno-models --example gen_weights --benches)
 exec "$venv/bin/python" "$root/scripts/models/bench_vs_onnx.py" "$@"

@@ -37,16 +37,12 @@ for n in "$storage_nodes" "$workers" "$cport" "$sport"; do
 done
 
 tls_dir=$data/tls
+# base_url, api_curl; IDUNNO_TLS_CA from an earlier `TLS=1 … up` (data/tls/ca.pem).
+source "$root/scripts/http.sh"
 # tls_on: this cluster serves TLS (asked for now, or made so by an earlier `TLS=1 … up`).
 tls_on() { [ "${TLS:-0}" = 1 ] || [ -f "$tls_dir/ca.pem" ]; }
-scheme() { if tls_on; then echo https; else echo http; fi; }
-# fetch URL: curl with the cluster's CA when it is TLS, and the token when one is set.
-fetch() {
-  local args=(-fsS -m 2)
-  if tls_on; then args+=(--cacert "$tls_dir/ca.pem"); fi
-  if [ -n "${IDUNNO_TOKEN:-}" ]; then args+=(-H "authorization: Bearer $IDUNNO_TOKEN"); fi
-  curl "${args[@]}" "$1"
-}
+# fetch ADDR PATH: the answer of the node at ADDR (fails unless 2xx within 2 s).
+fetch() { api_curl -fsS -m 2 "$(base_url "$1")$2"; }
 
 coordinator_addr() { echo "127.0.0.1:$((cport + $1 - 1))"; }
 storage_addr() { echo "127.0.0.1:$((sport + $1 - 1))"; }
@@ -92,8 +88,8 @@ start() {
 wait_ready() {
   local i
   for i in $(seq 1 100); do
-    if fetch "$(scheme)://$(coordinator_addr 1)/readyz" >/dev/null 2>&1 ||
-       fetch "$(scheme)://$(coordinator_addr 2)/readyz" >/dev/null 2>&1; then
+    if fetch "$(coordinator_addr 1)" /readyz >/dev/null 2>&1 ||
+       fetch "$(coordinator_addr 2)" /readyz >/dev/null 2>&1; then
       return 0
     fi
     sleep 0.1
@@ -106,7 +102,7 @@ wait_ready() {
 nodes_json() {
   local addr
   for addr in $(coordinator_list | tr , ' '); do
-    fetch "$(scheme)://$addr/v1/nodes" 2>/dev/null && return 0
+    fetch "$addr" /v1/nodes 2>/dev/null && return 0
   done
   return 1
 }
@@ -173,7 +169,7 @@ up() {
   wait_storage
   local hint="IDUNNO_COORDINATORS=$(coordinator_list)"
   if tls_on; then hint+=" IDUNNO_TLS_CA=$tls_dir/ca.pem"; fi
-  echo "cluster is up ($storage_nodes storage nodes alive, $workers workers, $(scheme));" \
+  echo "cluster is up ($storage_nodes storage nodes alive, $workers workers, $(base_url "$(coordinator_addr 1)"));" \
     "try: $hint $bin cluster status"
 }
 
@@ -214,7 +210,6 @@ status() {
     echo "no coordinator is running (scripts/cluster.sh up starts the cluster)"
     return
   fi
-  if tls_on; then export IDUNNO_TLS_CA=$tls_dir/ca.pem; fi
   if [ -x "$bin" ]; then
     "$bin" cluster status --coordinators "$(coordinator_list)" || true
     echo
@@ -222,7 +217,7 @@ status() {
   fi
   local addr body names
   for addr in $(coordinator_list | tr , ' '); do
-    if body=$(fetch "$(scheme)://$addr/v1/workers" 2>/dev/null); then
+    if body=$(fetch "$addr" /v1/workers 2>/dev/null); then
       echo
       names=$(grep -o '"name":"[^"]*"' <<<"$body" | cut -d'"' -f4 | paste -sd ' ' -) || true
       echo "workers registered: ${names:-none}"

@@ -20,8 +20,6 @@ source "$root/scripts/http.sh"
 IFS=, read -ra nodes <<<"$("$root/scripts/cluster.sh" coordinators)"
 export IDUNNO_COORDINATORS=$("$root/scripts/cluster.sh" coordinators)
 bin=${IDUNNO_BIN:-$root/target/release/idunno}
-auth=()
-if [ -n "${IDUNNO_TOKEN:-}" ]; then auth=(-H "authorization: Bearer $IDUNNO_TOKEN"); fi
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 t0=$(now_ms)
@@ -32,7 +30,7 @@ call() {
   local method=$1 path=$2 addr; shift 2
   for _ in $(seq 1 100); do
     for addr in "${nodes[@]}"; do
-      curl "${tls_args[@]}" -fsS -m 10 "${auth[@]}" -X "$method" "$(base_url "$addr")$path" "$@" 2>/dev/null && return 0
+      api_curl -fsS -m 10 -X "$method" "$(base_url "$addr")$path" "$@" 2>/dev/null && return 0
     done
     sleep 0.1
   done

@@ -18,12 +18,10 @@ source "$root/scripts/http.sh"
 deadline_s=${KILL_LEADER_DEADLINE:-30}
 [[ "$deadline_s" =~ ^[0-9]+$ ]] || { echo "KILL_LEADER_DEADLINE must be whole seconds" >&2; exit 2; }
 IFS=, read -ra nodes <<<"$("$root/scripts/cluster.sh" coordinators)"
-auth=()
-if [ -n "${IDUNNO_TOKEN:-}" ]; then auth=(-H "authorization: Bearer $IDUNNO_TOKEN"); fi
 
 # leader_of ADDR: the leader id that coordinator ADDR knows of (empty if none or no answer).
 leader_of() {
-  curl "${tls_args[@]}" -fsS -m 2 "${auth[@]}" "$(base_url "$1")/v1/cluster" 2>/dev/null |
+  api_curl -fsS -m 2 "$(base_url "$1")/v1/cluster" 2>/dev/null |
     grep -o '"leader_id":[0-9]*' | sed 's/.*://' || true
 }
 
@@ -46,7 +44,7 @@ echo "killed coordinator $leader (leader) with SIGKILL"
 last="no coordinator answered"
 while :; do
   for addr in "${nodes[@]}"; do
-    answer=$(curl "${tls_args[@]}" -sS -m 2 "${auth[@]}" -X DELETE -w '\n%{http_code}' \
+    answer=$(api_curl -sS -m 2 -X DELETE -w '\n%{http_code}' \
       "$(base_url "$addr")/v1/models/kill-leader~probe" 2>&1) || answer=$'\n'"000"
     code=${answer##*$'\n'}
     body=${answer%$'\n'*}

@@ -9,8 +9,6 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 data=${IDUNNO_DATA:-$root/data}
 source "$root/scripts/http.sh"
-auth=()
-if [ -n "${IDUNNO_TOKEN:-}" ]; then auth=(-H "authorization: Bearer $IDUNNO_TOKEN"); fi
 IFS=, read -ra coordinators <<<"$("$root/scripts/cluster.sh" coordinators)"
 
 # alive PIDFILE: the process runs (a zombie does not count).
@@ -47,7 +45,7 @@ echo "killed storage node $id (pid $pid) with SIGKILL"
 dead="\"id\":\"$id\",\"addr\":\"[^\"]*\",\"alive\":false"
 for _ in $(seq 1 1000); do
   for addr in "${coordinators[@]}"; do
-    if curl "${tls_args[@]}" -fsS -m 1 "${auth[@]}" "$(base_url "$addr")/v1/nodes" 2>/dev/null | grep -q "$dead"; then
+    if api_curl -fsS -m 1 "$(base_url "$addr")/v1/nodes" 2>/dev/null | grep -q "$dead"; then
       ms=$((($(date +%s%N) - start) / 1000000))
       printf 'the coordinators marked %s dead after %d.%03d s\n' "$id" $((ms / 1000)) $((ms % 1000))
       exit 0

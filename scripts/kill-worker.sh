@@ -15,8 +15,6 @@ source "$root/scripts/http.sh"
 deadline_s=${KILL_WORKER_DEADLINE:-30}
 [[ "$deadline_s" =~ ^[0-9]+$ ]] || { echo "KILL_WORKER_DEADLINE must be whole seconds" >&2; exit 2; }
 IFS=, read -ra nodes <<<"$("$root/scripts/cluster.sh" coordinators)"
-auth=()
-if [ -n "${IDUNNO_TOKEN:-}" ]; then auth=(-H "authorization: Bearer $IDUNNO_TOKEN"); fi
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
@@ -24,7 +22,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 get() {
   local addr
   for addr in "${nodes[@]}"; do
-    curl "${tls_args[@]}" -fsS -m 5 "${auth[@]}" "$(base_url "$addr")$1" 2>/dev/null && return 0
+    api_curl -fsS -m 5 "$(base_url "$addr")$1" 2>/dev/null && return 0
   done
   echo "no coordinator answered GET $1" >&2
   return 1

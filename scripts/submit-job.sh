@@ -13,8 +13,6 @@
 # (502/503/504), is skipped for the next one. Needs curl and python3 (to read and write JSON).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/http.sh"
-auth=()
-if [ -n "${IDUNNO_TOKEN:-}" ]; then auth=(-H "authorization: Bearer $IDUNNO_TOKEN"); fi
 
 if [[ $# -lt 2 || $# -gt 3 ]]; then
     echo "usage: $0 DIR MODEL [BATCH_SIZE]" >&2
@@ -64,7 +62,7 @@ call() {
     for ((attempt = 0; attempt < 3 * n; attempt++)); do
         addr=${coordinators[current]}
         rc=0
-        code=$(curl -sS --connect-timeout 2 "${tls_args[@]}" "${auth[@]}" -o "$body" -w '%{http_code}' "$@" "$(base_url "$addr")$path" 2>/dev/null) || rc=$?
+        code=$(api_curl -sS --connect-timeout 2 -o "$body" -w '%{http_code}' "$@" "$(base_url "$addr")$path" 2>/dev/null) || rc=$?
         if [[ $rc -eq 0 && $code == 2* ]]; then
             answer=$(cat "$body")
             return 0

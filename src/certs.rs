@@ -35,8 +35,8 @@ pub enum CertsError {
 /// Makes a new CA and a certificate for `hosts` (IP addresses or DNS names), valid for
 /// servers and clients, and writes them into `dir`; the private key is readable by its owner
 /// only. Existing files are kept unless `force`.
-pub fn make(dir: &Path, hosts: &[String], force: bool) -> Result<(), CertsError> {
-    if hosts.iter().any(|h| h.trim().is_empty()) {
+pub fn make(dir: &Path, hosts: &[impl AsRef<str>], force: bool) -> Result<(), CertsError> {
+    if hosts.iter().any(|h| h.as_ref().trim().is_empty()) {
         return Err(CertsError::EmptyHost);
     }
     let io = |path: &Path| {
@@ -67,7 +67,10 @@ pub fn make(dir: &Path, hosts: &[String], force: bool) -> Result<(), CertsError>
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let ca = Issuer::new(ca_params, ca_key);
 
-    let hosts: Vec<String> = hosts.iter().map(|h| h.trim().to_string()).collect();
+    let hosts: Vec<String> = hosts
+        .iter()
+        .map(|h| h.as_ref().trim().to_string())
+        .collect();
     let mut params = CertificateParams::new(hosts)?;
     params
         .distinguished_name
@@ -120,7 +123,7 @@ mod tests {
     #[test]
     fn writes_a_ca_and_a_certificate_that_rustls_loads_and_keeps_them_without_force() {
         let dir = tempfile::tempdir().unwrap();
-        let hosts: Vec<String> = LOCAL_HOSTS.iter().map(|h| h.to_string()).collect();
+        let hosts = LOCAL_HOSTS;
         make(dir.path(), &hosts, false).unwrap();
         let tls = idunno_server::tls::TlsOptions::from_dir(dir.path())
             .load()

@@ -15,6 +15,14 @@ pub enum Scheme {
 }
 
 impl Scheme {
+    /// `"http"` or `"https"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
     /// `host:port` → `scheme://host:port`; an explicit `http://`/`https://` is kept as given;
     /// a trailing `/` is dropped.
     pub fn base_url(self, addr: &str) -> String {
@@ -22,10 +30,7 @@ impl Scheme {
         if addr.starts_with("http://") || addr.starts_with("https://") {
             return addr.to_string();
         }
-        match self {
-            Scheme::Http => format!("http://{addr}"),
-            Scheme::Https => format!("https://{addr}"),
-        }
+        format!("{}://{addr}", self.as_str())
     }
 }
 

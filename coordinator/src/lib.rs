@@ -233,7 +233,7 @@ pub async fn start(
     if !config.join {
         initialize(&raft, &config).await;
     }
-    tracing::info!(id = config.id, %addr, scheme = tls.scheme_name(), "coordinator started");
+    tracing::info!(id = config.id, %addr, scheme = tls.transport.scheme().as_str(), "coordinator started");
     Ok(CoordinatorHandle {
         coordinator,
         addr: bound,

@@ -4,9 +4,13 @@
 //! (defaults: all of resnet18, resnet50, inception_v3, efficientnet_lite0; batches 1,8;
 //! one thread per core). For every model and batch size it prints the time of one
 //! `Model::forward` call on the batch (its images side by side) on a rayon pool of
-//! THREADS threads — the worker's compute pool —
-//! and the images/s that makes (fastest of the runs in a 3 s budget), then the
-//! decoding time of each sample photo (one thread) and the per-image preprocessing time.
+//! THREADS threads — the worker's compute pool — and the images/s that makes (mean, median
+//! and fastest of at least five runs in a 3 s budget), then the decoding time of each
+//! sample photo (one thread) and the per-image preprocessing time. The weights are
+//! `weights::generate`'s for seed 1, the file `gen_weights --seed 1` writes.
+//! With `FORWARD_BENCH_JSON=1` it prints only one JSON object per model and batch size
+//! (`arch`, `batch`, `threads`, `median_s`, `images_per_s` of the median run): the IDunno
+//! column of `scripts/bench-vs-onnx.sh`.
 //! The worker's whole path, decoding overlapped with compute, is `idunno bench worker`.
 //! A measuring tool, not a test: nothing is asserted, and under `cargo test --all-targets`
 //! (which runs bench targets without `--bench`) it returns at once.
@@ -16,21 +20,36 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use idunno_models::{weights, Arch, LoadOptions, Model};
 
-/// Repeats `f` for at least `budget` (and at least three times) after one warm-up run;
-/// returns the mean and the fastest run's seconds (the machine may be shared: the
-/// minimum is the figure least disturbed by other load).
-fn time(budget: Duration, mut f: impl FnMut()) -> (f64, f64) {
+/// Seconds of one run: the mean, the median and the fastest (the machine may be shared: the
+/// minimum is the figure least disturbed by other load, the median the one to compare
+/// with other frameworks' medians).
+struct Timing {
+    mean: f64,
+    median: f64,
+    best: f64,
+}
+
+/// Repeats `f` for at least `budget` (and at least five times) after one warm-up run.
+fn time(budget: Duration, mut f: impl FnMut()) -> Timing {
     f();
     let started = Instant::now();
-    let mut best = f64::INFINITY;
-    let mut runs = 0u32;
-    while runs < 3 || started.elapsed() < budget {
+    let mut runs = Vec::new();
+    while runs.len() < 5 || started.elapsed() < budget {
         let run = Instant::now();
         f();
-        best = best.min(run.elapsed().as_secs_f64());
-        runs += 1;
+        runs.push(run.elapsed().as_secs_f64());
     }
-    (started.elapsed().as_secs_f64() / runs as f64, best)
+    runs.sort_by(f64::total_cmp);
+    let mid = runs.len() / 2;
+    Timing {
+        mean: runs.iter().sum::<f64>() / runs.len() as f64,
+        median: if runs.len() % 2 == 0 {
+            (runs[mid - 1] + runs[mid]) / 2.0
+        } else {
+            runs[mid]
+        },
+        best: runs[0],
+    }
 }
 
 fn list<T: std::str::FromStr>(arg: Option<&String>, default: &str) -> Vec<T>
@@ -84,12 +103,15 @@ fn main() {
         .iter()
         .map(|(_, bytes)| image::load_from_memory(bytes).expect("sample photo"))
         .collect();
-    println!("{threads} thread(s)");
-    for (f, bytes) in &files {
-        let (secs, _) = time(Duration::from_secs(1), || {
-            std::hint::black_box(image::load_from_memory(bytes).expect("decode"));
-        });
-        println!("decode {f:<14} {:6.2} ms (one thread)", secs * 1e3);
+    let json = std::env::var("FORWARD_BENCH_JSON").is_ok_and(|v| v == "1");
+    if !json {
+        println!("{threads} thread(s)");
+        for (f, bytes) in &files {
+            let t = time(Duration::from_secs(1), || {
+                std::hint::black_box(image::load_from_memory(bytes).expect("decode"));
+            });
+            println!("decode {f:<14} {:6.2} ms (one thread)", t.mean * 1e3);
+        }
     }
     for arch in archs {
         let bytes = weights::generate_to_bytes(arch, 1).expect("weights");
@@ -100,29 +122,46 @@ fn main() {
             let x = Tensor::randn(0f32, 1f32, (n, 3, side, side), &Device::Cpu)
                 .and_then(|x| x.to_dtype(DType::F32))
                 .expect("input");
-            let (mean, best) = pool.install(|| {
+            let t = pool.install(|| {
                 time(Duration::from_secs(3), || {
                     std::hint::black_box(model.forward(&x).expect("forward"));
                 })
             });
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "arch": arch.name(),
+                        "batch": n,
+                        "threads": threads,
+                        "median_s": t.median,
+                        "images_per_s": n as f64 / t.median,
+                    })
+                );
+                continue;
+            }
             println!(
-                "{:<18} batch {n:>3}: forward {:8.1} ms mean, {:8.1} ms best  \
-                 {:7.2} images/s mean, {:7.2} best",
+                "{:<18} batch {n:>3}: forward {:8.1} ms mean, {:8.1} median, {:8.1} best  \
+                 {:7.2} images/s median, {:7.2} best",
                 arch.name(),
-                mean * 1e3,
-                best * 1e3,
-                n as f64 / mean,
-                n as f64 / best
+                t.mean * 1e3,
+                t.median * 1e3,
+                t.best * 1e3,
+                n as f64 / t.median,
+                n as f64 / t.best
             );
         }
-        let (secs, _) = pool.install(|| {
+        if json {
+            continue;
+        }
+        let t = pool.install(|| {
             time(Duration::from_secs(1), || {
                 for p in &photos {
                     std::hint::black_box(model.preprocess(p).expect("preprocess"));
                 }
             })
         });
-        let secs = secs / photos.len() as f64;
+        let secs = t.mean / photos.len() as f64;
         println!(
             "{:<18} preprocess: {:6.2} ms/image (one at a time)",
             arch.name(),

@@ -7,8 +7,10 @@ environment and builds the binary). For each architecture it
    it to ONNX (opset 17, dynamic batch),
 3. times the forward pass alone at every batch size on the same number of threads:
    PyTorch (torch.set_num_threads, inference_mode), ONNX Runtime (intra-op threads, all graph
-   optimisations), IDunno (`idunno bench forward --weights-dir`, the same weights file),
-   each the median of RUNS runs after a warm-up, and IDunno's end-to-end figure
+   optimisations), IDunno (its models' forward pass),
+   each the median of at least RUNS runs after a warm-up (IDunno's from the models crate's
+   forward benchmark, `cargo bench -p idunno-models --bench forward`, which loads the same
+   seed-1 weights; at least 5 runs there, within a 3 s budget), and IDunno's end-to-end figure
    (`idunno bench worker --standalone-only`: decoding the sample photos included),
 4. prints the table with the ratios, and last `resnet50 batch 8 vs onnxruntime: <ratio>`.
 
@@ -57,6 +59,16 @@ def idunno(binary, *args):
     return out
 
 
+def idunno_forward(arch, batches, threads):
+    """images/s by batch size: the models crate's forward benchmark, median run."""
+    out = subprocess.run(
+        ["cargo", "bench", "--quiet", "-p", "idunno-models", "--bench", "forward", "--",
+         arch, batches, str(threads)],
+        check=True, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "FORWARD_BENCH_JSON": "1"}).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {row["batch"]: row["images_per_s"] for row in rows}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "idunno"))
@@ -94,12 +106,7 @@ def main():
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
 
-            ours = {}
-            for line in idunno(a.binary, "forward", "--models", arch, "--batch-sizes", a.batch_sizes,
-                               "--threads", str(a.threads), "--runs", str(a.runs), "--weights-dir", tmp,
-                               "--json").splitlines():
-                row = json.loads(line)
-                ours[row["batch"]] = row["images_per_s"]
+            ours = idunno_forward(arch, a.batch_sizes, a.threads)
             end_to_end = {}
             if not a.no_end_to_end:
                 for line in idunno(a.binary, "worker", "--standalone-only", "--models", arch,

@@ -80,15 +80,6 @@ impl Tls {
     pub fn plain() -> Tls {
         Tls::default()
     }
-
-    /// `http` or `https`, for log lines and addresses shown to users.
-    pub fn scheme_name(&self) -> &'static str {
-        if self.server.is_some() {
-            "https"
-        } else {
-            "http"
-        }
-    }
 }
 
 impl TlsOptions {

@@ -3,7 +3,6 @@
 
 mod failover;
 mod fairness;
-mod forward;
 mod online;
 mod raft;
 mod sdfs;
@@ -29,8 +28,6 @@ enum BenchCmd {
     Sdfs(sdfs::SdfsBench),
     /// Workers: images/s per model and batch size standalone, and through the cluster.
     Worker(worker::WorkerBench),
-    /// The models' forward pass alone (no decoding, no cluster): images/s, median of runs.
-    Forward(forward::ForwardBench),
     /// Fair-time scheduling: a cheap job running, a costly one submitted; shares of worker
     /// time, time to the new job's first lease and result, rate gaps per 10 s window.
     Fairness(fairness::FairnessBench),
@@ -44,7 +41,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCmd::Raft(b) => raft::run(b).await,
         BenchCmd::Sdfs(b) => sdfs::run(b).await,
         BenchCmd::Worker(b) => worker::run(b).await,
-        BenchCmd::Forward(b) => forward::run(b).await,
         BenchCmd::Fairness(b) => fairness::run(b).await,
         BenchCmd::Failover(b) => failover::run(b).await,
         BenchCmd::Online(b) => online::run(b).await,

@@ -76,11 +76,7 @@ pub async fn run(args: OnlineBench) -> anyhow::Result<()> {
     };
     let tls_dir = dir.path().join("tls");
     if args.tls {
-        let hosts: Vec<String> = idunno::certs::LOCAL_HOSTS
-            .iter()
-            .map(|h| h.to_string())
-            .collect();
-        idunno::certs::make(&tls_dir, &hosts, false)?;
+        idunno::certs::make(&tls_dir, &idunno::certs::LOCAL_HOSTS, false)?;
         println!("TLS on every role and client");
     }
     let mut cluster = EmbeddedCluster::start(dir.path(), &spec, |c| {

@@ -12,8 +12,7 @@ pub struct CertsArgs {
     pub dir: PathBuf,
 
     /// A host name or IP address the nodes are reached at (repeat, or comma-separate).
-    /// Default: 127.0.0.1, localhost and ::1.
-    #[arg(long = "host", value_delimiter = ',')]
+    #[arg(long = "host", value_delimiter = ',', default_values = idunno::certs::LOCAL_HOSTS)]
     pub hosts: Vec<String>,
 
     /// Replace a CA and certificate already in the folder.
@@ -22,14 +21,7 @@ pub struct CertsArgs {
 }
 
 pub fn run(args: CertsArgs) -> anyhow::Result<()> {
-    let hosts = if args.hosts.is_empty() {
-        idunno::certs::LOCAL_HOSTS
-            .iter()
-            .map(|h| h.to_string())
-            .collect()
-    } else {
-        args.hosts
-    };
+    let hosts = args.hosts;
     idunno::certs::make(&args.dir, &hosts, args.force)?;
     outln!(
         "wrote {0}/ca.pem, {0}/cert.pem, {0}/key.pem for {1}: start every node with --tls-dir {0}, \

@@ -69,11 +69,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let tls_dir = args.data.join("tls");
     if args.tls {
-        let hosts: Vec<String> = idunno::certs::LOCAL_HOSTS
-            .iter()
-            .map(|h| h.to_string())
-            .collect();
-        idunno::certs::make(&tls_dir, &hosts, true)?;
+        idunno::certs::make(&tls_dir, &idunno::certs::LOCAL_HOSTS, true)?;
     }
     let cluster = EmbeddedCluster::start(&args.data, &spec, |c| {
         if args.tls {
@@ -83,7 +79,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot start the cluster (is {} free?)", args.listen))?;
     let addr = cluster.coordinator_addrs()[0].clone();
-    let scheme = if args.tls { "https" } else { "http" };
+    let scheme = cluster.transport().scheme().as_str();
     step(&format!(
         "cluster up in {:.1} s: coordinator {scheme}://{addr} (one-node Raft group), storage \
          node s1, worker worker-1; data in {}",

@@ -21,11 +21,7 @@ const SECRET: &str = "cluster-secret";
 
 /// Makes a throwaway CA and node certificate in `dir`.
 fn certs(dir: &Path) {
-    let hosts: Vec<String> = idunno::certs::LOCAL_HOSTS
-        .iter()
-        .map(|h| h.to_string())
-        .collect();
-    idunno::certs::make(dir, &hosts, false).unwrap();
+    idunno::certs::make(dir, &idunno::certs::LOCAL_HOSTS, false).unwrap();
 }
 
 /// A 3-coordinator cluster with one storage node and one worker, the token and the cluster

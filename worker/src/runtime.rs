@@ -159,7 +159,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     })?;
     tracing::info!(
         addr = %listen_addr,
-        scheme = tls.scheme_name(),
+        scheme = tls.transport.scheme().as_str(),
         "serving /healthz, /readyz, /metrics"
     );
     let app = crate::listener::router(shared.clone());
