@@ -122,7 +122,7 @@ async fn credentials_are_checked(c: &EmbeddedCluster, http: &reqwest::Client, sc
         http,
         Method::GET,
         &format!("{node}/internal/blobs"),
-        &[("x-idunno-secret", SECRET)],
+        &[(idunno_api::SECRET_HEADER, SECRET)],
         None,
     )
     .await;
