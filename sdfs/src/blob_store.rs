@@ -462,9 +462,13 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Makes every change so far durable, on sled's own threads.
+    /// Makes every change so far durable, without blocking the async threads. Not through
+    /// sled's `flush_async`, which waits on sled's own small thread pool for writes queued
+    /// behind it there and, with a few flushes at once, starves it for good (sled 0.34,
+    /// issue #1308): the flush runs on tokio's blocking pool instead.
     pub async fn flush_async(&self) -> Result<(), SdfsError> {
-        self.inner.db.flush_async().await?;
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.flush()).await??;
         Ok(())
     }
 

@@ -96,11 +96,24 @@ impl LogStore {
     }
 
     async fn flush(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
-        self.db
-            .flush_async()
+        self.flush_db()
             .await
-            .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
-        Ok(())
+            .map_err(|e| io_err(subject, ErrorVerb::Write, e))
+    }
+
+    /// Makes every write so far durable. Not with sled's `flush_async`: that runs the flush
+    /// on sled's own small thread pool, where it waits for the log writes queued behind it
+    /// on the same pool — with a few flushes at once (several appends, or several databases
+    /// in one process) the pool starves and every flush waits forever (sled 0.34, issue
+    /// #1308; seen here as a hung test process). On tokio's blocking pool the flush leaves
+    /// sled's threads free for the writes it waits on.
+    async fn flush_db(&self) -> std::io::Result<()> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(std::io::Error::other)?
+            .map(|_| ())
+            .map_err(std::io::Error::other)
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -211,12 +224,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))??;
-        let flushed = self
-            .db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(std::io::Error::other);
+        let flushed = self.flush_db().await;
         if let Some(h) = &self.append_time {
             h.observe(started.elapsed().as_secs_f64());
         }
