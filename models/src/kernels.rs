@@ -27,6 +27,9 @@ use candle_core::{
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+mod packed_conv;
+pub use packed_conv::{available as packed_available, PackedFilter};
+
 /// Elementwise function applied after a convolution's bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -39,6 +42,16 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Apply to one value.
+    #[inline(always)]
+    fn scalar(self, x: f32) -> f32 {
+        match self {
+            Activation::Identity => x,
+            Activation::Relu => x.max(0.0),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+        }
+    }
+
     /// Apply to every element of `xs`, in place.
     #[inline]
     fn apply(self, xs: &mut [f32]) {
@@ -388,7 +401,7 @@ fn return_scratch(buf: Vec<f32>) {
 
 impl Window {
     /// Whether this window is a 1×1, stride-1, unpadded one over an `h × w` input.
-    fn is_pointwise(&self, h: usize, w: usize) -> bool {
+    pub(crate) fn is_pointwise(&self, h: usize, w: usize) -> bool {
         self.kernel == (1, 1) && self.stride == 1 && self.pad_before == (0, 0) && self.out == (h, w)
     }
 }
@@ -534,6 +547,127 @@ impl CustomOp2 for ConvGemm {
 pub fn conv_gemm(xs: &Tensor, weight: &Tensor, window: Window) -> Result<Tensor> {
     xs.contiguous()?
         .apply_op2_no_bwd(&weight.contiguous()?, &ConvGemm { window })
+}
+
+/// A dense convolution on [`PackedFilter`] weights with its bias, the residual (the
+/// second operand of the two-operand form) and the activation fused
+/// (`packed_conv`, AVX-512 only).
+struct PackedConv<'a> {
+    filter: &'a PackedFilter,
+    window: Window,
+    act: Activation,
+}
+
+impl PackedConv<'_> {
+    fn run(
+        &self,
+        xs: &CpuStorage,
+        xs_l: &Layout,
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = "idunno-packed-conv";
+        if !packed_available() {
+            bail!("{op}: this CPU has no AVX-512F")
+        }
+        let (n, c, h, w) = xs_l.shape().dims4()?;
+        let win = self.window;
+        win.check(op)?;
+        let (oh, ow) = win.out;
+        let c_out = self.filter.c_out();
+        if c != self.filter.c_in() {
+            bail!(
+                "{op}: a filter for {} channels applied to {c}",
+                self.filter.c_in()
+            )
+        }
+        let shape = Shape::from((n, c_out, oh, ow));
+        let residual = match residual {
+            None => None,
+            Some((r, r_l)) => {
+                if r_l.shape() != &shape {
+                    bail!(
+                        "{op}: residual {:?} does not match the output {shape:?}",
+                        r_l.shape()
+                    )
+                }
+                Some(f32_slice(r, r_l, op)?)
+            }
+        };
+        let xs = f32_slice(xs, xs_l, op)?;
+        let len = shape.elem_count();
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        if len > 0 && h * w > 0 {
+            // SAFETY: AVX-512F is present (checked above); `out` has room for the whole
+            // output and `residual` is exactly that long; `conv` writes every element.
+            unsafe {
+                packed_conv::conv(
+                    xs,
+                    (n, c, h, w),
+                    win,
+                    self.filter,
+                    residual,
+                    self.act,
+                    &mut out.spare_capacity_mut()[..len],
+                );
+                out.set_len(len);
+            }
+        } else {
+            // No input pixels: every window sees only padding, so the bias alone.
+            let plane = oh * ow;
+            out.extend((0..len).map(|i| {
+                let r = residual.map_or(0.0, |r| r[i]);
+                self.act.scalar(self.filter.bias()[(i / plane) % c_out] + r)
+            }));
+        }
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+impl CustomOp1 for PackedConv<'_> {
+    fn name(&self) -> &'static str {
+        "idunno-packed-conv"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xs_l: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(xs, xs_l, None)
+    }
+}
+
+impl CustomOp2 for PackedConv<'_> {
+    fn name(&self) -> &'static str {
+        "idunno-packed-conv-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_l: &Layout,
+        residual: &CpuStorage,
+        residual_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(xs, xs_l, Some((residual, residual_l)))
+    }
+}
+
+/// `act(conv(xs, filter) + bias (+ residual))` on packed weights: `xs (N, C, H, W)`,
+/// output `(N, C_out, OH, OW)` as `window` says. Needs AVX-512F ([`packed_available`]).
+pub fn packed_conv(
+    xs: &Tensor,
+    filter: &PackedFilter,
+    window: Window,
+    residual: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
+    let op = PackedConv {
+        filter,
+        window,
+        act,
+    };
+    let xs = xs.contiguous()?;
+    match residual {
+        None => xs.apply_op1_no_bwd(&op),
+        Some(r) => xs.apply_op2_no_bwd(&r.contiguous()?, &op),
+    }
 }
 
 /// In-place epilogue of a convolution: `x = act(x + bias[c] (+ residual))`.

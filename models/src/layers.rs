@@ -20,7 +20,10 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use super::kernels::Activation;
-use super::kernels::{avg_pool, bias_act, conv_gemm, depthwise_conv, Window};
+use super::kernels::{
+    avg_pool, bias_act, conv_gemm, depthwise_conv, packed_available, packed_conv, PackedFilter,
+    Window,
+};
 
 /// Zero padding of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +42,23 @@ pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize
     (total / 2, total - total / 2)
 }
 
+/// How a layer's folded weights are kept, chosen at load for the kernel that runs them.
+#[derive(Debug, Clone)]
+enum Weights {
+    /// `(C, 1, kh, kw)` taps for the depthwise kernel.
+    Depthwise(Tensor),
+    /// The `(C_out, C_in·kh·kw)` matrix for im2col + gemm (CPUs without AVX-512).
+    Matrix(Tensor),
+    /// Packed once for the AVX-512 kernel, with the bias.
+    Packed(PackedFilter),
+}
+
 /// Convolution (no bias) + BatchNorm in eval mode, folded into one conv with bias.
 #[derive(Debug, Clone)]
 pub struct ConvBn {
-    /// Folded weight: `(C, 1, kh, kw)` when depthwise, else the `(C_out, C_in·kh·kw)` matrix.
-    weight: Tensor,
+    weights: Weights,
     /// Folded bias, `(C_out)`.
     bias: Tensor,
-    depthwise: bool,
     kernel: (usize, usize),
     stride: usize,
     padding: Padding,
@@ -68,6 +80,32 @@ impl ConvBn {
         conv: VarBuilder,
         bn: VarBuilder,
     ) -> Result<Self> {
+        let pack = packed_available();
+        Self::load_for(
+            (c_in, c_out),
+            kernel,
+            stride,
+            padding,
+            depthwise,
+            eps,
+            (conv, bn),
+            pack,
+        )
+    }
+
+    /// [`ConvBn::load`], packing the weights for the AVX-512 kernel when `pack` (and the
+    /// layer is not depthwise).
+    #[allow(clippy::too_many_arguments)]
+    fn load_for(
+        (c_in, c_out): (usize, usize),
+        kernel: (usize, usize),
+        stride: usize,
+        padding: Padding,
+        depthwise: bool,
+        eps: f64,
+        (conv, bn): (VarBuilder, VarBuilder),
+        pack: bool,
+    ) -> Result<Self> {
         if stride == 0 || kernel.0 == 0 || kernel.1 == 0 {
             candle_core::bail!("convolution with a zero stride or kernel size");
         }
@@ -79,18 +117,28 @@ impl ConvBn {
         let var = bn.get(c_out, "running_var")?;
         let scale = gamma.div(&(var + eps)?.sqrt()?)?;
         let weight = w.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
-        let weight = if depthwise {
-            weight.contiguous()?
-        } else {
-            weight
-                .reshape((c_out, in_per_group * kernel.0 * kernel.1))?
-                .contiguous()?
-        };
         let bias = beta.sub(&mean.mul(&scale)?)?.contiguous()?;
+        let weights = if depthwise {
+            Weights::Depthwise(weight.contiguous()?)
+        } else {
+            let matrix = weight
+                .reshape((c_out, in_per_group * kernel.0 * kernel.1))?
+                .contiguous()?;
+            if pack {
+                Weights::Packed(PackedFilter::new(
+                    &matrix.flatten_all()?.to_vec1::<f32>()?,
+                    &bias.to_vec1::<f32>()?,
+                    c_out,
+                    c_in,
+                    kernel,
+                ))
+            } else {
+                Weights::Matrix(matrix)
+            }
+        };
         Ok(ConvBn {
-            weight,
+            weights,
             bias,
-            depthwise,
             kernel,
             stride,
             padding,
@@ -127,19 +175,21 @@ impl ConvBn {
     ) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
         let win = self.window(h, w)?;
-        if self.depthwise {
-            return match residual {
-                None => depthwise_conv(xs, &self.weight, &self.bias, win, act),
+        match &self.weights {
+            Weights::Depthwise(taps) => match residual {
+                None => depthwise_conv(xs, taps, &self.bias, win, act),
                 Some(r) => {
                     let zero = self.bias.zeros_like()?;
-                    let y =
-                        depthwise_conv(xs, &self.weight, &self.bias, win, Activation::Identity)?;
+                    let y = depthwise_conv(xs, taps, &self.bias, win, Activation::Identity)?;
                     bias_act(y, &zero, Some(r), act)
                 }
-            };
+            },
+            Weights::Matrix(matrix) => {
+                let y = conv_gemm(xs, matrix, win)?;
+                bias_act(y, &self.bias, residual, act)
+            }
+            Weights::Packed(filter) => packed_conv(xs, filter, win, residual, act),
         }
-        let y = conv_gemm(xs, &self.weight, win)?;
-        bias_act(y, &self.bias, residual, act)
     }
 }
 
@@ -182,6 +232,18 @@ mod tests {
         padding: Padding,
         depthwise: bool,
     ) -> Result<ConvBn> {
+        layer_packed(w, bias, stride, padding, depthwise, packed_available())
+    }
+
+    /// [`layer`], its weights packed for the AVX-512 kernel or not.
+    fn layer_packed(
+        w: &Tensor,
+        bias: &Tensor,
+        stride: usize,
+        padding: Padding,
+        depthwise: bool,
+        pack: bool,
+    ) -> Result<ConvBn> {
         let dev = Device::Cpu;
         let (c_out, in_per_group, kh, kw) = w.dims4()?;
         let mut map = HashMap::new();
@@ -201,16 +263,15 @@ mod tests {
         );
         let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
         let c_in = if depthwise { c_out } else { in_per_group };
-        ConvBn::load(
-            c_in,
-            c_out,
+        ConvBn::load_for(
+            (c_in, c_out),
             (kh, kw),
             stride,
             padding,
             depthwise,
             0.0,
-            vb.pp("c"),
-            vb.pp("b"),
+            (vb.pp("c"), vb.pp("b")),
+            pack,
         )
     }
 
@@ -334,6 +395,65 @@ mod tests {
                         diff < 1e-5,
                         "{kh}x{kw} s={s} {h}x{wd} {padding:?} {act:?} residual={}: diff {diff}",
                         r.is_some()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The packed AVX-512 kernel agrees with im2col + gemm on the shapes that take its
+    /// different paths: channel counts that are not a multiple of its 8-channel panels,
+    /// more than one 256-row block of `k`, small images sharing panels (their sums moved
+    /// into place afterwards), large images with partial tail panels, 1×1 layers read in
+    /// place, layers with more channels than pixels (pixels packed once for all threads),
+    /// strides and asymmetric padding — on pools of 1, 2 and 3 threads (which split the
+    /// work differently), with a residual and an activation.
+    #[test]
+    fn packed_kernel_matches_im2col_gemm() -> Result<()> {
+        if !packed_available() {
+            eprintln!("no AVX-512F on this CPU: the packed kernel is never chosen here");
+            return Ok(());
+        }
+        // (c_in, c_out, kernel, stride, (h, w), images, padding)
+        let cases = [
+            (5, 20, (3, 3), 1, (9, 9), 3, Padding::Fixed(1, 1)),
+            (70, 24, (3, 3), 1, (7, 7), 2, Padding::Same),
+            (3, 16, (7, 7), 2, (40, 36), 1, Padding::Fixed(3, 3)),
+            (300, 13, (1, 1), 1, (23, 23), 2, Padding::Fixed(0, 0)),
+            (8, 600, (1, 1), 1, (5, 5), 1, Padding::Fixed(0, 0)),
+            (8, 72, (3, 3), 1, (4, 4), 5, Padding::Fixed(1, 1)),
+            (16, 32, (3, 3), 2, (30, 31), 2, Padding::Same),
+            (4, 8, (1, 7), 1, (12, 50), 2, Padding::Fixed(0, 3)),
+            (64, 64, (3, 3), 1, (56, 56), 1, Padding::Fixed(1, 1)),
+        ];
+        for (c_in, c_out, (kh, kw), s, (h, wd), n, padding) in cases {
+            let w = wave(&[c_out, c_in, kh, kw], 0.71, 0.3)?.affine(0.3, 0.0)?;
+            let bias = wave(&[c_out], 0.9, 0.4)?;
+            let packed = layer_packed(&w, &bias, s, padding, false, true)?;
+            assert!(matches!(packed.weights, Weights::Packed(_)));
+            let matrix = layer_packed(&w, &bias, s, padding, false, false)?;
+            let x = wave(&[n, c_in, h, wd], 0.029, 0.1)?.affine(2.0, 0.0)?;
+            let want_plain = matrix.forward_with(&x, None, Activation::Identity)?;
+            let residual = wave(want_plain.dims(), 0.05, 1.0)?;
+            let want = matrix.forward_with(&x, Some(&residual), Activation::Relu)?;
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                let (plain, fused) = pool.install(|| -> Result<_> {
+                    Ok((
+                        packed.forward_with(&x, None, Activation::Identity)?,
+                        packed.forward_with(&x, Some(&residual), Activation::Relu)?,
+                    ))
+                })?;
+                for (got, want) in [(plain, &want_plain), (fused, &want)] {
+                    let diff = max_diff(&got, want)?;
+                    assert!(
+                        diff < 2e-4,
+                        "{c_in}->{c_out} {kh}x{kw} s={s} {h}x{wd} n={n} {padding:?} \
+                         {threads} threads: diff {diff}"
                     );
                 }
             }

@@ -1,0 +1,809 @@
+//! Dense convolutions on AVX-512 as an implicit GEMM over weights packed once at load.
+//!
+//! The layer's weight matrix `(C_out, C·kh·kw)` is packed when the model loads into panels
+//! of [`NR`] output channels (`[panel][k][NR]`, the channels of one `k` side by side), so
+//! no call repacks it. A call computes `out (N, C_out, OH, OW)` as that matrix times the
+//! input's im2col matrix, but the im2col matrix is never built: each thread gathers a block
+//! of output pixels (up to [`MC`] of them, across image boundaries when images are small) for
+//! [`KC`] rows of `k` straight from the input into a cache-sized buffer, pixel panels of 48
+//! (16 for the tail) side by side per `k`. The microkernel keeps an [`NR`] channels × 48
+//! pixels tile of sums in 24 zmm registers: per `k` it loads three vectors of pixels and
+//! broadcasts eight weights. After the last block of `k` the tile gets the bias, the
+//! residual and the activation while it is still in L1, so the output is written once and
+//! never revisited.
+//!
+//! Work is split over the calling thread's rayon pool by pixel block and, when there are
+//! too few blocks to keep every thread busy (a 7×7 layer at batch 1), by channel range.
+//! Only used where the CPU has AVX-512F ([`available`]); elsewhere the layers keep the
+//! im2col + `gemm` crate path.
+
+use std::cell::Cell;
+
+use rayon::prelude::*;
+
+use super::{Activation, Window};
+
+/// Output channels per microkernel tile (broadcast operand).
+const NR: usize = 8;
+/// Output pixels per full panel (three zmm vectors).
+const MR: usize = 48;
+/// Output pixels per tail panel (one zmm vector).
+const MR_TAIL: usize = 16;
+/// Rows of `k` per packed block: a 48-pixel panel of them is 48 KiB, a weight panel 8 KiB.
+const KC: usize = 256;
+/// Output pixels per thread's block: `MC × KC` floats (480 KiB) stay in L2.
+const MC: usize = 480;
+
+/// Whether this CPU runs the packed kernel (AVX-512F).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A dense convolution's weights in the microkernel's layout, with the layer's bias.
+#[derive(Debug, Clone)]
+pub struct PackedFilter {
+    c_out: usize,
+    c_in: usize,
+    kernel: (usize, usize),
+    /// `[ceil(c_out / NR)][k][NR]`, channels past `c_out` zero.
+    panels: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl PackedFilter {
+    /// Packs `weight`, the row-major `(c_out, c_in·kh·kw)` matrix of a `(c_out, c_in, kh,
+    /// kw)` kernel, and keeps `bias (c_out)`.
+    pub fn new(
+        weight: &[f32],
+        bias: &[f32],
+        c_out: usize,
+        c_in: usize,
+        kernel: (usize, usize),
+    ) -> Self {
+        let k = c_in * kernel.0 * kernel.1;
+        assert_eq!(weight.len(), c_out * k, "weight matrix size");
+        assert_eq!(bias.len(), c_out, "bias size");
+        let n_panels = c_out.div_ceil(NR);
+        let mut panels = vec![0f32; n_panels * k * NR];
+        for (p, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
+            for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                for (r, w) in row.iter_mut().enumerate() {
+                    let ch = p * NR + r;
+                    if ch < c_out {
+                        *w = weight[ch * k + kk];
+                    }
+                }
+            }
+        }
+        PackedFilter {
+            c_out,
+            c_in,
+            kernel,
+            panels,
+            bias: bias.to_vec(),
+        }
+    }
+
+    /// Output channels.
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+
+    /// Input channels.
+    pub fn c_in(&self) -> usize {
+        self.c_in
+    }
+
+    /// The bias, `(c_out)`.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
+    fn k(&self) -> usize {
+        self.c_in * self.kernel.0 * self.kernel.1
+    }
+}
+
+/// Shape of one call: `N` images of `C × H × W` in, `C_out × OH × OW` out.
+#[derive(Clone, Copy)]
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    win: Window,
+    c_out: usize,
+}
+
+impl Geometry {
+    /// Output pixels per image.
+    fn plane(&self) -> usize {
+        self.win.out.0 * self.win.out.1
+    }
+}
+
+/// A pixel panel: output pixels `q0..q0 + valid` of the batch (`q = n·P + p`), packed
+/// `width` wide (48 or 16; the pixels past `valid` are zeros).
+#[derive(Clone, Copy)]
+struct Panel {
+    q0: usize,
+    valid: usize,
+    width: usize,
+}
+
+impl Panel {
+    /// Whether all `width` pixels are real and lie in one image (`plane` pixels each).
+    fn whole(&self, plane: usize) -> bool {
+        self.valid == self.width && self.q0 % plane + self.width <= plane
+    }
+}
+
+/// The batch's output pixels as panels: full 48-wide ones, then 16-wide ones for the rest.
+fn panels(total: usize) -> Vec<Panel> {
+    let mut out = Vec::with_capacity(total / MR + 3);
+    let mut q0 = 0;
+    while total - q0 >= MR {
+        out.push(Panel {
+            q0,
+            valid: MR,
+            width: MR,
+        });
+        q0 += MR;
+    }
+    while q0 < total {
+        let valid = (total - q0).min(MR_TAIL);
+        out.push(Panel {
+            q0,
+            valid,
+            width: MR_TAIL,
+        });
+        q0 += valid;
+    }
+    out
+}
+
+/// Part of one panel row for one kernel tap: `len` pixels from `dst` in the panel, either
+/// zeros (`src == None`) or the input floats of image `image` at plane offset `src`,
+/// `stride` apart.
+#[derive(Clone, Copy)]
+struct Run {
+    dst: usize,
+    len: usize,
+    image: usize,
+    src: Option<usize>,
+}
+
+/// The runs of `panel` for every tap `(i, j)`, tap-major; `starts[t]..starts[t + 1]` are tap
+/// `t`'s. The same for every input channel, so computed once per panel.
+fn panel_runs(g: &Geometry, panel: Panel, runs: &mut Vec<Run>, starts: &mut Vec<usize>) {
+    let (kh, kw) = g.win.kernel;
+    let (_, ow) = g.win.out;
+    let s = g.win.stride;
+    let plane = g.plane();
+    runs.clear();
+    starts.clear();
+    for tap in 0..kh * kw {
+        starts.push(runs.len());
+        let (i, j) = (tap / kw, tap % kw);
+        let (lo, hi, ix_lo) = g.win.valid_cols(j, g.w);
+        let mut x = 0;
+        while x < panel.valid {
+            let q = panel.q0 + x;
+            let (image, p) = (q / plane, q % plane);
+            let (oy, ox) = (p / ow, p % ow);
+            // This segment: the rest of output row `oy`, or of the panel.
+            let len = (ow - ox).min(panel.valid - x);
+            let (a, b) = (ox, ox + len);
+            match g.win.input_row(oy, i, g.h) {
+                None => runs.push(Run {
+                    dst: x,
+                    len,
+                    image,
+                    src: None,
+                }),
+                Some(iy) => {
+                    let (c0, c1) = (a.max(lo), b.min(hi));
+                    if c0 >= c1 {
+                        runs.push(Run {
+                            dst: x,
+                            len,
+                            image,
+                            src: None,
+                        });
+                    } else {
+                        if c0 > a {
+                            runs.push(Run {
+                                dst: x,
+                                len: c0 - a,
+                                image,
+                                src: None,
+                            });
+                        }
+                        runs.push(Run {
+                            dst: x + (c0 - a),
+                            len: c1 - c0,
+                            image,
+                            src: Some(iy * g.w + ix_lo + (c0 - lo) * s),
+                        });
+                        if b > c1 {
+                            runs.push(Run {
+                                dst: x + (c1 - a),
+                                len: b - c1,
+                                image,
+                                src: None,
+                            });
+                        }
+                    }
+                }
+            }
+            x += len;
+        }
+        if panel.width > panel.valid {
+            runs.push(Run {
+                dst: panel.valid,
+                len: panel.width - panel.valid,
+                image: 0,
+                src: None,
+            });
+        }
+    }
+    starts.push(runs.len());
+}
+
+/// `dst = src` for the short runs of a panel (≤ 48 floats): masked vector moves, not a
+/// call to `memcpy`, which cost more than the copy.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy(dst: &mut [f32], src: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = dst.len().min(src.len());
+    let mut i = 0;
+    while i < n {
+        let mask: __mmask16 = if n - i >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - i)) - 1
+        };
+        let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, v);
+        i += 16;
+    }
+}
+
+/// `dst = 0` for the short runs of a panel.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn fill_zero(dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = dst.len();
+    let mut i = 0;
+    while i < n {
+        let mask: __mmask16 = if n - i >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - i)) - 1
+        };
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, _mm512_setzero_ps());
+        i += 16;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn copy(dst: &mut [f32], src: &[f32]) {
+    dst.copy_from_slice(src)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn fill_zero(dst: &mut [f32]) {
+    dst.fill(0.0)
+}
+
+/// Gathers rows `k0..k0 + rows` of `panel`'s im2col columns into `dst` (`rows × width`).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn pack_panel(
+    xs: &[f32],
+    g: &Geometry,
+    panel: Panel,
+    (k0, rows): (usize, usize),
+    (runs, starts): (&[Run], &[usize]),
+    dst: &mut [f32],
+) {
+    let taps = g.win.kernel.0 * g.win.kernel.1;
+    let hw = g.h * g.w;
+    let s = g.win.stride;
+    for (row, k) in dst.chunks_exact_mut(panel.width).zip(k0..k0 + rows) {
+        let (c, tap) = (k / taps, k % taps);
+        for run in &runs[starts[tap]..starts[tap + 1]] {
+            let out = &mut row[run.dst..run.dst + run.len];
+            match run.src {
+                // SAFETY (both): AVX-512F is present (the caller's contract).
+                None => unsafe { fill_zero(out) },
+                Some(off) => {
+                    let base = (run.image * g.c + c) * hw + off;
+                    if s == 1 {
+                        unsafe { copy(out, &xs[base..base + run.len]) };
+                    } else {
+                        for (o, x) in out.iter_mut().zip(xs[base..].iter().step_by(s)) {
+                            *o = *x;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 64-byte aligned floats (a panel row then starts on a cache line).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+thread_local! {
+    /// This thread's packed pixel block (taken while in use: a task never nests).
+    static BLOCK: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
+    /// The pixels a call packs once for all its tasks, kept by the calling thread.
+    static SHARED: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
+    /// The `(C_out, N·P)` sums of a call on small images, kept by the calling thread.
+    static SUMS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// A panel's pixels for the microkernel: `rows` rows of the panel's width, `stride` apart.
+#[derive(Clone, Copy)]
+struct Pixels {
+    at: *const f32,
+    stride: usize,
+}
+
+/// Where a call writes: the output, and what the last pass of `k` folds into it.
+struct Sink<'a> {
+    out: *mut f32,
+    /// Small images: the sums go to this `(C_out rounded up to NR, columns)` buffer
+    /// (pointer, columns) instead, column = pixel, and the epilogue comes after.
+    merged: Option<(*mut f32, usize)>,
+    residual: Option<&'a [f32]>,
+    bias: &'a [f32],
+    act: Activation,
+}
+
+// SAFETY: tasks write disjoint tiles of `out` (distinct pixel blocks or channel ranges).
+unsafe impl Send for Sink<'_> {}
+unsafe impl Sync for Sink<'_> {}
+
+/// `out (N, C_out, OH, OW) = act(conv(xs, filter) + bias (+ residual))`; `xs` is
+/// `(N, C, H, W)`, every element of `out` is written.
+///
+/// # Safety
+/// The CPU must have AVX-512F ([`available`]); `out` must hold `N·C_out·OH·OW` floats and
+/// `residual`, when given, as many.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn conv(
+    xs: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    win: Window,
+    filter: &PackedFilter,
+    residual: Option<&[f32]>,
+    act: Activation,
+    out: &mut [std::mem::MaybeUninit<f32>],
+) {
+    let g = Geometry {
+        c,
+        h,
+        w,
+        win,
+        c_out: filter.c_out,
+    };
+    let k = filter.k();
+    debug_assert_eq!(xs.len(), n * c * h * w);
+    debug_assert_eq!(out.len(), n * filter.c_out * g.plane());
+    let plane = g.plane();
+    // Small images share panels (a 7×7 plane would waste most of its tail panel): the
+    // sums then go to a `(C_out, N·P)` buffer, and the epilogue moves them into place.
+    // Larger images get panels of their own and are written in place.
+    let merged = n > 1 && plane <= MC;
+    let panels = if merged {
+        panels(n * plane)
+    } else {
+        (0..n)
+            .flat_map(|image| {
+                panels(plane).into_iter().map(move |p| Panel {
+                    q0: image * plane + p.q0,
+                    ..p
+                })
+            })
+            .collect()
+    };
+    // A 1×1 layer's im2col rows are the input's channel planes: read them in place.
+    let direct = win.is_pointwise(h, w);
+    let threads = rayon::current_num_threads().max(1);
+    // Pixel blocks: runs of panels, at most MC pixels (a block stays in L2). Every block
+    // streams all the weights, so a layer with more output channels than pixels (late
+    // layers at small batches) takes blocks as large as they come and splits its channels
+    // between the threads; others take blocks small enough for four per thread.
+    let weight_heavy = filter.c_out >= n * plane;
+    let target = if weight_heavy {
+        MC
+    } else {
+        (n * plane).div_ceil(4 * threads).clamp(2 * MR, MC)
+    };
+    let mut blocks: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start = 0;
+    let mut pixels = 0;
+    for (i, p) in panels.iter().enumerate() {
+        if pixels + p.width > target && i > start {
+            blocks.push(start..i);
+            start = i;
+            pixels = 0;
+        }
+        pixels += p.width;
+    }
+    if start < panels.len() {
+        blocks.push(start..panels.len());
+    }
+    // Too few blocks for the pool (small images, late layers): split the channels too, in
+    // whole panels, and pack the pixels once for all tasks rather than once per task.
+    let n_panels = filter.c_out.div_ceil(NR);
+    let shared_pack = threads > 1 && (weight_heavy || blocks.len() < 2 * threads);
+    let splits = if shared_pack {
+        (2 * threads).div_ceil(blocks.len()).min(n_panels)
+    } else {
+        1
+    };
+    let per_split = n_panels.div_ceil(splits);
+    let items: Vec<(usize, std::ops::Range<usize>)> = (0..blocks.len())
+        .flat_map(|b| {
+            (0..n_panels)
+                .step_by(per_split)
+                .map(move |p0| (b, p0..(p0 + per_split).min(n_panels)))
+        })
+        .collect();
+    let needs_pack = |panel: &Panel| !(direct && panel.whole(plane));
+    // Shared packing: every panel's `k × width` rows, panel after panel.
+    let mut shared = Vec::new();
+    let mut shared_at = Vec::new();
+    if shared_pack {
+        let mut total = 0;
+        for panel in &panels {
+            shared_at.push(total);
+            if needs_pack(panel) {
+                total += k * panel.width;
+            }
+        }
+        shared = SHARED.with(|s| s.take());
+        if shared.len() < total / 16 {
+            shared.resize(total / 16, Line([0.0; 16]));
+        }
+        let buf = lines_as_floats(&mut shared);
+        let mut parts = Vec::with_capacity(panels.len());
+        let mut rest = &mut buf[..total];
+        for panel in &panels {
+            let len = if needs_pack(panel) {
+                k * panel.width
+            } else {
+                0
+            };
+            let (part, tail) = rest.split_at_mut(len);
+            parts.push((*panel, part));
+            rest = tail;
+        }
+        parts
+            .into_par_iter()
+            .filter(|(_, part)| !part.is_empty())
+            .for_each(|(panel, part)| {
+                let (mut runs, mut starts) = (Vec::new(), Vec::new());
+                panel_runs(&g, panel, &mut runs, &mut starts);
+                // SAFETY: AVX-512F is present (the caller's contract).
+                unsafe { pack_panel(xs, &g, panel, (0, k), (&runs, &starts), part) };
+            });
+    }
+    let shared_floats: &[f32] = lines_as_floats(&mut shared);
+    let columns: usize = panels.iter().map(|p| p.width).sum();
+    let mut sums = Vec::new();
+    if merged {
+        sums = SUMS.with(|s| s.take());
+        sums.clear();
+        sums.reserve(n_panels * NR * columns);
+    }
+    let sink = Sink {
+        out: out.as_mut_ptr().cast::<f32>(),
+        merged: merged.then_some((sums.as_mut_ptr(), columns)),
+        residual,
+        bias: &filter.bias,
+        act,
+    };
+    let run = |(b, channel_panels): &(usize, std::ops::Range<usize>)| {
+        let block_panels = &panels[blocks[*b].clone()];
+        let mut own = Vec::new();
+        if !shared_pack {
+            own = BLOCK.with(|block| block.take());
+            let width: usize = block_panels.iter().map(|p| p.width).sum();
+            if own.len() < width * KC / 16 {
+                own.resize(width * KC / 16, Line([0.0; 16]));
+            }
+        }
+        let buf = lines_as_floats(&mut own);
+        let (mut runs, mut starts) = (Vec::new(), Vec::new());
+        let mut k0 = 0;
+        while k0 < k {
+            let rows = KC.min(k - k0);
+            // This block's pixels for rows `k0..k0 + rows`, one pointer per panel.
+            let mut at = Vec::with_capacity(block_panels.len());
+            let mut offset = 0;
+            for (i, panel) in block_panels.iter().enumerate() {
+                let pixels = if !needs_pack(panel) {
+                    let (image, p0) = (panel.q0 / plane, panel.q0 % plane);
+                    Pixels {
+                        at: xs[(image * g.c + k0) * plane + p0..].as_ptr(),
+                        stride: plane,
+                    }
+                } else if shared_pack {
+                    let base = shared_at[blocks[*b].start + i] + k0 * panel.width;
+                    Pixels {
+                        at: shared_floats[base..base + rows * panel.width].as_ptr(),
+                        stride: panel.width,
+                    }
+                } else {
+                    let len = rows * panel.width;
+                    let part = &mut buf[offset..offset + len];
+                    offset += len;
+                    panel_runs(&g, *panel, &mut runs, &mut starts);
+                    // SAFETY: AVX-512F is present (the caller's contract).
+                    unsafe { pack_panel(xs, &g, *panel, (k0, rows), (&runs, &starts), part) };
+                    Pixels {
+                        at: part.as_ptr(),
+                        stride: panel.width,
+                    }
+                };
+                at.push(pixels);
+            }
+            let (first, last) = (k0 == 0, k0 + rows == k);
+            for cp in channel_panels.clone() {
+                let weights = &filter.panels[(cp * k + k0) * NR..(cp * k + k0 + rows) * NR];
+                for (panel, pixels) in block_panels.iter().zip(&at) {
+                    // SAFETY: AVX-512F is present (the caller's contract); `pixels` has
+                    // `rows` rows of the panel's width, the tile lies inside `out`, and no
+                    // other task writes it.
+                    unsafe {
+                        tile(
+                            &g,
+                            &sink,
+                            *panel,
+                            cp * NR,
+                            rows,
+                            *pixels,
+                            weights,
+                            first,
+                            last,
+                        )
+                    };
+                }
+            }
+            k0 += rows;
+        }
+        if !shared_pack {
+            BLOCK.with(|block| block.set(own));
+        }
+    };
+    if items.len() == 1 || threads == 1 {
+        items.iter().for_each(run);
+    } else {
+        items.par_iter().for_each(run);
+    }
+    if shared_pack {
+        SHARED.with(|s| s.set(shared));
+    }
+    if merged {
+        // SAFETY: the tiles wrote every `(channel < n_panels·NR, column)` sum.
+        unsafe { sums.set_len(n_panels * NR * columns) };
+        let out = &mut out[..n * filter.c_out * plane];
+        out.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(index, dst)| {
+                let (image, ch) = (index / filter.c_out, index % filter.c_out);
+                let src = &sums[ch * columns + image * plane..][..plane];
+                let bias = filter.bias[ch];
+                let res = residual.map(|r| &r[index * plane..(index + 1) * plane]);
+                for (i, (o, x)) in dst.iter_mut().zip(src).enumerate() {
+                    let r = res.map_or(0.0, |r| r[i]);
+                    o.write(act.scalar(x + bias + r));
+                }
+            });
+        SUMS.with(|s| s.set(sums));
+    }
+}
+
+/// The floats of a line buffer.
+fn lines_as_floats(lines: &mut [Line]) -> &mut [f32] {
+    // SAFETY: `Line` is 16 plain floats, `repr(C)`, no padding.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<f32>(), lines.len() * 16) }
+}
+
+/// One `NR × panel` tile for `rows` rows of `k`: straight into the output when the tile is
+/// whole (all its channels exist, its pixels lie in one image), else through a buffer.
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn tile(
+    g: &Geometry,
+    sink: &Sink,
+    panel: Panel,
+    ch0: usize,
+    rows: usize,
+    pixels: Pixels,
+    weights: &[f32],
+    first: bool,
+    last: bool,
+) {
+    if let Some((sums, columns)) = sink.merged {
+        // SAFETY: the tile, `NR` rows of `width` floats `columns` apart from this corner,
+        // lies inside the sums buffer.
+        let c = sums.add(ch0 * columns + panel.q0);
+        match panel.width {
+            MR => micro::<3>(rows, pixels, weights.as_ptr(), c, columns, !first),
+            _ => micro::<1>(rows, pixels, weights.as_ptr(), c, columns, !first),
+        }
+        return;
+    }
+    let plane = g.plane();
+    let (image, p0) = (panel.q0 / plane, panel.q0 % plane);
+    let whole = panel.valid == panel.width && p0 + panel.width <= plane && ch0 + NR <= g.c_out;
+    if whole {
+        let at = (image * g.c_out + ch0) * plane + p0;
+        let c = sink.out.add(at);
+        // SAFETY (all calls): `pixels` holds `rows × width` floats, `weights` `rows × NR`,
+        // and the tile `NR` rows of `width` floats, `plane` apart, from `c` is in `out`.
+        match panel.width {
+            MR => micro::<3>(rows, pixels, weights.as_ptr(), c, plane, !first),
+            _ => micro::<1>(rows, pixels, weights.as_ptr(), c, plane, !first),
+        }
+        if last {
+            for r in 0..NR {
+                let row = std::slice::from_raw_parts_mut(c.add(r * plane), panel.width);
+                let residual = sink
+                    .residual
+                    .map(|res| &res[at + r * plane..at + r * plane + panel.width]);
+                epilogue(row, sink.bias[ch0 + r], residual, sink.act);
+            }
+        }
+        return;
+    }
+    // The tile in a buffer: gathered from the output when adding to earlier sums,
+    // scattered back (with the epilogue after the last rows).
+    let mut buf = [0f32; NR * MR];
+    let width = panel.width;
+    let channels = NR.min(g.c_out - ch0);
+    let index = |r: usize, x: usize| {
+        let q = panel.q0 + x;
+        ((q / plane) * g.c_out + ch0 + r) * plane + q % plane
+    };
+    if !first {
+        for r in 0..channels {
+            for x in 0..panel.valid {
+                buf[r * width + x] = *sink.out.add(index(r, x));
+            }
+        }
+    }
+    match width {
+        MR => micro::<3>(
+            rows,
+            pixels,
+            weights.as_ptr(),
+            buf.as_mut_ptr(),
+            width,
+            !first,
+        ),
+        _ => micro::<1>(
+            rows,
+            pixels,
+            weights.as_ptr(),
+            buf.as_mut_ptr(),
+            width,
+            !first,
+        ),
+    }
+    for r in 0..channels {
+        for x in 0..panel.valid {
+            let i = index(r, x);
+            let mut v = buf[r * width + x];
+            if last {
+                v += sink.bias[ch0 + r];
+                if let Some(res) = sink.residual {
+                    v += res[i];
+                }
+                v = sink.act.scalar(v);
+            }
+            *sink.out.add(i) = v;
+        }
+    }
+}
+
+/// `row = act(row + bias (+ residual))`.
+#[inline(always)]
+fn epilogue(row: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Activation) {
+    match residual {
+        Some(res) => row
+            .iter_mut()
+            .zip(res)
+            .for_each(|(x, r)| *x = act.scalar(*x + bias + r)),
+        None => row.iter_mut().for_each(|x| *x = act.scalar(*x + bias)),
+    }
+}
+
+/// The microkernel: `c[r][x] (+)= Σ_k weights[k][r] · pixels[k][x]` for `r < NR`,
+/// `x < 16·V`; `c` rows `ldc` apart.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro<const V: usize>(
+    rows: usize,
+    pixels: Pixels,
+    weights: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); V]; NR];
+    if accumulate {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(c.add(r * ldc + v * 16));
+            }
+        }
+    }
+    let (mut a, mut b) = (pixels.at, weights);
+    let stride = pixels.stride;
+    // One step of `k`: V vectors of pixels times NR broadcast weights.
+    let step = |acc: &mut [[__m512; V]; NR], a: *const f32, b: *const f32| {
+        let mut x = [_mm512_setzero_ps(); V];
+        for (v, x) in x.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(a.add(v * 16));
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let w = _mm512_set1_ps(*b.add(r));
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(x[v], w, *a);
+            }
+        }
+    };
+    // Four steps per iteration: ~15 % faster than one (loop overhead, scheduling).
+    for _ in 0..rows / 4 {
+        // The weights stream from memory when a layer's weights outgrow the caches (late
+        // layers at small batches): ask for them 32 steps ahead.
+        _mm_prefetch::<_MM_HINT_T0>(b.add(32 * NR).cast());
+        _mm_prefetch::<_MM_HINT_T0>(b.add(32 * NR + 16).cast());
+        for u in 0..4 {
+            step(&mut acc, a.add(u * stride), b.add(u * NR));
+        }
+        a = a.add(4 * stride);
+        b = b.add(4 * NR);
+    }
+    for _ in 0..rows % 4 {
+        step(&mut acc, a, b);
+        a = a.add(stride);
+        b = b.add(NR);
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(r * ldc + v * 16), *a);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn micro<const V: usize>(
+    _rows: usize,
+    _pixels: Pixels,
+    _weights: *const f32,
+    _c: *mut f32,
+    _ldc: usize,
+    _accumulate: bool,
+) {
+    unreachable!("the packed kernel is only chosen on x86-64 with AVX-512F")
+}
