@@ -15,6 +15,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::labels::NUM_CLASSES;
 use super::layers::{global_avg_pool, Activation, ConvBn, Padding};
+use super::model::Network;
 use super::preprocess::{Normalize, Preprocess, Resample};
 
 /// Eval transform of the TF-Lite-trained weights: shorter side 256 (bicubic),
@@ -175,8 +176,12 @@ impl EfficientNetLite0 {
     }
 }
 
-impl Module for EfficientNetLite0 {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Network for EfficientNetLite0 {
+    fn late(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(xs.clone())
+    }
+
+    fn early(&self, xs: &Tensor) -> Result<Tensor> {
         let mut x = self.stem.forward_with(xs, None, Activation::Relu6)?;
         for block in &self.blocks {
             x = block.forward(&x)?;

@@ -14,6 +14,7 @@ use candle_nn::{Linear, VarBuilder};
 use super::kernels::max_pool;
 use super::labels::NUM_CLASSES;
 use super::layers::{avg_pool_3x3_same, global_avg_pool, Activation, ConvBn, Padding};
+use super::model::Network;
 use super::preprocess::{Preprocess, IMAGENET_MEAN, IMAGENET_STD};
 
 /// torchvision's eval transform for Inception V3 weights: resize 342, crop 299, mean/std.
@@ -303,8 +304,12 @@ impl InceptionV3 {
     }
 }
 
-impl Module for InceptionV3 {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Network for InceptionV3 {
+    fn late(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(xs.clone())
+    }
+
+    fn early(&self, xs: &Tensor) -> Result<Tensor> {
         let (h, w) = (xs.dim(D::Minus2)?, xs.dim(D::Minus1)?);
         if h < MIN_INPUT || w < MIN_INPUT {
             candle_core::bail!(

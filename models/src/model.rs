@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use image::DynamicImage;
 use rayon::prelude::*;
@@ -68,10 +68,21 @@ impl From<Prediction> for idunno_api::result::Class {
     }
 }
 
+/// A network in two parts, so that a batch can run each part the way it runs fastest:
+/// the early layers (large activations, few weights) image by image, side by side, each
+/// image's activations staying in cache; the late layers (small planes, most of the
+/// weights) on the whole batch at once, every weight loaded once for all its images.
+pub(crate) trait Network: Send + Sync {
+    /// The early layers, run on one image at a time.
+    fn early(&self, xs: &Tensor) -> candle_core::Result<Tensor>;
+    /// The rest, ending in the logits, run on the whole batch.
+    fn late(&self, xs: &Tensor) -> candle_core::Result<Tensor>;
+}
+
 /// A loaded image classifier (CPU, f32).
 pub struct Model {
     arch: Arch,
-    net: Box<dyn Module + Send + Sync>,
+    net: Box<dyn Network>,
     device: Device,
 }
 
@@ -87,7 +98,7 @@ pub(crate) fn build_net(
     arch: Arch,
     vb: VarBuilder<'static>,
     options: &LoadOptions,
-) -> candle_core::Result<Box<dyn Module + Send + Sync>> {
+) -> candle_core::Result<Box<dyn Network>> {
     Ok(match arch {
         Arch::ResNet18 => Box::new(ResNet::load(Depth::D18, vb)?),
         Arch::ResNet34 => Box::new(ResNet::load(Depth::D34, vb)?),
@@ -173,7 +184,7 @@ impl Model {
             }
         }
         let input = input.to_dtype(DType::F32)?;
-        let logits = forward_per_image(self.net.as_ref(), &input)?;
+        let logits = forward_batch(self.net.as_ref(), &input)?;
         if logits.dims() != [dims[0], NUM_CLASSES] {
             return Err(ModelError::InvalidInput(format!(
                 "network produced logits of shape {:?}",
@@ -198,33 +209,27 @@ impl Model {
     }
 }
 
-/// `net` on each image of the batch on its own, the images in parallel on the
-/// current rayon pool (each one's layers parallel inside too), logits stacked.
+/// `net` on a batch: its early layers on each image on its own, the images in parallel on
+/// the current rayon pool (each one's layers parallel inside too), then its late layers on
+/// the whole batch.
 ///
-/// Batching buys no arithmetic here (the convolutions run one gemm per image
-/// either way) but multiplies every activation by N: at N = 8 the early
-/// layers' tensors and im2col matrices (tens of MB) no longer fit in the
-/// caches, while one image's mostly do. Running images side by side also keeps
-/// both cores busy through the small late layers, which split poorly within
-/// one image. Results are the same either way.
-///
-/// Measured with `benches/forward.rs` (best of a 3 s run, 2 threads, AVX2
-/// gemm) on a 2-core machine shared with other builds (load 3.5–6), one
-/// `(N, 3, 224, 224)` pass through every layer vs this, three alternating
-/// rounds: EfficientNet-Lite0 batch 8 38–53 → 44–131 images/s, batch 32
-/// 29–42 → 39–130; ResNet-18 batch 8 11–12 → 16–24, batch 32 10–14 → 16–24.
-/// Side by side won every pair but one (a Lite0 batch-8 run under heavier
-/// load, 57 vs 46).
-fn forward_per_image(net: &(dyn Module + Send + Sync), input: &Tensor) -> Result<Tensor> {
+/// Batching buys no arithmetic in the early layers but multiplies every activation by N:
+/// at N = 8 the early layers' tensors (tens of MB) no longer fit in the caches, while one
+/// image's mostly do, and images side by side keep both cores busy. The late layers are
+/// the other way round: their planes are small (7×7 … 17×17, which fill the kernel's
+/// 48-pixel panels poorly one image at a time) and their weights large (a ResNet-50's
+/// last stage streams 15 MB of weights per pass), so there one pass over the whole batch
+/// shares every weight between the images. Results are the same either way.
+fn forward_batch(net: &dyn Network, input: &Tensor) -> Result<Tensor> {
     let n = input.dim(0)?;
     if n <= 1 {
-        return Ok(net.forward(input)?);
+        return Ok(net.late(&net.early(input)?)?);
     }
     let rows = (0..n)
         .into_par_iter()
-        .map(|i| net.forward(&input.narrow(0, i, 1)?))
+        .map(|i| net.early(&input.narrow(0, i, 1)?))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&rows, 0)?)
+    Ok(net.late(&Tensor::cat(&rows, 0)?)?)
 }
 
 /// The `k` largest entries of `probs`, descending (ties: lower index first); a partial

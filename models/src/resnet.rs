@@ -15,6 +15,7 @@ use candle_nn::{Linear, VarBuilder};
 use super::kernels::max_pool;
 use super::labels::NUM_CLASSES;
 use super::layers::{global_avg_pool, Activation, ConvBn, Padding};
+use super::model::Network;
 use super::preprocess::Preprocess;
 
 /// torchvision's eval transform for ResNet weights: resize 256, crop 224, mean/std.
@@ -139,6 +140,8 @@ impl Block {
 pub struct ResNet {
     stem: ConvBn,
     blocks: Vec<Block>,
+    /// The first block of the third stage: [`Network::late`] starts there.
+    late_from: usize,
     fc: Linear,
 }
 
@@ -158,8 +161,12 @@ impl ResNet {
             vb.pp("bn1"),
         )?;
         let mut blocks = Vec::new();
+        let mut late_from = 0;
         let mut c_in = 64;
         for (stage, &count) in counts.iter().enumerate() {
+            if stage == 2 {
+                late_from = blocks.len();
+            }
             let width = 64 << stage;
             let vb_stage = vb.pp(format!("layer{}", stage + 1));
             for index in 0..count {
@@ -171,17 +178,30 @@ impl ResNet {
             }
         }
         let fc = candle_nn::linear(c_in, NUM_CLASSES, vb.pp("fc"))?;
-        Ok(ResNet { stem, blocks, fc })
+        Ok(ResNet {
+            stem,
+            blocks,
+            late_from,
+            fc,
+        })
     }
 }
 
-impl Module for ResNet {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Network for ResNet {
+    /// The stem and the first two stages (56×56 and 28×28 for a 224×224 input).
+    fn early(&self, xs: &Tensor) -> Result<Tensor> {
         let x = self.stem.forward_with(xs, None, Activation::Relu)?;
-        let mut x = max_pool(&x, 3, 2, 1)?;
-        for block in &self.blocks {
-            x = block.forward(&x)?;
-        }
+        let x = max_pool(&x, 3, 2, 1)?;
+        self.blocks[..self.late_from]
+            .iter()
+            .try_fold(x, |x, block| block.forward(&x))
+    }
+
+    /// The last two stages, the pooling and the classifier.
+    fn late(&self, xs: &Tensor) -> Result<Tensor> {
+        let x = self.blocks[self.late_from..]
+            .iter()
+            .try_fold(xs.clone(), |x, block| block.forward(&x))?;
         global_avg_pool(&x)?.apply(&self.fc)
     }
 }

@@ -33,6 +33,8 @@ const MR_TAIL: usize = 16;
 const KC: usize = 256;
 /// Output pixels per thread's block: `MC × KC` floats (480 KiB) stay in L2.
 const MC: usize = 480;
+/// Rows of `k` ahead the microkernel asks for its pixels.
+const PIXEL_AHEAD: usize = 8;
 
 /// Whether this CPU runs the packed kernel (AVX-512F).
 pub fn available() -> bool {
@@ -277,6 +279,43 @@ unsafe fn copy(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// `dst[i] = src[2·i]` (a stride-2 layer's run): two vectors in, their even lanes out.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_even(dst: &mut [f32], src: &[f32]) {
+    use std::arch::x86_64::*;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let n = dst.len().min(src.len().div_ceil(2));
+    let lanes = |left: usize| -> __mmask16 {
+        if left >= 16 {
+            0xffff
+        } else {
+            (1u16 << left) - 1
+        }
+    };
+    let mut i = 0;
+    while i < n {
+        let from = 2 * i;
+        let lo = _mm512_maskz_loadu_ps(lanes(src.len() - from), src.as_ptr().add(from));
+        let hi = if src.len() > from + 16 {
+            _mm512_maskz_loadu_ps(lanes(src.len() - from - 16), src.as_ptr().add(from + 16))
+        } else {
+            _mm512_setzero_ps()
+        };
+        let v = _mm512_permutex2var_ps(lo, even, hi);
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), lanes(n - i), v);
+        i += 16;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn copy_even(dst: &mut [f32], src: &[f32]) {
+    for (o, x) in dst.iter_mut().zip(src.iter().step_by(2)) {
+        *o = *x;
+    }
+}
+
 /// `dst = 0` for the short runs of a panel.
 #[cfg(target_arch = "x86_64")]
 #[inline]
@@ -330,6 +369,8 @@ unsafe fn pack_panel(
                     let base = (run.image * g.c + c) * hw + off;
                     if s == 1 {
                         unsafe { copy(out, &xs[base..base + run.len]) };
+                    } else if s == 2 {
+                        unsafe { copy_even(out, &xs[base..base + 2 * run.len - 1]) };
                     } else {
                         for (o, x) in out.iter_mut().zip(xs[base..].iter().step_by(s)) {
                             *o = *x;
@@ -779,6 +820,9 @@ unsafe fn micro<const V: usize>(
         _mm_prefetch::<_MM_HINT_T0>(b.add(32 * NR).cast());
         _mm_prefetch::<_MM_HINT_T0>(b.add(32 * NR + 16).cast());
         for u in 0..4 {
+            for v in 0..V {
+                _mm_prefetch::<_MM_HINT_T0>(a.add((u + PIXEL_AHEAD) * stride + v * 16).cast());
+            }
             step(&mut acc, a.add(u * stride), b.add(u * NR));
         }
         a = a.add(4 * stride);
