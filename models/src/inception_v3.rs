@@ -305,10 +305,8 @@ impl InceptionV3 {
 }
 
 impl Network for InceptionV3 {
-    fn late(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(xs.clone())
-    }
-
+    /// The whole network, image by image: the 17×17 and 8×8 blocks on the whole batch
+    /// measured ~10 % slower at batches 8 and 32 (many small branches and concatenations).
     fn early(&self, xs: &Tensor) -> Result<Tensor> {
         let (h, w) = (xs.dim(D::Minus2)?, xs.dim(D::Minus1)?);
         if h < MIN_INPUT || w < MIN_INPUT {
@@ -337,5 +335,10 @@ impl Network for InceptionV3 {
             x = block.forward(&x)?;
         }
         global_avg_pool(&x)?.apply(&self.fc)
+    }
+
+    /// Nothing: [`Network::early`] ends in the logits.
+    fn late(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(xs.clone())
     }
 }
