@@ -469,25 +469,22 @@ pub unsafe fn conv(
     // layers at small batches) takes blocks as large as they come and splits its channels
     // between the threads; others take blocks small enough for four per thread.
     let weight_heavy = filter.c_out >= n * plane;
-    let target = if weight_heavy {
-        MC
+    let columns: usize = panels.iter().map(|p| p.width).sum();
+    let mut n_blocks = if weight_heavy {
+        columns.div_ceil(MC)
     } else {
-        (n * plane).div_ceil(4 * threads).clamp(2 * MR, MC)
+        columns.div_ceil((columns.div_ceil(4 * threads)).clamp(2 * MR, MC))
     };
-    let mut blocks: Vec<std::ops::Range<usize>> = Vec::new();
-    let mut start = 0;
-    let mut pixels = 0;
-    for (i, p) in panels.iter().enumerate() {
-        if pixels + p.width > target && i > start {
-            blocks.push(start..i);
-            start = i;
-            pixels = 0;
-        }
-        pixels += p.width;
+    // A whole number of blocks per thread when there are several each (9 blocks on 2
+    // threads would leave one thread idle for a ninth of the layer).
+    if n_blocks >= 2 * threads {
+        n_blocks = n_blocks.next_multiple_of(threads);
     }
-    if start < panels.len() {
-        blocks.push(start..panels.len());
-    }
+    let n_blocks = n_blocks.clamp(1, panels.len());
+    // Panels dealt out evenly: block `b` gets panels `b·len/n .. (b+1)·len/n`.
+    let blocks: Vec<std::ops::Range<usize>> = (0..n_blocks)
+        .map(|b| b * panels.len() / n_blocks..(b + 1) * panels.len() / n_blocks)
+        .collect();
     // Too few blocks for the pool (small images, late layers): split the channels too, in
     // whole panels, and pack the pixels once for all tasks rather than once per task.
     let n_panels = filter.c_out.div_ceil(NR);
@@ -545,7 +542,6 @@ pub unsafe fn conv(
             });
     }
     let shared_floats: &[f32] = lines_as_floats(&mut shared);
-    let columns: usize = panels.iter().map(|p| p.width).sum();
     let mut sums = Vec::new();
     if merged {
         sums = SUMS.with(|s| s.take());
