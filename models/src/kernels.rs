@@ -6,18 +6,20 @@
 //!   over memory per layer) — [`depthwise_conv`] is a direct per-plane kernel
 //!   with the taps in the inner loop, padding and stride handled in place, the
 //!   bias and activation fused;
-//! * the layout shuffles around candle's conv2d (NCHW→NHWC copies, a scalar
-//!   strided im2col, a scattered output copy, then separate passes for the
-//!   bias, the residual and the activation) — [`conv_gemm`] builds each
-//!   image's `(C·kh·kw, OH·OW)` matrix row by row (contiguous copies, per-side
-//!   zero padding, no padded copy) in a buffer the thread reuses, the `gemm`
-//!   crate (what candle's matmul calls) multiplies it straight into the output,
-//!   and [`bias_act`] adds the bias and the residual and applies the
+//! * dense convolutions — on CPUs with AVX-512F, [`packed_conv`]
+//!   (`kernels/packed_conv.rs`): weights packed once at load, the im2col matrix
+//!   never built (each thread gathers a cache-sized block of it), a register-tiled
+//!   microkernel, bias, residual and activation applied while the output tile is in
+//!   cache. Elsewhere the layout shuffles around candle's conv2d (NCHW→NHWC copies,
+//!   a scalar strided im2col, a scattered output copy, separate passes for bias,
+//!   residual and activation) are avoided by [`conv_gemm`], which builds each
+//!   image's `(C·kh·kw, OH·OW)` matrix row by row in a buffer the thread reuses and
+//!   has the `gemm` crate (what candle's matmul calls) multiply it straight into the
+//!   output, then [`bias_act`] adds the bias and the residual and applies the
 //!   activation in one in-place pass.
 //!
-//! No matrix multiplication is written here. Every kernel runs on the calling
-//! thread's rayon pool (the worker's compute pool), f32 only; other dtypes and
-//! non-CPU devices are refused with an error.
+//! Every kernel runs on the calling thread's rayon pool (the worker's compute pool),
+//! f32 only; other dtypes and non-CPU devices are refused with an error.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{

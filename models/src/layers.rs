@@ -9,10 +9,12 @@
 //! * Pooling helpers with PyTorch semantics.
 //!
 //! The arithmetic runs in [`super::kernels`]: depthwise convolutions in a
-//! direct kernel, the others as the folded weight matrix times each image's
-//! im2col matrix (skipped for 1×1 stride-1 layers, whose input already is the
-//! matrix) in one gemm call, then one in-place pass for bias, residual and
-//! activation.
+//! direct kernel; the others, on CPUs with AVX-512F, in the packed kernel (the
+//! folded weights packed once here, at load, with the bias, residual and
+//! activation fused into the kernel), elsewhere as the folded weight matrix times
+//! each image's im2col matrix (skipped for 1×1 stride-1 layers, whose input
+//! already is the matrix) in one gemm call, then one in-place pass for bias,
+//! residual and activation.
 //! Nothing here knows tensor names beyond `<prefix>.weight` and the BatchNorm
 //! quartet; the architecture files own the layouts.
 

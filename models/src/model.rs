@@ -161,10 +161,9 @@ impl Model {
 
     /// Run the network: `(N, 3, H, W)` f32 input → `(N, 1000)` logits.
     ///
-    /// One call for the whole batch, but not one `N`-image pass through the
-    /// layers: the images go through the network side by side, each as its own
-    /// single-image pass, in parallel on the current rayon pool (see
-    /// `forward_per_image` for why and the measurements).
+    /// One call for the whole batch: the network's early layers run image by image, side by
+    /// side on the current rayon pool, its late layers on the whole batch (see
+    /// `forward_batch` for why).
     ///
     /// Any `H, W` the architecture can take works (≥ 75 for Inception V3,
     /// ≥ 32 otherwise); the reference weights expect [`Arch::input_size`].
@@ -218,7 +217,7 @@ impl Model {
 /// image's mostly do, and images side by side keep both cores busy. The late layers are
 /// the other way round: their planes are small (7×7 … 17×17, which fill the kernel's
 /// 48-pixel panels poorly one image at a time) and their weights large (a ResNet-50's
-/// last stage streams 15 MB of weights per pass), so there one pass over the whole batch
+/// last stage holds 60 MB of weights), so there one pass over the whole batch
 /// shares every weight between the images. Results are the same either way.
 fn forward_batch(net: &dyn Network, input: &Tensor) -> Result<Tensor> {
     let n = input.dim(0)?;

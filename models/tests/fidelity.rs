@@ -395,3 +395,39 @@ fn timm_names_load_the_same_network() {
     let err = Model::load(Arch::EfficientNetLite0, &native, &timm_opts).unwrap_err();
     assert!(matches!(err, ModelError::MissingTensor { .. }), "{err}");
 }
+
+/// A batch gives every image the logits it gets on its own, whatever runs batched (a
+/// ResNet's last stages take the whole batch in one pass, their small planes sharing the
+/// kernel's pixel panels across images) and whatever size the batch is.
+#[test]
+fn a_batch_gives_each_image_its_own_logits() {
+    for (arch, side) in [(Arch::ResNet18, 96), (Arch::EfficientNetLite0, 64)] {
+        let bytes = weights::generate_to_bytes(arch, 4).unwrap();
+        let model = Model::from_safetensors_bytes(arch, bytes, &LoadOptions::default()).unwrap();
+        let batch = weights::random_input(5, 5, side).unwrap();
+        let together = model.forward(&batch).unwrap();
+        for i in 0..5 {
+            let alone = model.forward(&batch.narrow(0, i, 1).unwrap()).unwrap();
+            let row = together.narrow(0, i, 1).unwrap();
+            let scale = alone
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = (row - &alone)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= TOLERANCE * scale.max(1.0),
+                "{arch}: image {i} differs by {diff} in a batch of 5"
+            );
+        }
+    }
+}
