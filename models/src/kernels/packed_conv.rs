@@ -689,8 +689,8 @@ unsafe fn tile(
         // lies inside the sums buffer.
         let c = sums.add(ch0 * columns + panel.q0);
         match panel.width {
-            MR => micro::<3>(rows, pixels, weights.as_ptr(), c, columns, !first),
-            _ => micro::<1>(rows, pixels, weights.as_ptr(), c, columns, !first),
+            MR => micro::<3>(rows, pixels, weights.as_ptr(), (c, columns), !first, None),
+            _ => micro::<1>(rows, pixels, weights.as_ptr(), (c, columns), !first, None),
         }
         return;
     }
@@ -702,18 +702,16 @@ unsafe fn tile(
         let c = sink.out.add(at);
         // SAFETY (all calls): `pixels` holds `rows × width` floats, `weights` `rows × NR`,
         // and the tile `NR` rows of `width` floats, `plane` apart, from `c` is in `out`.
+        // After the last rows the epilogue is applied in registers: the residual tile has
+        // the output tile's place and shape.
+        let epilogue = last.then(|| Epilogue {
+            bias: sink.bias[ch0..ch0 + NR].as_ptr(),
+            residual: sink.residual.map(|res| res[at..].as_ptr()),
+            act: sink.act,
+        });
         match panel.width {
-            MR => micro::<3>(rows, pixels, weights.as_ptr(), c, plane, !first),
-            _ => micro::<1>(rows, pixels, weights.as_ptr(), c, plane, !first),
-        }
-        if last {
-            for r in 0..NR {
-                let row = std::slice::from_raw_parts_mut(c.add(r * plane), panel.width);
-                let residual = sink
-                    .residual
-                    .map(|res| &res[at + r * plane..at + r * plane + panel.width]);
-                epilogue(row, sink.bias[ch0 + r], residual, sink.act);
-            }
+            MR => micro::<3>(rows, pixels, weights.as_ptr(), (c, plane), !first, epilogue),
+            _ => micro::<1>(rows, pixels, weights.as_ptr(), (c, plane), !first, epilogue),
         }
         return;
     }
@@ -738,17 +736,17 @@ unsafe fn tile(
             rows,
             pixels,
             weights.as_ptr(),
-            buf.as_mut_ptr(),
-            width,
+            (buf.as_mut_ptr(), width),
             !first,
+            None,
         ),
         _ => micro::<1>(
             rows,
             pixels,
             weights.as_ptr(),
-            buf.as_mut_ptr(),
-            width,
+            (buf.as_mut_ptr(), width),
             !first,
+            None,
         ),
     }
     for r in 0..channels {
@@ -767,16 +765,14 @@ unsafe fn tile(
     }
 }
 
-/// `row = act(row + bias (+ residual))`.
-#[inline(always)]
-fn epilogue(row: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Activation) {
-    match residual {
-        Some(res) => row
-            .iter_mut()
-            .zip(res)
-            .for_each(|(x, r)| *x = act.scalar(*x + bias + r)),
-        None => row.iter_mut().for_each(|x| *x = act.scalar(*x + bias)),
-    }
+/// What the microkernel applies to a finished tile before storing it.
+#[derive(Clone, Copy)]
+struct Epilogue {
+    /// The tile's `NR` biases.
+    bias: *const f32,
+    /// The residual tile, laid out like the output tile.
+    residual: Option<*const f32>,
+    act: Activation,
 }
 
 /// The microkernel: `c[r][x] (+)= Σ_k weights[k][r] · pixels[k][x]` for `r < NR`,
@@ -788,9 +784,9 @@ unsafe fn micro<const V: usize>(
     rows: usize,
     pixels: Pixels,
     weights: *const f32,
-    c: *mut f32,
-    ldc: usize,
+    (c, ldc): (*mut f32, usize),
     accumulate: bool,
+    epilogue: Option<Epilogue>,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); V]; NR];
@@ -836,6 +832,23 @@ unsafe fn micro<const V: usize>(
         a = a.add(stride);
         b = b.add(NR);
     }
+    if let Some(e) = epilogue {
+        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let bias = _mm512_set1_ps(*e.bias.add(r));
+            for (v, a) in acc.iter_mut().enumerate() {
+                let mut x = _mm512_add_ps(*a, bias);
+                if let Some(res) = e.residual {
+                    x = _mm512_add_ps(x, _mm512_loadu_ps(res.add(r * ldc + v * 16)));
+                }
+                *a = match e.act {
+                    Activation::Identity => x,
+                    Activation::Relu => _mm512_max_ps(x, zero),
+                    Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(x, zero), six),
+                };
+            }
+        }
+    }
     for (r, acc) in acc.iter().enumerate() {
         for (v, a) in acc.iter().enumerate() {
             _mm512_storeu_ps(c.add(r * ldc + v * 16), *a);
@@ -848,9 +861,9 @@ unsafe fn micro<const V: usize>(
     _rows: usize,
     _pixels: Pixels,
     _weights: *const f32,
-    _c: *mut f32,
-    _ldc: usize,
+    _c: (*mut f32, usize),
     _accumulate: bool,
+    _epilogue: Option<Epilogue>,
 ) {
     unreachable!("the packed kernel is only chosen on x86-64 with AVX-512F")
 }
