@@ -576,10 +576,12 @@ impl PackedConv<'_> {
         win.check(op)?;
         let (oh, ow) = win.out;
         let c_out = self.filter.c_out();
-        if c != self.filter.c_in() {
+        if c != self.filter.c_in() || win.kernel != self.filter.kernel() {
             bail!(
-                "{op}: a filter for {} channels applied to {c}",
-                self.filter.c_in()
+                "{op}: a {:?} filter for {} channels applied to {c} channels with {:?} windows",
+                self.filter.kernel(),
+                self.filter.c_in(),
+                win.kernel
             )
         }
         let shape = Shape::from((n, c_out, oh, ow));

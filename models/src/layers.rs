@@ -133,7 +133,7 @@ impl ConvBn {
                     c_out,
                     c_in,
                     kernel,
-                ))
+                )?)
             } else {
                 Weights::Matrix(matrix)
             }

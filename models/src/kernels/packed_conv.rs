@@ -75,10 +75,17 @@ impl PackedFilter {
         c_out: usize,
         c_in: usize,
         kernel: (usize, usize),
-    ) -> Self {
+    ) -> candle_core::Result<Self> {
         let k = c_in * kernel.0 * kernel.1;
-        assert_eq!(weight.len(), c_out * k, "weight matrix size");
-        assert_eq!(bias.len(), c_out, "bias size");
+        if weight.len() != c_out * k || bias.len() != c_out {
+            candle_core::bail!(
+                "packing a {c_out}x{c_in}x{}x{} convolution: {} weights and {} biases",
+                kernel.0,
+                kernel.1,
+                weight.len(),
+                bias.len()
+            )
+        }
         let n_panels = c_out.div_ceil(NR);
         let mut panels = vec![0f32; n_panels * k * NR];
         for (p, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
@@ -91,13 +98,13 @@ impl PackedFilter {
                 }
             }
         }
-        PackedFilter {
+        Ok(PackedFilter {
             c_out,
             c_in,
             kernel,
             panels,
             bias: bias.to_vec(),
-        }
+        })
     }
 
     /// Output channels.
@@ -108,6 +115,11 @@ impl PackedFilter {
     /// Input channels.
     pub fn c_in(&self) -> usize {
         self.c_in
+    }
+
+    /// Kernel `(height, width)`.
+    pub fn kernel(&self) -> (usize, usize) {
+        self.kernel
     }
 
     /// The bias, `(c_out)`.
