@@ -214,11 +214,12 @@ impl Model {
 ///
 /// Batching buys no arithmetic in the early layers but multiplies every activation by N:
 /// at N = 8 the early layers' tensors (tens of MB) no longer fit in the caches, while one
-/// image's mostly do, and images side by side keep both cores busy. The late layers are
-/// the other way round: their planes are small (7×7 … 17×17, which fill the kernel's
-/// 48-pixel panels poorly one image at a time) and their weights large (a ResNet-50's
-/// last stage holds 60 MB of weights), so there one pass over the whole batch
-/// shares every weight between the images. Results are the same either way.
+/// image's mostly do, and images side by side keep both cores busy. A ResNet's late layers
+/// are the other way round: their planes are small (14×14 and 7×7, which fill the
+/// kernel's 48-pixel panels poorly one image at a time) and their weights large (a
+/// ResNet-50's last stage holds 60 MB), so there one pass over the whole batch shares every
+/// weight between the images. Each network says where its late part starts (Inception V3
+/// and Lite0: nowhere, measured). Results are the same either way, within rounding.
 fn forward_batch(net: &dyn Network, input: &Tensor) -> Result<Tensor> {
     let n = input.dim(0)?;
     if n <= 1 {
