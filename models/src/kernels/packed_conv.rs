@@ -190,8 +190,8 @@ fn panels(total: usize) -> Vec<Panel> {
 }
 
 /// Part of one panel row for one kernel tap: `len` pixels from `dst` in the panel, either
-/// zeros (`src == None`) or the input floats of image `image` at plane offset `src`,
-/// `stride` apart.
+/// zeros (`src == None`) or the input floats of image `image` from plane offset `src`,
+/// the layer's stride apart.
 #[derive(Clone, Copy)]
 struct Run {
     dst: usize,
@@ -828,21 +828,25 @@ unsafe fn micro<const V: usize>(
     for _ in 0..rows / 4 {
         // The weights stream from memory when a layer's weights outgrow the caches (late
         // layers at small batches): ask for them 32 steps ahead.
-        _mm_prefetch::<_MM_HINT_T0>(b.add(32 * NR).cast());
-        _mm_prefetch::<_MM_HINT_T0>(b.add(32 * NR + 16).cast());
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * NR).cast());
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * NR + 16).cast());
         for u in 0..4 {
             for v in 0..V {
-                _mm_prefetch::<_MM_HINT_T0>(a.add((u + PIXEL_AHEAD) * stride + v * 16).cast());
+                // A hint only: past the end it fetches nothing harmful, hence `wrapping_add`.
+                let ahead = a.wrapping_add((u + PIXEL_AHEAD) * stride + v * 16);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
             }
             step(&mut acc, a.add(u * stride), b.add(u * NR));
         }
-        a = a.add(4 * stride);
-        b = b.add(4 * NR);
+        // Past the last row these point beyond the data (a 1×1 layer's last plane ends at
+        // the input's end) and are never read: `wrapping_add`.
+        a = a.wrapping_add(4 * stride);
+        b = b.wrapping_add(4 * NR);
     }
     for _ in 0..rows % 4 {
         step(&mut acc, a, b);
-        a = a.add(stride);
-        b = b.add(NR);
+        a = a.wrapping_add(stride);
+        b = b.wrapping_add(NR);
     }
     if let Some(e) = epilogue {
         let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
