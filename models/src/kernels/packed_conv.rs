@@ -40,6 +40,9 @@ const KC: usize = 512;
 /// Output pixels per thread's block: `MC × KC` floats (960 KiB) stay in L2 (2 MiB here);
 /// 240 measured slower.
 const MC: usize = 480;
+/// Most floats a call gathers once for all its tasks (64 MiB); past that (huge batches on
+/// many threads) each task gathers its own block.
+const SHARED_MAX: usize = 16 << 20;
 /// Rows of `k` ahead the microkernel asks for its pixels.
 const PIXEL_AHEAD: usize = 8;
 
@@ -507,7 +510,8 @@ pub unsafe fn conv(
     // Too few blocks for the pool (small images, late layers): split the channels too, in
     // whole panels, and pack the pixels once for all tasks rather than once per task.
     let n_panels = filter.c_out.div_ceil(NR);
-    let shared_pack = threads > 1 && (weight_heavy || blocks.len() < 2 * threads);
+    let shared_pack =
+        threads > 1 && (weight_heavy || blocks.len() < 2 * threads) && k * columns <= SHARED_MAX;
     let splits = if shared_pack {
         (2 * threads).div_ceil(blocks.len()).min(n_panels)
     } else {
