@@ -808,36 +808,86 @@ struct Pool {
 }
 
 impl Pool {
-    #[inline]
-    fn combine(&self, a: f32, b: f32) -> f32 {
-        match self.kind {
-            PoolKind::Max => a.max(b),
-            PoolKind::Avg => a + b,
+    /// One output plane (OH·OW) from one input plane (H·W); `rows` is scratch.
+    fn plane(&self, src: &[f32], hw: (usize, usize), dst: &mut [f32], rows: &mut Vec<f32>) {
+        let max = self.kind == PoolKind::Max;
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            return unsafe {
+                if max {
+                    self.plane_avx2::<true>(src, hw, dst, rows)
+                } else {
+                    self.plane_avx2::<false>(src, hw, dst, rows)
+                }
+            };
+        }
+        if max {
+            self.plane_impl::<true>(src, hw, dst, rows)
+        } else {
+            self.plane_impl::<false>(src, hw, dst, rows)
         }
     }
 
-    /// One output plane (OH·OW) from one input plane (H·W); `rows` is H·OW scratch.
-    fn plane(&self, src: &[f32], (h, w): (usize, usize), dst: &mut [f32], rows: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn plane_avx2<const MAX: bool>(
+        &self,
+        src: &[f32],
+        hw: (usize, usize),
+        dst: &mut [f32],
+        rows: &mut Vec<f32>,
+    ) {
+        self.plane_impl::<MAX>(src, hw, dst, rows)
+    }
+
+    /// [`Pool::plane`] for a max (`MAX`) or a sum: every loop is a contiguous one the
+    /// compiler vectorises (a stride-2 row is first split into its even and odd elements;
+    /// the element-wise max and sum are known at compile time).
+    #[inline(always)]
+    fn plane_impl<const MAX: bool>(
+        &self,
+        src: &[f32],
+        (h, w): (usize, usize),
+        dst: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let combine = |a: f32, b: f32| if MAX { a.max(b) } else { a + b };
         let (k, s, pad) = (self.kernel, self.stride, self.pad);
         let ow = (w + 2 * pad - k) / s + 1;
-        let start = match self.kind {
-            PoolKind::Max => f32::NEG_INFINITY,
-            PoolKind::Avg => 0.0,
-        };
-        rows.clear();
-        rows.resize(h * ow, start);
+        let start = if MAX { f32::NEG_INFINITY } else { 0.0 };
+        scratch.clear();
+        scratch.resize(h * ow + w, start);
+        let (rows, phases) = scratch.split_at_mut(h * ow);
+        let (even, odd) = phases.split_at_mut(w.div_ceil(2));
         for (row, out) in src.chunks_exact(w).zip(rows.chunks_exact_mut(ow)) {
+            if s == 2 {
+                let pairs = row.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    even[w / 2] = *last;
+                }
+                for (pair, (e, o)) in pairs.zip(even.iter_mut().zip(odd.iter_mut())) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+            }
             for j in 0..k {
                 let (lo, hi, ix) = valid_range(j, s, pad, w, ow);
                 let out = &mut out[lo..hi];
-                if s == 1 {
-                    for (o, x) in out.iter_mut().zip(&row[ix..ix + (hi - lo)]) {
-                        *o = self.combine(*o, *x);
+                let n = out.len();
+                let from: &[f32] = match s {
+                    1 => &row[ix..ix + n],
+                    2 if ix % 2 == 0 => &even[ix / 2..ix / 2 + n],
+                    2 => &odd[ix / 2..ix / 2 + n],
+                    _ => {
+                        for (o, x) in out.iter_mut().zip(row[ix..].iter().step_by(s)) {
+                            *o = combine(*o, *x);
+                        }
+                        continue;
                     }
-                } else {
-                    for (o, x) in out.iter_mut().zip(row[ix..].iter().step_by(s)) {
-                        *o = self.combine(*o, *x);
-                    }
+                };
+                for (o, x) in out.iter_mut().zip(from) {
+                    *o = combine(*o, *x);
                 }
             }
         }
@@ -849,10 +899,10 @@ impl Pool {
                     continue;
                 };
                 for (o, x) in out.iter_mut().zip(&rows[iy * ow..(iy + 1) * ow]) {
-                    *o = self.combine(*o, *x);
+                    *o = combine(*o, *x);
                 }
             }
-            if self.kind == PoolKind::Avg {
+            if !MAX {
                 out.iter_mut().for_each(|o| *o *= scale);
             }
         }
