@@ -600,9 +600,10 @@ impl PackedConv<'_> {
         let xs = f32_slice(xs, xs_l, op)?;
         let len = shape.elem_count();
         let mut out: Vec<f32> = Vec::with_capacity(len);
-        if len > 0 && h * w > 0 {
+        if len > 0 && h * w > 0 && c > 0 {
             // SAFETY: AVX-512F is present (checked above); `out` has room for the whole
-            // output and `residual` is exactly that long; `conv` writes every element.
+            // output and `residual` is exactly that long; with at least one row of `k`,
+            // `conv` writes every element.
             unsafe {
                 packed_conv::conv(
                     xs,
@@ -616,7 +617,7 @@ impl PackedConv<'_> {
                 out.set_len(len);
             }
         } else {
-            // No input pixels: every window sees only padding, so the bias alone.
+            // No input pixels or channels: every sum is zero, so the bias alone.
             let plane = oh * ow;
             out.extend((0..len).map(|i| {
                 let r = residual.map_or(0.0, |r| r[i]);
