@@ -74,6 +74,16 @@ fn load_fixture(arch: Arch) -> Fixture {
     }
 }
 
+/// The largest `|x|` of `t`.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn tensor_fingerprint(t: &Tensor) -> String {
     let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -251,14 +261,7 @@ fn generator_is_deterministic() {
     let m2 =
         Model::from_safetensors_bytes(Arch::EfficientNetLite0, a, &LoadOptions::default()).unwrap();
     let x = weights::random_input(1, 1, 64).unwrap();
-    let d = (m1.forward(&x).unwrap() - m2.forward(&x).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs(&(m1.forward(&x).unwrap() - m2.forward(&x).unwrap()).unwrap());
     assert_eq!(d, 0.0);
 }
 
@@ -389,8 +392,7 @@ fn timm_names_load_the_same_network() {
     let b = Model::load(Arch::EfficientNetLite0, &timm, &timm_opts).unwrap();
     let x = weights::random_input(2, 1, 64).unwrap();
     let (ya, yb) = (a.forward(&x).unwrap(), b.forward(&x).unwrap());
-    let d = (ya - yb).unwrap().abs().unwrap().max_all().unwrap();
-    assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(max_abs(&(ya - yb).unwrap()), 0.0);
     // Native names are not found under the timm scheme.
     let err = Model::load(Arch::EfficientNetLite0, &native, &timm_opts).unwrap_err();
     assert!(matches!(err, ModelError::MissingTensor { .. }), "{err}");
@@ -409,21 +411,8 @@ fn a_batch_gives_each_image_its_own_logits() {
         for i in 0..5 {
             let alone = model.forward(&batch.narrow(0, i, 1).unwrap()).unwrap();
             let row = together.narrow(0, i, 1).unwrap();
-            let scale = alone
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = (row - &alone)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = max_abs(&alone);
+            let diff = max_abs(&(row - &alone).unwrap());
             assert!(
                 diff <= TOLERANCE * scale.max(1.0),
                 "{arch}: image {i} differs by {diff} in a batch of 5"

@@ -704,10 +704,15 @@ unsafe fn tile(
         // SAFETY: the tile, `NR` rows of `width` floats `columns` apart from this corner,
         // lies inside the sums buffer.
         let c = sums.add(ch0 * columns + panel.q0);
-        match panel.width {
-            MR => micro::<3>(rows, pixels, weights.as_ptr(), (c, columns), !first, None),
-            _ => micro::<1>(rows, pixels, weights.as_ptr(), (c, columns), !first, None),
-        }
+        micro_for(
+            panel.width,
+            rows,
+            pixels,
+            weights,
+            (c, columns),
+            !first,
+            None,
+        );
         return;
     }
     let plane = g.plane();
@@ -725,10 +730,15 @@ unsafe fn tile(
             residual: sink.residual.map(|res| res[at..].as_ptr()),
             act: sink.act,
         });
-        match panel.width {
-            MR => micro::<3>(rows, pixels, weights.as_ptr(), (c, plane), !first, epilogue),
-            _ => micro::<1>(rows, pixels, weights.as_ptr(), (c, plane), !first, epilogue),
-        }
+        micro_for(
+            panel.width,
+            rows,
+            pixels,
+            weights,
+            (c, plane),
+            !first,
+            epilogue,
+        );
         return;
     }
     // The tile in a buffer: gathered from the output when adding to earlier sums,
@@ -747,24 +757,15 @@ unsafe fn tile(
             }
         }
     }
-    match width {
-        MR => micro::<3>(
-            rows,
-            pixels,
-            weights.as_ptr(),
-            (buf.as_mut_ptr(), width),
-            !first,
-            None,
-        ),
-        _ => micro::<1>(
-            rows,
-            pixels,
-            weights.as_ptr(),
-            (buf.as_mut_ptr(), width),
-            !first,
-            None,
-        ),
-    }
+    micro_for(
+        width,
+        rows,
+        pixels,
+        weights,
+        (buf.as_mut_ptr(), width),
+        !first,
+        None,
+    );
     for r in 0..channels {
         for x in 0..panel.valid {
             let i = index(r, x);
@@ -789,6 +790,24 @@ struct Epilogue {
     /// The residual tile, laid out like the output tile.
     residual: Option<*const f32>,
     act: Activation,
+}
+
+/// [`micro`] for a panel `width` pixels wide (three vectors or one).
+#[inline]
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn micro_for(
+    width: usize,
+    rows: usize,
+    pixels: Pixels,
+    weights: &[f32],
+    c: (*mut f32, usize),
+    accumulate: bool,
+    epilogue: Option<Epilogue>,
+) {
+    match width {
+        MR => micro::<3>(rows, pixels, weights.as_ptr(), c, accumulate, epilogue),
+        _ => micro::<1>(rows, pixels, weights.as_ptr(), c, accumulate, epilogue),
+    }
 }
 
 /// The microkernel: `c[r][x] (+)= Σ_k weights[k][r] · pixels[k][x]` for `r < NR`,
