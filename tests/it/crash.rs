@@ -308,7 +308,6 @@ async fn a_partitioned_leader_steps_down_commits_nothing_and_catches_up() {
     let old_node = cluster.coordinators.node(old).unwrap().coordinator.clone();
     // Cut the leader off from the other two (its switch refuses both ways).
     old_node.links.cut(others.clone());
-    let cut_commit = old_node.log.committed_index();
     let status = |addr: String| async move {
         let (_, body) = common::http(
             reqwest::Method::GET,
@@ -325,6 +324,11 @@ async fn a_partitioned_leader_steps_down_commits_nothing_and_catches_up() {
         async move { (s.await.role == "isolated").then_some(()) }
     })
     .await;
+    // From here on it commits nothing. (An append the followers had acknowledged before the
+    // cut, its answer still on the way, may commit just after it: that entry is on the
+    // majority already, and an isolated node has waited out an election timeout, so no
+    // answer is still on the way.)
+    let cut_commit = old_node.log.committed_index();
     // A write through it fails, and it commits nothing.
     let (code, body) = common::http(
         reqwest::Method::POST,
@@ -364,6 +368,14 @@ async fn a_partitioned_leader_steps_down_commits_nothing_and_catches_up() {
         old_node.log.committed_index(),
         cut_commit,
         "the cut-off node committed nothing"
+    );
+    // What it had committed, the majority's new leader has committed too.
+    let leader_commit = new_leader
+        .and_then(|l| cluster.coordinators.node(l))
+        .and_then(|n| n.coordinator.log.committed_index());
+    assert!(
+        leader_commit >= cut_commit,
+        "the cut-off node committed {cut_commit:?}, the new leader {leader_commit:?}"
     );
     assert!(progressed.done > before.done);
     // Healed, the old leader follows and catches up.
