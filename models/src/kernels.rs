@@ -151,6 +151,9 @@ struct Depthwise {
 struct DepthwiseScratch {
     phases: Vec<f32>,
     block: Vec<f32>,
+    /// Where each tap reads in `phases` for the block's first output (same for every plane
+    /// of a layer: computed on a task's first plane).
+    offsets: Vec<usize>,
 }
 
 /// Output floats per accumulator block (32 KiB).
@@ -175,7 +178,7 @@ impl Depthwise {
         (h, w): (usize, usize),
         taps: &[f32],
         bias: f32,
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         scratch: &mut DepthwiseScratch,
     ) {
         let Window {
@@ -188,7 +191,11 @@ impl Depthwise {
         let cq = ow + (kw - 1) / s;
         // The last tap of the last row reads (kw − 1) / s floats past rq·cq.
         let phase_len = rq * cq + (kw - 1) / s;
-        let DepthwiseScratch { phases, block } = scratch;
+        let DepthwiseScratch {
+            phases,
+            block,
+            offsets,
+        } = scratch;
         phases.resize(s * s * phase_len, 0.0);
         for (ab, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
             let (a, b) = (ab / s, ab % s);
@@ -203,6 +210,8 @@ impl Depthwise {
                 let src_row = &src[iy * w + ix..(iy + 1) * w];
                 if s == 1 {
                     row[lo..hi].copy_from_slice(&src_row[..hi - lo]);
+                } else if s == 2 {
+                    packed_conv::copy_stride2(&mut row[lo..hi], src_row);
                 } else {
                     for (o, x) in row[lo..hi].iter_mut().zip(src_row.iter().step_by(s)) {
                         *o = *x;
@@ -211,19 +220,27 @@ impl Depthwise {
             }
             phase[rq * cq..].fill(0.0);
         }
+        // Where tap (i, j) reads, in `phases`, for output 0 of the plane: output `t` of a
+        // block of rows starting at row `oy0` reads `offsets[tap] + oy0·cq + t`.
+        if offsets.len() != kh * kw {
+            offsets.clear();
+            offsets.extend((0..kh * kw).map(|k| {
+                let (i, j) = (k / kw, k % kw);
+                ((i % s) * s + j % s) * phase_len + (i / s) * cq + j / s
+            }));
+        }
         let rows_per_block = (DEPTHWISE_BLOCK / cq).max(1);
         block.resize(rows_per_block * cq, 0.0);
         let mut oy0 = 0;
         while oy0 < oh {
             let rows = rows_per_block.min(oh - oy0);
             let acc = &mut block[..rows * cq];
-            acc.fill(bias);
-            for i in 0..kh {
-                for j in 0..kw {
-                    let tap = taps[i * kw + j];
-                    let phase = &phases[((i % s) * s + j % s) * phase_len..];
-                    let from = (oy0 + i / s) * cq + j / s;
-                    for (o, x) in acc.iter_mut().zip(&phase[from..from + rows * cq]) {
+            let fused = self.taps_fused(acc, phases, offsets, oy0 * cq, taps, bias);
+            if !fused {
+                acc.fill(bias);
+                for (&tap, &offset) in taps.iter().zip(offsets.iter()) {
+                    let from = offset + oy0 * cq;
+                    for (o, x) in acc.iter_mut().zip(&phases[from..from + rows * cq]) {
                         *o = madd::<FMA>(*o, tap, *x);
                     }
                 }
@@ -232,11 +249,47 @@ impl Depthwise {
                 .chunks_exact_mut(ow)
                 .enumerate()
             {
-                out.copy_from_slice(&acc[r * cq..r * cq + ow]);
-                self.act.apply(out);
+                let act = if fused {
+                    Activation::Identity
+                } else {
+                    self.act
+                };
+                for (o, x) in out.iter_mut().zip(&acc[r * cq..r * cq + ow]) {
+                    o.write(act.scalar(*x));
+                }
             }
             oy0 += rows;
         }
+    }
+
+    /// The block's outputs with every tap summed in registers and the activation applied
+    /// (AVX-512: one load and one FMA per tap and 16 outputs, one store per 16 outputs, where
+    /// the tap-by-tap passes load and store the block once per tap). Same sums in the same
+    /// order as those passes, so the same results. `false` (nothing written) where the CPU
+    /// has no AVX-512F.
+    #[inline(always)]
+    fn taps_fused(
+        &self,
+        acc: &mut [f32],
+        phases: &[f32],
+        offsets: &[usize],
+        base: usize,
+        taps: &[f32],
+        bias: f32,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if packed_conv::available() {
+            let reach = offsets.iter().max().map_or(0, |&o| o + base + acc.len());
+            if reach <= phases.len() && taps.len() == offsets.len() {
+                // SAFETY: the CPU has AVX-512F (checked above), every tap's reads
+                // `offset + base + 0..acc.len()` lie within `phases` (checked above), and
+                // every write lies within `acc`.
+                unsafe { depthwise_taps_avx512(acc, phases, offsets, base, taps, bias, self.act) };
+                return true;
+            }
+        }
+        let _ = (acc, phases, offsets, base, taps, bias);
+        false
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -247,7 +300,7 @@ impl Depthwise {
         hw: (usize, usize),
         taps: &[f32],
         bias: f32,
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         scratch: &mut DepthwiseScratch,
     ) {
         self.plane_impl::<true>(src, hw, taps, bias, dst, scratch)
@@ -259,7 +312,7 @@ impl Depthwise {
         hw: (usize, usize),
         taps: &[f32],
         bias: f32,
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         scratch: &mut DepthwiseScratch,
     ) {
         #[cfg(target_arch = "x86_64")]
@@ -268,6 +321,68 @@ impl Depthwise {
             return unsafe { self.plane_avx2(src, hw, taps, bias, dst, scratch) };
         }
         self.plane_impl::<false>(src, hw, taps, bias, dst, scratch)
+    }
+}
+
+/// `acc[t] = act(bias + Σ_k taps[k] · phases[offsets[k] + base + t])` for every `t`, the
+/// terms added in `k` order, 64 outputs per turn (16 in the tail, masked).
+///
+/// # Safety
+/// The CPU must have AVX-512F; `taps.len() == offsets.len()`, and
+/// `offsets[k] + base + acc.len() <= phases.len()` for every `k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn depthwise_taps_avx512(
+    acc: &mut [f32],
+    phases: &[f32],
+    offsets: &[usize],
+    base: usize,
+    taps: &[f32],
+    bias: f32,
+    act: Activation,
+) {
+    use std::arch::x86_64::*;
+    let n = acc.len();
+    let out = acc.as_mut_ptr();
+    let src = phases.as_ptr().add(base);
+    let zero = _mm512_setzero_ps();
+    let six = _mm512_set1_ps(6.0);
+    let activate = |v: __m512| match act {
+        Activation::Identity => v,
+        Activation::Relu => _mm512_max_ps(v, zero),
+        Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(v, zero), six),
+    };
+    let b = _mm512_set1_ps(bias);
+    let mut t = 0;
+    while t + 64 <= n {
+        let (mut a0, mut a1, mut a2, mut a3) = (b, b, b, b);
+        for (&w, &offset) in taps.iter().zip(offsets) {
+            let w = _mm512_set1_ps(w);
+            let p = src.add(offset + t);
+            a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p), a0);
+            a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p.add(16)), a1);
+            a2 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p.add(32)), a2);
+            a3 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p.add(48)), a3);
+        }
+        _mm512_storeu_ps(out.add(t), activate(a0));
+        _mm512_storeu_ps(out.add(t + 16), activate(a1));
+        _mm512_storeu_ps(out.add(t + 32), activate(a2));
+        _mm512_storeu_ps(out.add(t + 48), activate(a3));
+        t += 64;
+    }
+    while t < n {
+        let mask: __mmask16 = if n - t >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - t)) - 1
+        };
+        let mut a = b;
+        for (&w, &offset) in taps.iter().zip(offsets) {
+            let x = _mm512_maskz_loadu_ps(mask, src.add(offset + t));
+            a = _mm512_fmadd_ps(_mm512_set1_ps(w), x, a);
+        }
+        _mm512_mask_storeu_ps(out.add(t), mask, activate(a));
+        t += 16;
     }
 }
 
@@ -329,18 +444,22 @@ impl CustomOp3 for Depthwise {
             f32_slice(ws, ws_l, op)?,
             f32_slice(bs, bs_l, op)?,
         );
-        let mut out = vec![0f32; n * c * oh * ow];
-        if !out.is_empty() {
-            out.par_chunks_mut(oh * ow).enumerate().for_each_init(
-                DepthwiseScratch::default,
-                |scratch, (plane, dst)| {
+        let len = n * c * oh * ow;
+        let mut out = Vec::with_capacity(len);
+        if len > 0 {
+            out.spare_capacity_mut()[..len]
+                .par_chunks_mut(oh * ow)
+                .enumerate()
+                .for_each_init(DepthwiseScratch::default, |scratch, (plane, dst)| {
                     let ch = plane % c;
                     let src = &xs[plane * h * w..(plane + 1) * h * w];
                     let taps = &ws[ch * kh * kw..(ch + 1) * kh * kw];
                     self.plane(src, (h, w), taps, bs[ch], dst, scratch);
-                },
-            );
+                });
         }
+        // SAFETY: `plane` wrote every element of every plane (each output row in full), and
+        // the planes cover `0..len`.
+        unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 }

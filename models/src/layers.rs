@@ -345,6 +345,11 @@ mod tests {
             (5, 1, (1, 1), 1, Padding::Same, Activation::Relu6),
             (5, 2, (2, 1), 2, Padding::Same, Activation::Identity),
             (3, 3, (1, 2), 1, Padding::Fixed(1, 1), Activation::Identity),
+            // Planes long enough for whole 64-output turns of the AVX-512 kernel, and tails.
+            (3, 1, (19, 23), 2, Padding::Same, Activation::Relu6),
+            (5, 2, (28, 17), 1, Padding::Same, Activation::Relu),
+            (5, 1, (14, 14), 1, Padding::Same, Activation::Identity),
+            (3, 2, (33, 30), 1, Padding::Fixed(1, 1), Activation::Relu6),
         ];
         for (k, s, (h, wd), n, padding, act) in cases {
             let w = wave(&[c, 1, k, k], 0.37, 0.1)?.affine(0.5, 0.0)?;

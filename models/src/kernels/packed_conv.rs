@@ -301,6 +301,21 @@ unsafe fn copy(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// `dst[i] = src[2·i]` for every `i` both slices have (`min(dst.len(), ⌈src.len() / 2⌉)`),
+/// with vector permutes where the CPU has AVX-512F: the depthwise kernel's stride-2 phases.
+pub(super) fn copy_stride2(dst: &mut [f32], src: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has AVX-512F; `copy_even` reads only within `src` and writes
+        // only within `dst`.
+        unsafe { copy_even(dst, src) };
+        return;
+    }
+    for (o, x) in dst.iter_mut().zip(src.iter().step_by(2)) {
+        *o = *x;
+    }
+}
+
 /// `dst[i] = src[2·i]` (a stride-2 layer's run): two vectors in, their even lanes out.
 #[cfg(target_arch = "x86_64")]
 #[inline]
