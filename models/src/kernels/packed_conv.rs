@@ -23,6 +23,7 @@
 //! AVX-512F ([`available`]); elsewhere the layers keep the im2col + `gemm` crate path.
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -683,14 +684,75 @@ pub unsafe fn conv(
             .for_each(|(index, dst)| {
                 let (image, ch) = (index / filter.c_out, index % filter.c_out);
                 let src = &sums[ch * columns + image * plane..][..plane];
-                let bias = filter.bias[ch];
                 let res = residual.map(|r| &r[index * plane..(index + 1) * plane]);
-                for (i, (o, x)) in dst.iter_mut().zip(src).enumerate() {
-                    let r = res.map_or(0.0, |r| r[i]);
-                    o.write(act.scalar(x + bias + r));
-                }
+                finish_plane(dst, src, filter.bias[ch], res, act);
             });
         SUMS.with(|s| s.set(sums));
+    }
+}
+
+/// `dst[i] = act(src[i] + bias + residual[i])` (no residual: 0), the merged mode's epilogue
+/// for one output plane; the same operations in the same order as the microkernel's.
+fn finish_plane(
+    dst: &mut [MaybeUninit<f32>],
+    src: &[f32],
+    bias: f32,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
+    let n = dst.len().min(src.len());
+    #[cfg(target_arch = "x86_64")]
+    if available() && residual.is_none_or(|r| r.len() >= n) {
+        // SAFETY: the CPU has AVX-512F; reads stay within `src[..n]` and `residual[..n]`,
+        // writes within `dst[..n]`.
+        unsafe { finish_plane_avx512(&mut dst[..n], &src[..n], bias, residual, act) };
+        return;
+    }
+    for (i, (o, x)) in dst[..n].iter_mut().zip(src).enumerate() {
+        let r = residual.map_or(0.0, |r| r[i]);
+        o.write(act.scalar(x + bias + r));
+    }
+}
+
+/// [`finish_plane`] 16 floats at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `src` and `residual` (if any) at least as long as `dst`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_plane_avx512(
+    dst: &mut [MaybeUninit<f32>],
+    src: &[f32],
+    bias: f32,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
+    use std::arch::x86_64::*;
+    let n = dst.len();
+    let (out, from) = (dst.as_mut_ptr().cast::<f32>(), src.as_ptr());
+    let (b, zero, six) = (
+        _mm512_set1_ps(bias),
+        _mm512_setzero_ps(),
+        _mm512_set1_ps(6.0),
+    );
+    let mut i = 0;
+    while i < n {
+        let mask: __mmask16 = if n - i >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - i)) - 1
+        };
+        let mut x = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, from.add(i)), b);
+        if let Some(r) = residual {
+            x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, r.as_ptr().add(i)));
+        }
+        let x = match act {
+            Activation::Identity => x,
+            Activation::Relu => _mm512_max_ps(x, zero),
+            Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(x, zero), six),
+        };
+        _mm512_mask_storeu_ps(out.add(i), mask, x);
+        i += 16;
     }
 }
 
