@@ -133,27 +133,21 @@ fn resample_crop(rgb: &RgbImage, rows: &Taps, cols: &Taps, coeff: [(f32, f32); 3
     hwc.par_chunks_mut(out_w * 3).zip(&rows.0).for_each_init(
         Vec::new,
         |line, (dst, (y, weights))| {
-            // Vertical pass over the input columns the crop needs.
-            line.clear();
-            line.resize((x1 - x0) * 3, 0f32);
-            for (i, w) in weights.iter().enumerate() {
-                let start = ((y + i) * width + x0) * 3;
-                let src_row = &src[start..start + (x1 - x0) * 3];
-                for (t, p) in line.iter_mut().zip(src_row) {
-                    *t += *p as f32 * w;
-                }
+            let row = Row {
+                src,
+                width,
+                y: *y,
+                weights,
+                x0,
+                x1,
+                cols: &cols.0,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                return unsafe { row.resample_avx2(line, dst) };
             }
-            // Horizontal pass, rounded to u8 values.
-            for (px, (x, weights)) in dst.chunks_exact_mut(3).zip(&cols.0) {
-                for (c, out) in px.iter_mut().enumerate() {
-                    let mut t = 0f32;
-                    for (i, w) in weights.iter().enumerate() {
-                        t += line[(x - x0 + i) * 3 + c] * w;
-                    }
-                    // `t` is finite: the same as `image`'s own clamp.
-                    *out = t.clamp(0.0, 255.0).round();
-                }
-            }
+            row.resample(line, dst)
         },
     );
     let plane = out_h * out_w;
@@ -167,6 +161,73 @@ fn resample_crop(rgb: &RgbImage, rows: &Taps, cols: &Taps, coeff: [(f32, f32); 3
         }
     }
     chw
+}
+
+/// One output row of [`resample_crop`]: what it reads.
+struct Row<'a> {
+    /// The source pixels (interleaved RGB) and their row length in pixels.
+    src: &'a [u8],
+    width: usize,
+    /// The first input row and the vertical weights from there on.
+    y: usize,
+    weights: &'a [f32],
+    /// The input columns `x0..x1` the crop needs.
+    x0: usize,
+    x1: usize,
+    /// The horizontal taps of each output column.
+    cols: &'a [(usize, Vec<f32>)],
+}
+
+impl Row<'_> {
+    /// [`Row::resample`] compiled for AVX2 (wider vectors, rounding inline): not FMA, so
+    /// every product and sum is rounded as in the portable build — the same results.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn resample_avx2(&self, line: &mut Vec<f32>, dst: &mut [f32]) {
+        self.resample(line, dst)
+    }
+
+    /// The row (interleaved RGB, rounded to u8 values) into `dst`; `line` is scratch.
+    #[inline(always)]
+    fn resample(&self, line: &mut Vec<f32>, dst: &mut [f32]) {
+        let Row {
+            src,
+            width,
+            y,
+            weights,
+            x0,
+            x1,
+            cols,
+        } = *self;
+        // Vertical pass over the input columns the crop needs.
+        line.clear();
+        line.resize((x1 - x0) * 3, 0f32);
+        for (i, w) in weights.iter().enumerate() {
+            let start = ((y + i) * width + x0) * 3;
+            let src_row = &src[start..start + (x1 - x0) * 3];
+            for (t, p) in line.iter_mut().zip(src_row) {
+                *t += *p as f32 * w;
+            }
+        }
+        // Horizontal pass: the three channels side by side, each summed over the taps in
+        // order.
+        for (px, (x, weights)) in dst.chunks_exact_mut(3).zip(cols) {
+            let taps = &line[(x - x0) * 3..(x - x0 + weights.len()) * 3];
+            let mut t = [0f32; 3];
+            for (rgb, w) in taps.chunks_exact(3).zip(weights) {
+                for (t, v) in t.iter_mut().zip(rgb) {
+                    *t += v * w;
+                }
+            }
+            // `t` is finite: the same as `image`'s own clamp.
+            for (out, t) in px.iter_mut().zip(t) {
+                *out = t.clamp(0.0, 255.0).round();
+            }
+        }
+    }
 }
 
 /// How 0..255 pixel values become network inputs.
