@@ -3,9 +3,10 @@
 //! candle's own CPU paths are slow for what these networks do most:
 //! * depthwise convolutions (candle runs one convolution per group; the
 //!   earlier workaround, a sum of k×k shifted copies, made ~25 full passes
-//!   over memory per layer) — [`depthwise_conv`] is a direct per-plane kernel
-//!   with the taps in the inner loop, padding and stride handled in place, the
-//!   bias and activation fused;
+//!   over memory per layer) — [`depthwise_conv`] is a direct per-plane kernel:
+//!   padding and stride resolved once per plane (the input split into its stride
+//!   phases), then on AVX-512 CPUs every tap summed in registers for 64 outputs at a
+//!   time with the bias and activation fused (elsewhere one vectorised pass per tap);
 //! * dense convolutions — on CPUs with AVX-512F, [`packed_conv`]
 //!   (`kernels/packed_conv.rs`): weights packed once at load, the im2col matrix
 //!   never built (each thread gathers a cache-sized block of it), a register-tiled
@@ -140,7 +141,9 @@ fn f32_slice_mut<'a>(
 /// phases (`P_ab[r][c] = padded[s·r + a][s·c + b]`), after which every tap
 /// `(i, j)` is one long contiguous multiply-add of a phase into a block of
 /// output rows kept `Cq` wide (the few extra columns are computed and dropped),
-/// so the inner loop vectorises whatever the plane width. Blocks stay in L1.
+/// so the inner loop vectorises whatever the plane width. Blocks stay in L1. With
+/// AVX-512 the taps are not separate passes: 64 outputs at a time get every tap's
+/// product in registers, then the activation, then one store.
 struct Depthwise {
     window: Window,
     act: Activation,
