@@ -374,11 +374,7 @@ unsafe fn depthwise_taps_avx512(
         t += 64;
     }
     while t < n {
-        let mask: __mmask16 = if n - t >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - t)) - 1
-        };
+        let mask = packed_conv::lanes(n - t);
         let mut a = b;
         for (&w, &offset) in taps.iter().zip(offsets) {
             let x = _mm512_maskz_loadu_ps(mask, src.add(offset + t));

@@ -281,6 +281,17 @@ fn panel_runs(g: &Geometry, panel: Panel, runs: &mut Vec<Run>, starts: &mut Vec<
     starts.push(runs.len());
 }
 
+/// The lanes of a 16-float vector that `left` more floats fill: all 16 when `left ≥ 16`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn lanes(left: usize) -> u16 {
+    if left >= 16 {
+        0xffff
+    } else {
+        (1u16 << left) - 1
+    }
+}
+
 /// `dst = src` for the short runs of a panel (≤ 48 floats): masked vector moves, not a
 /// call to `memcpy`, which cost more than the copy.
 #[cfg(target_arch = "x86_64")]
@@ -291,11 +302,7 @@ unsafe fn copy(dst: &mut [f32], src: &[f32]) {
     let n = dst.len().min(src.len());
     let mut i = 0;
     while i < n {
-        let mask: __mmask16 = if n - i >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - i)) - 1
-        };
+        let mask = lanes(n - i);
         let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
         _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, v);
         i += 16;
@@ -325,13 +332,6 @@ unsafe fn copy_even(dst: &mut [f32], src: &[f32]) {
     use std::arch::x86_64::*;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let n = dst.len().min(src.len().div_ceil(2));
-    let lanes = |left: usize| -> __mmask16 {
-        if left >= 16 {
-            0xffff
-        } else {
-            (1u16 << left) - 1
-        }
-    };
     let mut i = 0;
     while i < n {
         let from = 2 * i;
@@ -363,11 +363,7 @@ unsafe fn fill_zero(dst: &mut [f32]) {
     let n = dst.len();
     let mut i = 0;
     while i < n {
-        let mask: __mmask16 = if n - i >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - i)) - 1
-        };
+        let mask = lanes(n - i);
         _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, _mm512_setzero_ps());
         i += 16;
     }
@@ -737,11 +733,7 @@ unsafe fn finish_plane_avx512(
     );
     let mut i = 0;
     while i < n {
-        let mask: __mmask16 = if n - i >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - i)) - 1
-        };
+        let mask = lanes(n - i);
         let mut x = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, from.add(i)), b);
         if let Some(r) = residual {
             x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, r.as_ptr().add(i)));
