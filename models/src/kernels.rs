@@ -347,7 +347,7 @@ unsafe fn depthwise_taps_avx512(
     use std::arch::x86_64::*;
     let n = acc.len();
     let out = acc.as_mut_ptr();
-    let src = phases.as_ptr().add(base);
+    let src = phases.as_ptr().wrapping_add(base);
     let zero = _mm512_setzero_ps();
     let six = _mm512_set1_ps(6.0);
     let activate = |v: __m512| match act {
