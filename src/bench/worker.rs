@@ -13,6 +13,10 @@
 //! and run an untimed one-batch job before the timed one). What the cluster adds is leasing,
 //! fetching inputs from the storage node, writing results and reporting completions, and
 //! everything the coordinator and the storage node do for that, on the same cores.
+//!
+//! With `--rounds N` both runs are made N times, one after the other (a fresh embedded
+//! cluster each round), and the figures are medians: the cost is the median of the rounds'
+//! costs, each a standalone run against the cluster run right after it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +52,11 @@ pub struct WorkerBench {
     /// Compute threads (default: one per core, as a worker).
     #[arg(long)]
     threads: Option<usize>,
+    /// Rounds, each a standalone run and a cluster run of every batch size, one after the
+    /// other: the figures are the medians over the rounds, the cost the median of each
+    /// round's cost (this machine's load drifts; one round can be off by several percent).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Skip the cluster runs.
     #[arg(long)]
     standalone_only: bool,
@@ -56,12 +65,36 @@ pub struct WorkerBench {
     json: bool,
 }
 
-/// One model and batch size's figures.
+/// One model and batch size's figures, one per round (none through the cluster with
+/// `--standalone-only`).
 struct Row {
     arch: Arch,
     batch: usize,
-    standalone: f64,
-    cluster: Option<f64>,
+    standalone: Vec<f64>,
+    cluster: Vec<f64>,
+}
+
+impl Row {
+    /// What the cluster costs in each round, as a fraction of the standalone rate.
+    fn costs(&self) -> Vec<f64> {
+        self.standalone
+            .iter()
+            .zip(&self.cluster)
+            .map(|(s, c)| 1.0 - c / s)
+            .collect()
+    }
+}
+
+/// The median of `xs` (the mean of the middle two for an even count); `None` if empty.
+fn median(xs: &[f64]) -> Option<f64> {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    match xs.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(xs[mid]),
+        _ => Some((xs[mid - 1] + xs[mid]) / 2.0),
+    }
 }
 
 pub async fn run(args: WorkerBench) -> anyhow::Result<()> {
@@ -73,8 +106,12 @@ pub async fn run(args: WorkerBench) -> anyhow::Result<()> {
             .map(|m| m.parse::<Arch>())
             .collect::<Result<Vec<_>, _>>()?
     };
-    if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) || args.images == 0 {
-        bail!("batch sizes and the image count must be at least 1");
+    if args.batch_sizes.is_empty()
+        || args.batch_sizes.contains(&0)
+        || args.images == 0
+        || args.rounds == 0
+    {
+        bail!("batch sizes, the image count and the rounds must be at least 1");
     }
     let threads = args
         .threads
@@ -89,42 +126,53 @@ pub async fn run(args: WorkerBench) -> anyhow::Result<()> {
     };
     log(format!(
         "{} compute thread(s); {} timed images per run (the {} sample photos in turn); \
-         models {}; batches {:?}",
+         models {}; batches {:?}; {} round(s)",
         pool.threads(),
         args.images,
         paths.len(),
         archs.iter().map(|a| a.name()).collect::<Vec<_>>().join(","),
-        args.batch_sizes
+        args.batch_sizes,
+        args.rounds
     ));
     let mut rows = Vec::new();
     for arch in archs {
-        let model = Arc::new(load_generated(&pool, arch).await?);
-        let mut standalone = Vec::new();
-        for &batch in &args.batch_sizes {
-            let batches = args.images.div_ceil(batch);
-            let (model, photos) = (model.clone(), photos.clone());
-            let rate = pool
-                .run(move || standalone_throughput(&model, &photos, batch, batches))
-                .await??;
-            log(format!(
-                "  {:<18} batch {batch:>3}: {rate:8.2} images/s standalone",
-                arch.name()
-            ));
-            standalone.push((batch, rate));
-        }
-        drop(model);
-        let cluster = if args.standalone_only {
-            Vec::new()
-        } else {
-            cluster_runs(arch, &args, &paths, threads).await?
-        };
-        for (batch, rate) in standalone {
-            rows.push(Row {
-                arch,
-                batch,
-                standalone: rate,
-                cluster: cluster.iter().find(|(b, _)| *b == batch).map(|(_, r)| *r),
-            });
+        let first = rows.len();
+        rows.extend(args.batch_sizes.iter().map(|&batch| Row {
+            arch,
+            batch,
+            standalone: Vec::new(),
+            cluster: Vec::new(),
+        }));
+        for round in 1..=args.rounds {
+            if args.rounds > 1 {
+                log(format!(
+                    "  {} round {round} of {}",
+                    arch.name(),
+                    args.rounds
+                ));
+            }
+            let model = Arc::new(load_generated(&pool, arch).await?);
+            for row in &mut rows[first..] {
+                let batch = row.batch;
+                let batches = args.images.div_ceil(batch);
+                let (model, photos) = (model.clone(), photos.clone());
+                let rate = pool
+                    .run(move || standalone_throughput(&model, &photos, batch, batches))
+                    .await??;
+                log(format!(
+                    "  {:<18} batch {batch:>3}: {rate:8.2} images/s standalone",
+                    arch.name()
+                ));
+                row.standalone.push(rate);
+            }
+            drop(model);
+            if !args.standalone_only {
+                for (batch, rate) in cluster_runs(arch, &args, &paths, threads).await? {
+                    if let Some(row) = rows[first..].iter_mut().find(|r| r.batch == batch) {
+                        row.cluster.push(rate);
+                    }
+                }
+            }
         }
     }
     if args.json {
@@ -134,8 +182,12 @@ pub async fn run(args: WorkerBench) -> anyhow::Result<()> {
                 serde_json::json!({
                     "arch": row.arch.name(),
                     "batch": row.batch,
-                    "standalone": row.standalone,
-                    "cluster": row.cluster,
+                    "rounds": row.standalone.len(),
+                    "standalone": median(&row.standalone),
+                    "cluster": median(&row.cluster),
+                    "cost": median(&row.costs()),
+                    "standalone_runs": row.standalone,
+                    "cluster_runs": row.cluster,
                 })
             );
         }
@@ -145,23 +197,33 @@ pub async fn run(args: WorkerBench) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The table: medians over the rounds, and with several rounds the range of the cost.
 fn print_table(rows: &[Row]) {
+    let rounds = rows.first().map_or(1, |r| r.standalone.len());
     println!();
+    if rounds > 1 {
+        println!("Medians of {rounds} rounds; the cost's range over the rounds in brackets.");
+    }
     println!("| model | batch | standalone (img/s) | cluster, 1 worker (img/s) | cluster cost |");
     println!("|---|---|---|---|---|");
+    let percent = |x: f64| format!("{:+.1} %", x * 100.0);
     for row in rows {
-        let (cluster, cost) = match row.cluster {
-            Some(c) => (
-                format!("{c:.2}"),
-                format!("{:+.1} %", (1.0 - c / row.standalone) * 100.0),
-            ),
-            None => ("-".into(), "-".into()),
+        let costs = row.costs();
+        let cluster = median(&row.cluster).map_or("-".into(), |c| format!("{c:.2}"));
+        let cost = match median(&costs) {
+            None => "-".into(),
+            Some(m) if costs.len() > 1 => {
+                let lo = costs.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = costs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{} ({} … {})", percent(m), percent(lo), percent(hi))
+            }
+            Some(m) => percent(m),
         };
         println!(
             "| {} | {} | {:.2} | {cluster} | {cost} |",
             row.arch.name(),
             row.batch,
-            row.standalone
+            median(&row.standalone).unwrap_or(f64::NAN)
         );
     }
 }
@@ -320,4 +382,32 @@ async fn job(client: &Client, inputs: &[String], batch: usize) -> anyhow::Result
         _ => client_seconds,
     };
     Ok(job.queries as f64 / seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_give_medians_and_per_round_costs() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        let row = Row {
+            arch: Arch::ResNet50,
+            batch: 8,
+            standalone: vec![100.0, 50.0, 80.0],
+            cluster: vec![90.0, 49.0, 40.0],
+        };
+        // Each round's cluster run against its own standalone run, not medians against medians.
+        let costs = row.costs();
+        assert_eq!(costs.len(), 3);
+        assert!((costs[0] - 0.10).abs() < 1e-12 && (costs[1] - 0.02).abs() < 1e-12);
+        assert!((median(&costs).unwrap() - 0.10).abs() < 1e-12);
+        let standalone_only = Row {
+            cluster: Vec::new(),
+            ..row
+        };
+        assert!(standalone_only.costs().is_empty());
+    }
 }
