@@ -433,6 +433,13 @@ mod tests {
             (16, 32, (3, 3), 2, (30, 31), 2, Padding::Same),
             (4, 8, (1, 7), 1, (12, 50), 2, Padding::Fixed(0, 3)),
             (64, 64, (3, 3), 1, (56, 56), 1, Padding::Fixed(1, 1)),
+            // Planes whose last panel has 1, 2 or 4 real pixels (through the tile buffer),
+            // one with several blocks of k (1170 rows) and every tap of its last pixel inside
+            // the input.
+            (130, 24, (3, 3), 1, (9, 9), 1, Padding::Fixed(0, 0)),
+            (6, 8, (3, 3), 1, (5, 10), 1, Padding::Fixed(1, 1)),
+            (8, 16, (3, 3), 1, (14, 14), 1, Padding::Fixed(1, 1)),
+            (12, 40, (1, 7), 1, (17, 17), 1, Padding::Fixed(0, 3)),
         ];
         for (c_in, c_out, (kh, kw), s, (h, wd), n, padding) in cases {
             let w = wave(&[c_out, c_in, kh, kw], 0.71, 0.3)?.affine(0.3, 0.0)?;
