@@ -60,7 +60,9 @@ pub struct WorkerBench {
     /// Skip the cluster runs.
     #[arg(long)]
     standalone_only: bool,
-    /// Print only one JSON object per model and batch size (for scripts).
+    /// Print only one JSON object per model and batch size (for scripts): the medians
+    /// `standalone` and `cluster` (images/s) and `cost` (a fraction of the standalone rate),
+    /// and each round's rates in `standalone_runs` and `cluster_runs`.
     #[arg(long)]
     json: bool,
 }
