@@ -348,13 +348,7 @@ unsafe fn depthwise_taps_avx512(
     let n = acc.len();
     let out = acc.as_mut_ptr();
     let src = phases.as_ptr().wrapping_add(base);
-    let zero = _mm512_setzero_ps();
-    let six = _mm512_set1_ps(6.0);
-    let activate = |v: __m512| match act {
-        Activation::Identity => v,
-        Activation::Relu => _mm512_max_ps(v, zero),
-        Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(v, zero), six),
-    };
+    let activate = |v| packed_conv::activate(act, v);
     let b = _mm512_set1_ps(bias);
     let mut t = 0;
     while t + 64 <= n {

@@ -292,6 +292,21 @@ pub(super) fn lanes(left: usize) -> u16 {
     }
 }
 
+/// `act` applied to 16 floats (the vector form of [`Activation::scalar`]).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn activate(act: Activation, x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    match act {
+        Activation::Identity => x,
+        Activation::Relu => _mm512_max_ps(x, _mm512_setzero_ps()),
+        Activation::Relu6 => {
+            _mm512_min_ps(_mm512_max_ps(x, _mm512_setzero_ps()), _mm512_set1_ps(6.0))
+        }
+    }
+}
+
 /// `dst = src` for the short runs of a panel (≤ 48 floats): masked vector moves, not a
 /// call to `memcpy`, which cost more than the copy.
 #[cfg(target_arch = "x86_64")]
@@ -726,11 +741,7 @@ unsafe fn finish_plane_avx512(
     use std::arch::x86_64::*;
     let n = dst.len();
     let (out, from) = (dst.as_mut_ptr().cast::<f32>(), src.as_ptr());
-    let (b, zero, six) = (
-        _mm512_set1_ps(bias),
-        _mm512_setzero_ps(),
-        _mm512_set1_ps(6.0),
-    );
+    let b = _mm512_set1_ps(bias);
     let mut i = 0;
     while i < n {
         let mask = lanes(n - i);
@@ -738,12 +749,7 @@ unsafe fn finish_plane_avx512(
         if let Some(r) = residual {
             x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, r.as_ptr().add(i)));
         }
-        let x = match act {
-            Activation::Identity => x,
-            Activation::Relu => _mm512_max_ps(x, zero),
-            Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(x, zero), six),
-        };
-        _mm512_mask_storeu_ps(out.add(i), mask, x);
+        _mm512_mask_storeu_ps(out.add(i), mask, activate(act, x));
         i += 16;
     }
 }
@@ -941,7 +947,6 @@ unsafe fn micro<const V: usize>(
         b = b.wrapping_add(NR);
     }
     if let Some(e) = epilogue {
-        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
         for (r, acc) in acc.iter_mut().enumerate() {
             let bias = _mm512_set1_ps(*e.bias.add(r));
             for (v, a) in acc.iter_mut().enumerate() {
@@ -949,11 +954,7 @@ unsafe fn micro<const V: usize>(
                 if let Some(res) = e.residual {
                     x = _mm512_add_ps(x, _mm512_loadu_ps(res.add(r * ldc + v * 16)));
                 }
-                *a = match e.act {
-                    Activation::Identity => x,
-                    Activation::Relu => _mm512_max_ps(x, zero),
-                    Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(x, zero), six),
-                };
+                *a = activate(e.act, x);
             }
         }
     }
