@@ -168,17 +168,30 @@ pub struct Lease {
     pub cost_ms: u32,
 }
 
-/// `POST /v1/batches/{id}/complete`.
+/// `POST /v1/batches/{id}/complete`: the batch's results, in one of two forms.
+///
+/// * `results`: the results object itself. The coordinator stores it in SDFS as
+///   `results/<job>/<batch>.json` and commits that file version together with the
+///   completion, as one Raft entry: the object exists if and only if the completion counted,
+///   and a completion that does not count (the batch is done already) stores nothing. The
+///   failed-query count and the compute time are read from the object. This is what workers
+///   send: one request and one commit per batch instead of a put and a completion.
+/// * `result`: the SDFS name of a results object already written, with `failed` and
+///   `compute_ms` stated alongside.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Completion {
     pub lease_id: u64,
-    /// Where the batch's results are (an SDFS name).
-    pub result: String,
-    /// Queries of the batch whose result is an error.
+    /// The results object, stored by the coordinator with the completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<crate::result::BatchResult>,
+    /// Or where the batch's results already are (an SDFS name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// Queries of the batch whose result is an error (with `result`; `results` carries them).
     #[serde(default)]
     pub failed: u32,
-    /// Worker time spent on the batch.
+    /// Worker time spent on the batch (with `result`; `results` carries it).
     #[serde(default)]
     pub compute_ms: u64,
 }

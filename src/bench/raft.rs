@@ -112,7 +112,8 @@ async fn throughput(args: &RaftBench, leader: &str, all: &[String]) -> anyhow::R
                         &format!("/v1/batches/{}/complete", lease.batch_id),
                         &Completion {
                             lease_id: lease.lease_id,
-                            result: format!("results/{}", lease.batch_id),
+                            results: None,
+                            result: Some(format!("results/{}", lease.batch_id)),
                             failed: 0,
                             compute_ms: 0,
                         },

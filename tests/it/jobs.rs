@@ -335,3 +335,155 @@ async fn a_stopped_worker_finishes_its_batch_gives_back_the_next_and_deregisters
     results.iter().for_each(assert_classified);
     cluster.shutdown().await;
 }
+
+/// A worker's side of the protocol by hand: a completion that carries its results object has
+/// it stored as `results/<job>/<batch>.json` with the completion, and only the completion that
+/// counts stores anything; malformed completions get a 400 and store nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_stores_its_results_object_only_when_it_counts() {
+    use idunno_api::result::{result_path, BatchResult, Class};
+    use idunno_api::worker::{
+        Completion, CompletionAck, LeaseAnswer, LeaseRequest, WorkerRegistered, WorkerRegistration,
+    };
+    let (cluster, _dir) = cluster(1, 1, 0, |c| c.lease_timeout_ms = 500).await;
+    let addr = cluster.coordinator_addrs()[0].to_string();
+    let client = cluster.client();
+    common::synthetic_models(&client, &addr, &[("syn", 1)]).await;
+    let job = common::synthetic_job(&client, "syn", 2, 2, 1).await;
+    let register = || async {
+        let r: WorkerRegistered = client
+            .post("/v1/workers/register", &WorkerRegistration::default())
+            .await
+            .unwrap();
+        r.worker_id
+    };
+    let lease = |worker: String| {
+        let client = client.clone();
+        async move {
+            let answer: LeaseAnswer = client
+                .post(
+                    &format!("/v1/workers/{worker}/lease"),
+                    &LeaseRequest {
+                        wait_ms: 5000,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            answer.lease.expect("a batch")
+        }
+    };
+    let (slow, fast) = (register().await, register().await);
+    let first = lease(slow.clone()).await;
+    // `slow` never heartbeats: its lease expires and the batch goes to `fast`.
+    let second = lease(fast.clone()).await;
+    assert_eq!(second.batch_id, first.batch_id);
+    let object = |worker: &str, class: usize| BatchResult {
+        job_id: job.id,
+        batch_id: first.batch_id.clone(),
+        model: "syn".into(),
+        worker: worker.into(),
+        compute_ms: 3,
+        results: (0..2)
+            .map(|i| idunno_api::result::QueryResult {
+                index: i,
+                input: "in/tiny.png".into(),
+                top: vec![Class {
+                    index: class,
+                    label: idunno_models::imagenet_label(class).into(),
+                    probability: 1.0,
+                }],
+                error: (i == 1).then(|| "cannot decode".to_string()),
+            })
+            .collect(),
+    };
+    let url = format!("http://{addr}/v1/batches/{}/complete", first.batch_id);
+    let post = |body: serde_json::Value| {
+        let url = url.clone();
+        async move {
+            http(
+                Method::POST,
+                &url,
+                &[("content-type", "application/json")],
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let name = result_path(job.id, &first.batch_id);
+    let file_url = format!("http://{addr}/v1/files/{name}");
+
+    // Malformed: neither form, both forms, another batch's object. A 400 with a reason each,
+    // and nothing stored.
+    let mut other_batch = serde_json::to_value(object(&fast, 1)).unwrap();
+    other_batch["batch_id"] = json!(format!("{}-9", job.id));
+    for (body, reason) in [
+        (json!({"lease_id": second.lease_id}), "needs"),
+        (
+            json!({"lease_id": second.lease_id, "result": "r", "results": object(&fast, 1)}),
+            "not both",
+        ),
+        (
+            json!({"lease_id": second.lease_id, "results": other_batch}),
+            "not batch",
+        ),
+    ] {
+        let (code, answer) = post(body).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        let message = json(&answer)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(message.contains(reason), "{message}");
+    }
+    assert_eq!(
+        http(Method::GET, &file_url, &[], None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // The first completion counts: its object is the file, read back byte for byte.
+    let counted = Completion {
+        lease_id: second.lease_id,
+        results: Some(object(&fast, 1)),
+        result: None,
+        failed: 0,
+        compute_ms: 0,
+    };
+    let path = format!("/v1/batches/{}/complete", first.batch_id);
+    let ack: CompletionAck = client.post(&path, &counted).await.unwrap();
+    assert!(ack.accepted);
+    let (code, body) = http(Method::GET, &file_url, &[], None).await;
+    assert_eq!(code, StatusCode::OK);
+    let stored: BatchResult = serde_json::from_slice(&body).unwrap();
+    assert_eq!(stored, object(&fast, 1));
+    let done = common::wait_done(&client, job.id, std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        (done.done, done.failed),
+        (2, 1),
+        "failed counted from the object"
+    );
+
+    // A retry of it and the slow worker's late completion are acknowledged and dropped: the
+    // name keeps its one version, with the counted content.
+    let ack: CompletionAck = client.post(&path, &counted).await.unwrap();
+    assert!(!ack.accepted);
+    let late = Completion {
+        lease_id: first.lease_id,
+        results: Some(object(&slow, 2)),
+        ..counted.clone()
+    };
+    let ack: CompletionAck = client.post(&path, &late).await.unwrap();
+    assert!(!ack.accepted);
+    let (code, body) = http(Method::GET, &format!("{file_url}/versions"), &[], None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(json(&body).as_array().map(Vec::len), Some(1), "one version");
+    let (_, body) = http(Method::GET, &file_url, &[], None).await;
+    assert_eq!(
+        serde_json::from_slice::<BatchResult>(&body).unwrap(),
+        object(&fast, 1)
+    );
+    let results = results(&client, job.id).await;
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0].top[0].index, 1);
+    cluster.shutdown().await;
+}

@@ -1,18 +1,21 @@
-//! A batch's results: assembled in input order, written to SDFS as one object
-//! (`results/<job>/<batch>.json`), then reported to the coordinators as the batch's completion.
+//! A batch's results: assembled in input order into one object, and reported to the
+//! coordinators as the batch's completion, which carries it: the leader stores it in SDFS
+//! (`results/<job>/<batch>.json`) and commits it with the completion, one request and one
+//! Raft entry per batch.
 //!
 //! Publishing runs in its own task (the reporter), so the compute loop goes straight on to
 //! the next batch instead of waiting on the network. A completion carries the lease id and is
-//! idempotent on the coordinator's side: the first completion of a batch counts, later ones
-//! are acknowledged with `accepted: false`. A completion that no coordinator takes within
-//! [`COMPLETION_DEADLINE`] (5xx answers and unreachable coordinators are retried until then)
-//! gives the lease back, as a results object that cannot be written does, so the batch runs
-//! again promptly instead of waiting out its lease's hard deadline.
+//! idempotent on the coordinator's side: the first completion of a batch counts (and only its
+//! results object is stored), later ones are acknowledged with `accepted: false`. A
+//! completion that no coordinator takes within [`COMPLETION_DEADLINE`] (5xx answers —
+//! including storage nodes that cannot take the object — and unreachable coordinators are
+//! retried until then) gives the lease back, so the batch runs again promptly instead of
+//! waiting out its lease's hard deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use idunno_api::result::{result_path, BatchResult, Class, QueryResult};
+use idunno_api::result::{BatchResult, Class, QueryResult};
 use idunno_api::worker::{Completion, CompletionAck, Lease};
 use reqwest::Method;
 use tokio::sync::mpsc;
@@ -20,14 +23,10 @@ use tokio::sync::mpsc;
 use crate::coordinator::{call_until_answered, encode_segment};
 use crate::error::WorkerError;
 use crate::release::release;
-use crate::sdfs;
 use crate::shared::Shared;
 
 /// The answer for one query: its top classes, or why it has none.
 pub type QueryOutcome = Result<Vec<Class>, String>;
-
-/// Attempts at writing a results object (each one a full `Client` call with its retries).
-const WRITE_ATTEMPTS: u32 = 3;
 
 /// How long a completion keeps trying coordinators that are down or have no leader.
 const COMPLETION_DEADLINE: Duration = Duration::from_secs(60);
@@ -88,37 +87,20 @@ pub(crate) async fn report_loop(shared: Arc<Shared>, mut finished: mpsc::Receive
     }
 }
 
-/// Writes the results object, then reports the completion. If the object cannot be written,
-/// the lease is given back so that another worker (or this one, later) runs the batch again.
+/// Reports the completion with the results object in it (the coordinator stores the object
+/// and commits it with the completion). If no coordinator takes it, the lease is given back
+/// so that another worker (or this one, later) runs the batch again.
 async fn publish(shared: &Shared, finished: Finished) {
     let Finished { lease, result } = finished;
-    let name = result_path(lease.job_id, &lease.batch_id);
     let failed = failed_queries(&result);
     let queries = result.results.len() as u64;
-
-    let mut written = Err(WorkerError::Stopping);
-    for attempt in 1..=WRITE_ATTEMPTS {
-        written = sdfs::write_json(&shared.client, &name, &result).await;
-        match &written {
-            Ok(_) => break,
-            Err(e) if e.is_transient() && attempt < WRITE_ATTEMPTS => {
-                tracing::warn!(batch = %lease.batch_id, error = %e, attempt, "cannot write results yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(_) => break,
-        }
-    }
-    if let Err(e) = written {
-        tracing::error!(batch = %lease.batch_id, error = %e, "cannot write the batch's results; giving the batch back");
-        release(shared, &lease).await;
-        return;
-    }
-
+    let compute_ms = result.compute_ms;
     let completion = Completion {
         lease_id: lease.lease_id,
-        result: name,
+        results: Some(result),
+        result: None,
         failed,
-        compute_ms: result.compute_ms,
+        compute_ms,
     };
     match complete(shared, &lease.batch_id, &completion).await {
         Ok(ack) => {
@@ -130,7 +112,7 @@ async fn publish(shared: &Shared, finished: Finished) {
                 batch = %lease.batch_id,
                 queries,
                 failed,
-                compute_ms = result.compute_ms,
+                compute_ms,
                 accepted = ack.accepted,
                 "batch completed"
             );
@@ -138,7 +120,7 @@ async fn publish(shared: &Shared, finished: Finished) {
         Err(e) => {
             // Left alone, the lease would stay ours for as long as this worker heartbeats: up
             // to the batch's hard deadline (minutes). Giving it back lets the batch run again
-            // at once; its results object is simply written again by whoever runs it.
+            // at once; whoever runs it next reports its results.
             tracing::error!(batch = %lease.batch_id, error = %e, "cannot report the batch's completion; giving the batch back");
             release(shared, &lease).await;
         }

@@ -1,19 +1,17 @@
-//! The worker's two SDFS operations through the coordinators: read a file (model weights)
-//! into the local cache, and write a batch's results object.
+//! The worker's SDFS read through the coordinators: a file (model weights) into the local
+//! cache.
 //!
 //! Reads stream to a temporary file while hashing, and keep the file only if its BLAKE3 is
-//! the one the coordinator announced (`x-idunno-hash`). Writes go through
-//! [`idunno_api::Client`], which retries other coordinators with one request id. Inputs are
-//! not read here: they come straight from storage nodes ([`crate::inputs`]).
+//! the one the coordinator announced (`x-idunno-hash`). Inputs are not read here: they come
+//! straight from storage nodes ([`crate::inputs`]). Results are not written here: a batch's
+//! completion carries its results object ([`crate::results`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use idunno_api::file::FileVersion;
 use idunno_api::Client;
-use reqwest::{Method, StatusCode};
-use serde::Serialize;
+use reqwest::StatusCode;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::WorkerError;
@@ -227,26 +225,6 @@ async fn cached_copy_is_valid(path: &Path, hash: &str) -> bool {
     })
     .await
     .unwrap_or(false)
-}
-
-/// `PUT /v1/files/{name}` with `value` as its JSON content; retried on other coordinators
-/// with one request id, so a lost answer does not store it twice.
-pub async fn write_json<T: Serialize>(
-    client: &Client,
-    name: &str,
-    value: &T,
-) -> Result<FileVersion, WorkerError> {
-    let route = file_route(name);
-    let (_, body) = client
-        .call(Method::PUT, &route, Some(value), None)
-        .await
-        .map_err(|e| WorkerError::coordinator(format!("PUT {route}"), e))?;
-    serde_json::from_slice(&body).map_err(|e| {
-        WorkerError::coordinator(
-            format!("PUT {route}"),
-            idunno_api::ClientError::Protocol(format!("bad answer: {e}")),
-        )
-    })
 }
 
 #[cfg(test)]

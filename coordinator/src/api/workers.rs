@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use idunno_api::result::result_path;
 use idunno_api::worker::{
     Completion, CompletionAck, Heartbeat, HeartbeatAck, Release, WorkerInfo, WorkerRegistered,
     WorkerRegistration,
@@ -18,6 +19,8 @@ use crate::app::Coordinator;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::leader::workers::new_worker_id;
 use crate::proposer::now_ms;
+use crate::replicas::gc::collect_garbage;
+use crate::replicas::upload;
 use crate::state::command::{Command, Response};
 use crate::state::jobs::{BatchId, MAX_BATCH_SIZE, MAX_COMPUTE_MS};
 
@@ -261,27 +264,70 @@ async fn release(
     }
 }
 
+/// `POST /v1/batches/{id}/complete`. A completion that carries its results object has it
+/// stored on storage nodes first (unless the batch is done already: then nothing is stored)
+/// and commits its file version and the completion as one Raft entry.
 async fn complete(
     State(c): State<Arc<Coordinator>>,
     ApiPath(batch): ApiPath<String>,
     ApiJson(body): ApiJson<Completion>,
 ) -> Result<Json<CompletionAck>, ApiError> {
     let batch: BatchId = batch.parse()?;
-    if body.result.is_empty() || body.result.len() > 1024 {
-        return Err(ApiError::BadRequest(
-            "result must name an object (1-1024 characters)".into(),
-        ));
-    }
-    if body.compute_ms > MAX_COMPUTE_MS {
+    let Completion {
+        lease_id,
+        results,
+        result,
+        failed,
+        compute_ms,
+    } = body;
+    let (result, failed, compute_ms, object) = match (results, result) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "a completion carries its results object (`results`) or names one (`result`), \
+                 not both"
+                    .into(),
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "a completion needs `results` (the results object) or `result` (its SDFS name)"
+                    .into(),
+            ))
+        }
+        (None, Some(name)) => {
+            if name.is_empty() || name.len() > 1024 {
+                return Err(ApiError::BadRequest(
+                    "result must name an object (1-1024 characters)".into(),
+                ));
+            }
+            (name, failed, compute_ms, None)
+        }
+        (Some(object), None) => {
+            if object.job_id != batch.job || object.batch_id != batch.to_string() {
+                return Err(ApiError::BadRequest(format!(
+                    "the results object is batch {} of job {}, not batch {batch}",
+                    object.batch_id, object.job_id
+                )));
+            }
+            if object.results.len() > MAX_BATCH_SIZE as usize {
+                return Err(ApiError::BadRequest(format!(
+                    "{} results is more than any batch holds ({MAX_BATCH_SIZE})",
+                    object.results.len()
+                )));
+            }
+            let failed = object.results.iter().filter(|q| q.error.is_some()).count() as u32;
+            let name = result_path(batch.job, &object.batch_id);
+            (name, failed, object.compute_ms, Some(object))
+        }
+    };
+    if compute_ms > MAX_COMPUTE_MS {
         return Err(ApiError::BadRequest(format!(
-            "compute_ms {} is more than a week ({MAX_COMPUTE_MS})",
-            body.compute_ms
+            "compute_ms {compute_ms} is more than a week ({MAX_COMPUTE_MS})"
         )));
     }
-    if body.failed > MAX_BATCH_SIZE {
+    if failed > MAX_BATCH_SIZE {
         return Err(ApiError::BadRequest(format!(
-            "failed {} is more than any batch holds ({MAX_BATCH_SIZE})",
-            body.failed
+            "failed {failed} is more than any batch holds ({MAX_BATCH_SIZE})"
         )));
     }
     let per_query = {
@@ -290,22 +336,42 @@ async fn complete(
         let len = applied.state.batches.get(&batch).map(|b| b.len);
         model.zip(len)
     };
+    let stored = match object {
+        None => None,
+        Some(object) => {
+            // A completion that cannot count stores nothing (the apply checks again).
+            let counts = c.shared.read().state.completion_counts(batch, lease_id);
+            if !counts? {
+                return Ok(Json(CompletionAck { accepted: false }));
+            }
+            let bytes = serde_json::to_vec(&object)
+                .map_err(|e| ApiError::Internal(format!("cannot encode the results: {e}")))?;
+            let len = bytes.len() as u64;
+            Some(upload::store(&c, axum::body::Body::from(bytes), Some(len), None).await?)
+        }
+    };
     let cmd = Command::Complete {
         batch,
-        lease_id: body.lease_id,
-        result: body.result,
-        failed: body.failed,
-        compute_ms: body.compute_ms,
+        lease_id,
+        result,
+        failed,
+        compute_ms,
+        results: stored.as_ref().map(|s| s.version(c.config.keep_versions)),
     };
     match c.write(String::new(), cmd).await? {
-        Response::Completed { accepted } => {
+        Response::Completed { accepted, freed } => {
+            collect_garbage(&c, freed);
+            // Late copies join the blob's replica set, or are deleted if it was freed.
+            if let Some(stored) = stored {
+                stored.committed(&c);
+            }
             if accepted {
                 c.metrics.batches_completed.inc();
                 if let Some((model, len)) = per_query.filter(|(_, len)| *len > 0) {
                     c.metrics
                         .query_seconds
                         .get_or_create(&crate::metrics::ModelLabel { model })
-                        .observe(body.compute_ms as f64 / 1000.0 / f64::from(len));
+                        .observe(compute_ms as f64 / 1000.0 / f64::from(len));
                 }
             }
             Ok(Json(CompletionAck { accepted }))

@@ -21,7 +21,7 @@ use super::{storage, NodeError};
 use crate::app::Coordinator;
 use crate::error::ApiError;
 use crate::state::command::{Command, Response};
-use crate::state::files::FreedBlob;
+use crate::state::files::{FreedBlob, NewVersion};
 
 /// Body chunks buffered per replica stream: a slow node slows the put down rather than
 /// filling memory.
@@ -67,6 +67,97 @@ pub async fn put(
     replicas: Option<u32>,
 ) -> Result<FileVersion, ApiError> {
     validate_path(path).map_err(ApiError::BadRequest)?;
+    let stored = store(c, body, declared_len, replicas).await?;
+    let cmd = Command::PutVersion {
+        path: path.to_string(),
+        hash: stored.hash.clone(),
+        size: stored.size,
+        replicas: stored.replicas.clone(),
+        target: stored.target,
+        keep: c.config.keep_versions,
+    };
+    let version = match c.write(request_id, cmd).await? {
+        Response::Version { version, freed } => {
+            collect_garbage(c, freed);
+            version
+        }
+        other => return Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    };
+    stored.committed(c);
+    Ok(version)
+}
+
+/// A blob on a write quorum of storage nodes, flushed there, not yet in the namespace: the
+/// caller commits a command that refers to it (a file version), then calls
+/// [`Stored::committed`]. Until then no reader can see it; if nothing commits, the copies are
+/// orphans that reconciliation deletes.
+pub struct Stored {
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+    pub size: u64,
+    /// Nodes that hold a flushed copy.
+    pub replicas: Vec<String>,
+    /// Replication factor wanted.
+    pub target: u32,
+    /// Replica writes still running when the quorum answered.
+    late: FuturesUnordered<LateWrite>,
+}
+
+type LateWrite = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (String, Result<StoredBlob, NodeError>)> + Send>,
+>;
+
+impl Stored {
+    /// The blob as a file version's command records it, keeping `keep` versions of the name.
+    pub fn version(&self, keep: u32) -> NewVersion {
+        NewVersion {
+            hash: self.hash.clone(),
+            size: self.size,
+            replicas: self.replicas.clone(),
+            target: self.target,
+            keep,
+        }
+    }
+
+    /// After the version that refers to the blob committed: late replicas join its replica
+    /// set when they are done; failed ones are left to repair.
+    pub fn committed(self, c: &Arc<Coordinator>) {
+        let Stored { hash, mut late, .. } = self;
+        let c = c.clone();
+        tokio::spawn(async move {
+            while let Some((node, result)) = late.next().await {
+                if let Ok(stored) = result {
+                    if stored.hash == hash {
+                        let cmd = Command::AddReplicas {
+                            hash: hash.clone(),
+                            nodes: vec![node.clone()],
+                        };
+                        // Freed meanwhile (the name was deleted already): this copy is garbage.
+                        if let Ok(Response::Replicas { known: false }) =
+                            c.write(String::new(), cmd).await
+                        {
+                            let freed = FreedBlob {
+                                hash: hash.clone(),
+                                replicas: vec![node],
+                            };
+                            collect_garbage(&c, vec![freed]);
+                        }
+                    }
+                }
+            }
+            c.repair_wake.notify_one();
+        });
+    }
+}
+
+/// Streams `body` to `replicas` storage nodes at once (default: the cluster's replication
+/// factor), hashing it on the way, and returns once a majority of them have flushed it.
+pub async fn store(
+    c: &Arc<Coordinator>,
+    body: Body,
+    declared_len: Option<u64>,
+    replicas: Option<u32>,
+) -> Result<Stored, ApiError> {
     let max = c.config.max_file_size;
     if declared_len.is_some_and(|l| l > max) {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -149,26 +240,28 @@ pub async fn put(
 
     // Wait for a write quorum; the rest finish in the background. A node that does not
     // answer in time counts as failed.
-    let mut pending: FuturesUnordered<_> = writes
+    let mut pending: FuturesUnordered<LateWrite> = writes
         .into_iter()
-        .map(|mut w| async move {
-            let result = match tokio::time::timeout(answer_within, &mut w.task).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(e)) => Err(NodeError {
-                    addr: w.node.clone(),
-                    reason: e.to_string(),
-                    status: None,
-                }),
-                Err(_) => {
-                    w.task.abort();
-                    Err(NodeError {
+        .map(|mut w| -> LateWrite {
+            Box::pin(async move {
+                let result = match tokio::time::timeout(answer_within, &mut w.task).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(e)) => Err(NodeError {
                         addr: w.node.clone(),
-                        reason: format!("no answer within {answer_within:?}"),
+                        reason: e.to_string(),
                         status: None,
-                    })
-                }
-            };
-            (w.node, result)
+                    }),
+                    Err(_) => {
+                        w.task.abort();
+                        Err(NodeError {
+                            addr: w.node.clone(),
+                            reason: format!("no answer within {answer_within:?}"),
+                            status: None,
+                        })
+                    }
+                };
+                (w.node, result)
+            })
         })
         .collect();
     let mut stored = Vec::new();
@@ -194,49 +287,13 @@ pub async fn put(
             describe_stalled(&stalled)
         )));
     }
-
-    let cmd = Command::PutVersion {
-        path: path.to_string(),
-        hash: hash.clone(),
+    Ok(Stored {
+        hash,
         size,
         replicas: stored,
         target,
-        keep: c.config.keep_versions,
-    };
-    let version = match c.write(request_id, cmd).await? {
-        Response::Version { version, freed } => {
-            collect_garbage(c, freed);
-            version
-        }
-        other => return Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
-    };
-
-    // Late replicas join the set when they are done; failed ones are left to repair.
-    let c = c.clone();
-    tokio::spawn(async move {
-        while let Some((node, result)) = pending.next().await {
-            if let Ok(blob) = result {
-                if blob.hash == hash {
-                    let cmd = Command::AddReplicas {
-                        hash: hash.clone(),
-                        nodes: vec![node.clone()],
-                    };
-                    // Freed meanwhile (the name was deleted already): this copy is garbage.
-                    if let Ok(Response::Replicas { known: false }) =
-                        c.write(String::new(), cmd).await
-                    {
-                        let freed = FreedBlob {
-                            hash: hash.clone(),
-                            replicas: vec![node],
-                        };
-                        collect_garbage(&c, vec![freed]);
-                    }
-                }
-            }
-        }
-        c.repair_wake.notify_one();
-    });
-    Ok(version)
+        late: pending,
+    })
 }
 
 /// Hands `piece` to every replica still writing; returns how many took it. A replica whose

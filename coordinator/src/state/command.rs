@@ -9,7 +9,7 @@ use idunno_api::job::Inputs;
 use idunno_api::Millis;
 use serde::{Deserialize, Serialize};
 
-use super::files::FreedBlob;
+use super::files::{FreedBlob, NewVersion};
 use super::jobs::BatchId;
 use super::models::ModelRecord;
 
@@ -82,6 +82,10 @@ pub enum Command {
         result: String,
         failed: u32,
         compute_ms: u64,
+        /// The results object, stored already, committed as version of `result` with the
+        /// completion if it counts (absent: the worker wrote `result` itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        results: Option<NewVersion>,
     },
     /// A worker gives a lease back unstarted (shutting down).
     Release {
@@ -166,6 +170,10 @@ pub enum Response {
     NoWork,
     Completed {
         accepted: bool,
+        /// Blobs no version refers to: the results object a completion that did not count
+        /// carried, or versions of its name pushed out.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        freed: Vec<FreedBlob>,
     },
     Released {
         released: bool,

@@ -54,6 +54,20 @@ pub struct NodeRecord {
     pub since_ms: Millis,
 }
 
+/// A new version of a file whose blob is already stored (flushed on `replicas`), as a command
+/// that commits it alongside something else carries it (a completion with its results).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewVersion {
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+    pub size: u64,
+    pub replicas: Vec<String>,
+    /// Replication factor wanted for the blob.
+    pub target: u32,
+    /// Versions kept per name.
+    pub keep: u32,
+}
+
 /// A blob no version refers to any more, and the nodes that hold copies to delete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FreedBlob {

@@ -20,6 +20,7 @@ use idunno_api::Millis;
 use serde::{Deserialize, Serialize};
 
 use super::command::{CommandError, LeaseGrant, Response};
+use super::files::{FreedBlob, NewVersion};
 use super::stats::JobStatsIndex;
 use super::{Key, State};
 
@@ -574,6 +575,78 @@ impl State {
         }
     }
 
+    /// Whether a completion of batch `id` under `lease_id` would count: false if the batch is
+    /// done already; an error if there is no such job or batch, or the lease was never
+    /// issued for it.
+    pub fn completion_counts(&self, id: BatchId, lease_id: u64) -> Result<bool, CommandError> {
+        if !self.jobs.contains_key(&id.job) {
+            return Err(not_found(id.job));
+        }
+        let batch = self
+            .batches
+            .get(&id)
+            .ok_or_else(|| CommandError::NotFound(format!("no batch {id}")))?;
+        if !batch.leases.iter().any(|(l, _)| *l == lease_id) {
+            return Err(CommandError::Conflict(format!(
+                "lease {lease_id} was never issued for batch {id}"
+            )));
+        }
+        Ok(!matches!(batch.state, BatchState::Done { .. }))
+    }
+
+    /// A completion that carries its results object (`results`, already stored on storage
+    /// nodes): the object becomes a version of `result` only if the completion counts, in the
+    /// same entry. The blob of one that does not count is freed, unless a version uses the
+    /// same content (a retried completion of the batch's own results); one that fails leaves
+    /// its copies to reconciliation, as a failed put does.
+    pub(super) fn complete_with_results(
+        &mut self,
+        (id, lease_id): (BatchId, u64),
+        result: String,
+        results: Option<NewVersion>,
+        failed: u32,
+        compute_ms: u64,
+        now: Millis,
+    ) -> Response {
+        let mut freed = Vec::new();
+        if let Some(v) = results {
+            match self.completion_counts(id, lease_id) {
+                Err(e) => return Response::Failed(e),
+                Ok(false) => {
+                    if self.blob(&v.hash).is_none() {
+                        freed.push(FreedBlob {
+                            hash: v.hash,
+                            replicas: v.replicas,
+                        });
+                    }
+                    return Response::Completed {
+                        accepted: false,
+                        freed,
+                    };
+                }
+                Ok(true) => {
+                    let put = self.put_version(
+                        result.clone(),
+                        v.hash,
+                        v.size,
+                        v.replicas,
+                        v.target,
+                        v.keep,
+                        now,
+                    );
+                    match put {
+                        Ok((_, pushed_out)) => freed = pushed_out,
+                        Err(e) => return Response::Failed(e),
+                    }
+                }
+            }
+        }
+        match self.complete(id, lease_id, result, failed, compute_ms, now) {
+            Ok(accepted) => Response::Completed { accepted, freed },
+            Err(e) => Response::Failed(e),
+        }
+    }
+
     pub(super) fn complete(
         &mut self,
         id: BatchId,
@@ -583,18 +656,14 @@ impl State {
         compute_ms: u64,
         now: Millis,
     ) -> Result<bool, CommandError> {
-        if !self.jobs.contains_key(&id.job) {
-            return Err(not_found(id.job));
+        if !self.completion_counts(id, lease_id)? {
+            return Ok(false);
         }
-        let batch = self
-            .batches
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| CommandError::NotFound(format!("no batch {id}")))?;
+        let Some(batch) = self.batches.get(&id).cloned() else {
+            return Ok(false);
+        };
         let Some(position) = batch.leases.iter().position(|(l, _)| *l == lease_id) else {
-            return Err(CommandError::Conflict(format!(
-                "lease {lease_id} was never issued for batch {id}"
-            )));
+            return Ok(false);
         };
         let worker = &batch.leases[position].1;
         let leased_at_ms = batch.lease_times.get(position).copied().unwrap_or(0);

@@ -324,11 +324,15 @@ impl State {
                 result,
                 failed,
                 compute_ms,
-            } => self
-                .complete(batch, lease_id, result, failed, compute_ms, now)
-                .map_or_else(Response::Failed, |accepted| Response::Completed {
-                    accepted,
-                }),
+                results,
+            } => self.complete_with_results(
+                (batch, lease_id),
+                result,
+                results,
+                failed,
+                compute_ms,
+                now,
+            ),
             Command::Release { batch, lease_id } => self
                 .release(batch, lease_id)
                 .map_or_else(Response::Failed, |released| Response::Released { released }),

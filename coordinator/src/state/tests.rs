@@ -4,6 +4,7 @@
 use idunno_api::job::{Inputs, JobState};
 
 use super::command::{Command, CommandError, Request, Response};
+use super::files::FreedBlob;
 use super::jobs::BatchId;
 use super::{Change, State};
 
@@ -76,6 +77,7 @@ fn complete(state: &mut State, batch: BatchId, lease_id: u64) -> Response {
             result: format!("results/{batch}"),
             failed: 0,
             compute_ms: 5,
+            results: None,
         },
     ))
 }
@@ -90,7 +92,10 @@ fn a_job_is_cut_into_batches_in_input_order_and_finishes() {
         seen.extend(g.inputs.clone());
         assert_eq!(
             complete(&mut s, g.batch, g.lease_id),
-            Response::Completed { accepted: true }
+            Response::Completed {
+                accepted: true,
+                freed: vec![]
+            }
         );
     }
     let expected: Vec<String> = (0..5).map(|i| format!("img/{i}.png")).collect();
@@ -117,9 +122,16 @@ fn huge_numbers_in_completions_saturate_instead_of_panicking() {
                 result: "r".into(),
                 failed: u32::MAX,
                 compute_ms: u64::MAX,
+                results: None,
             },
         ));
-        assert_eq!(r, Response::Completed { accepted: true });
+        assert_eq!(
+            r,
+            Response::Completed {
+                accepted: true,
+                freed: vec![]
+            }
+        );
     }
     let j = s.job(id).unwrap();
     assert_eq!(j.compute_ms, u64::MAX, "saturated, not wrapped");
@@ -152,12 +164,18 @@ fn a_batch_is_done_exactly_once_even_after_its_lease_expired() {
     // The slow worker finishes first after all: its late completion counts...
     assert_eq!(
         complete(&mut s, first.batch, first.lease_id),
-        Response::Completed { accepted: true }
+        Response::Completed {
+            accepted: true,
+            freed: vec![]
+        }
     );
     // ...and the second one is acknowledged and dropped.
     assert_eq!(
         complete(&mut s, second.batch, second.lease_id),
-        Response::Completed { accepted: false }
+        Response::Completed {
+            accepted: false,
+            freed: vec![]
+        }
     );
     let j = s.job(id).unwrap();
     assert_eq!(
@@ -165,6 +183,85 @@ fn a_batch_is_done_exactly_once_even_after_its_lease_expired() {
         (4, 1, 1, 0)
     );
     assert_eq!(j.state, JobState::Done);
+}
+
+#[test]
+fn a_completion_carrying_results_stores_them_only_if_it_counts() {
+    let mut s = State::default();
+    model(&mut s);
+    node(&mut s, "n1");
+    let id = job(&mut s, 2, 2);
+    let first = lease(&mut s, "slow", id, 3).unwrap();
+    s.apply(req(
+        "",
+        4,
+        Command::Expire {
+            leases: vec![(first.batch, first.lease_id)],
+        },
+    ));
+    let second = lease(&mut s, "fast", id, 5).unwrap();
+    let name = format!("results/{id}/{}.json", first.batch);
+    let with_results = |g: &super::command::LeaseGrant, h: String| Command::Complete {
+        batch: g.batch,
+        lease_id: g.lease_id,
+        result: name.clone(),
+        failed: 1,
+        compute_ms: 7,
+        results: Some(super::files::NewVersion {
+            hash: h,
+            size: 40,
+            replicas: vec!["n1".into()],
+            target: 1,
+            keep: 3,
+        }),
+    };
+    // The first completion counts: its object is the name's one version, in the same entry.
+    assert_eq!(
+        s.apply(req("", 6, with_results(&second, hash(1)))),
+        Response::Completed {
+            accepted: true,
+            freed: vec![]
+        }
+    );
+    let file = s.file(&name).unwrap();
+    assert_eq!(file.versions.len(), 1);
+    assert_eq!(file.versions[0].hash, hash(1));
+    assert_eq!(s.job(id).unwrap().failed, 1);
+    // A retry of it (same content) is dropped and frees nothing: the version uses that blob.
+    assert_eq!(
+        s.apply(req("", 7, with_results(&second, hash(1)))),
+        Response::Completed {
+            accepted: false,
+            freed: vec![]
+        }
+    );
+    // The slow worker's late completion is dropped, its object freed, the version untouched.
+    assert_eq!(
+        s.apply(req("", 8, with_results(&first, hash(2)))),
+        Response::Completed {
+            accepted: false,
+            freed: vec![FreedBlob {
+                hash: hash(2),
+                replicas: vec!["n1".into()]
+            }]
+        }
+    );
+    let file = s.file(&name).unwrap();
+    assert_eq!(file.versions.len(), 1);
+    assert_eq!(file.versions[0].hash, hash(1));
+    assert!(s.blob(&hash(2)).is_none());
+    let j = s.job(id).unwrap();
+    assert_eq!((j.done, j.batches_done, j.failed), (2, 1, 1));
+    // A lease never issued for the batch stores nothing either.
+    let forged = super::command::LeaseGrant {
+        lease_id: 999,
+        ..second.clone()
+    };
+    assert!(matches!(
+        s.apply(req("", 9, with_results(&forged, hash(3)))),
+        Response::Failed(CommandError::Conflict(_))
+    ));
+    assert!(s.blob(&hash(3)).is_none());
 }
 
 #[test]
@@ -183,7 +280,10 @@ fn a_late_completion_of_a_requeued_batch_takes_it_out_of_the_queue() {
     assert_eq!(s.job(id).unwrap().retry.len(), 1);
     assert_eq!(
         complete(&mut s, g.batch, g.lease_id),
-        Response::Completed { accepted: true }
+        Response::Completed {
+            accepted: true,
+            freed: vec![]
+        }
     );
     assert!(s.job(id).unwrap().retry.is_empty());
     // Only the second input is left.
@@ -267,7 +367,10 @@ fn stop_start_and_batch_size_changes_apply_to_the_next_lease() {
     // In-flight work of a stopped job still completes.
     assert_eq!(
         complete(&mut s, first.batch, first.lease_id),
-        Response::Completed { accepted: true }
+        Response::Completed {
+            accepted: true,
+            freed: vec![]
+        }
     );
     s.apply(req(
         "bs",

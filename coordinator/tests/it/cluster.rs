@@ -555,7 +555,8 @@ async fn a_silent_workers_lease_expires_and_a_late_completion_still_counts_once(
     let complete = |lease: &Lease| {
         let body = Completion {
             lease_id: lease.lease_id,
-            result: format!("results/{}", lease.batch_id),
+            results: None,
+            result: Some(format!("results/{}", lease.batch_id)),
             failed: 0,
             compute_ms: 1,
         };
@@ -684,7 +685,8 @@ async fn a_heartbeating_worker_keeps_its_lease() {
             &format!("/v1/batches/{}/complete", lease.batch_id),
             &Completion {
                 lease_id: lease.lease_id,
-                result: "r".into(),
+                results: None,
+                result: Some("r".into()),
                 failed: 0,
                 compute_ms: 1,
             },
@@ -958,7 +960,8 @@ async fn a_heartbeating_worker_keeps_its_lease_across_a_leader_failover() {
     let complete = |lease: &Lease| {
         let body = Completion {
             lease_id: lease.lease_id,
-            result: format!("results/{}", lease.batch_id),
+            results: None,
+            result: Some(format!("results/{}", lease.batch_id)),
             failed: 0,
             compute_ms: 1,
         };
