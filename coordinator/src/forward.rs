@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 
 use crate::app::Coordinator;
+use crate::capped::{capped, CapError};
 use crate::error::ApiError;
 use idunno_api::headers::NODE_HEADER;
 
@@ -153,10 +154,11 @@ fn declared_length(req: &Request) -> Option<u64> {
         .ok()
 }
 
-/// Sends `req` to the coordinator at `base_url` (`scheme://host:port`) and streams its answer back. A body that grows
-/// past `limit` bytes is cut off here and answered with 413: the leader would refuse it at
-/// the same size, but its early answer races the rest of the body still being sent and
-/// would reach the client as a broken connection (503) instead.
+/// Sends `req` to the coordinator at `base_url` (`scheme://host:port`) and streams its answer
+/// back. A body that grows past `limit` bytes is cut off here and answered with 413, after
+/// the rest of it was read ([`capped`]): the leader would refuse it at the same size, but its
+/// early answer races the rest of the body still being sent and would reach the client as a
+/// broken connection (503) instead.
 pub async fn proxy(
     http: &reqwest::Client,
     from: u64,
@@ -180,24 +182,15 @@ pub async fn proxy(
     out = out
         .header(FORWARDED_HEADER, "1")
         .header(NODE_HEADER, from.to_string());
+    // Past the limit the body ends with an error (the forward is abandoned) once the rest
+    // of it was read, so the client gets this node's 413 rather than a broken connection.
     let over = Arc::new(AtomicBool::new(false));
     let flag = over.clone();
-    let mut sent: u64 = 0;
-    let stream = body
-        .into_data_stream()
-        .map_err(std::io::Error::other)
-        .and_then(move |chunk| {
-            sent += chunk.len() as u64;
-            let result = if sent > limit {
-                flag.store(true, Ordering::SeqCst);
-                Err(std::io::Error::other(format!(
-                    "the body is over the limit of {limit} bytes"
-                )))
-            } else {
-                Ok(chunk)
-            };
-            std::future::ready(result)
-        });
+    let stream = capped(body, limit).inspect_err(move |e| {
+        if matches!(e, CapError::TooLarge(_)) {
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
     let sent = out.body(reqwest::Body::wrap_stream(stream)).send().await;
     if over.load(Ordering::SeqCst) {
         return Err(ApiError::PayloadTooLarge(format!(

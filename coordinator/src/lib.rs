@@ -24,6 +24,7 @@
 pub(crate) mod api;
 pub mod app;
 pub(crate) mod auth;
+pub(crate) mod capped;
 pub mod config;
 pub(crate) mod error;
 pub(crate) mod forward;

@@ -588,10 +588,12 @@ async fn bad_names_and_requests_get_a_4xx_and_leave_nothing() {
         assert!(json(&bytes)["error"].is_string());
     }
     // An upload cut off by the size limit mid-stream (no Content-Length) gets a 413 from the
-    // leader and from followers (which forward it) alike, and leaves nothing.
+    // leader and from followers (which forward it) alike, and leaves nothing. 10 MiB against
+    // a 1 MiB limit: far more than the sockets buffer, so the answer reaches the client only
+    // because the node reads the rest of the body before it answers.
     for node in cluster.coordinator_addrs() {
         let stream =
-            futures::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![7u8; 64 << 10])));
+            futures::stream::iter((0..160).map(|_| Ok::<_, std::io::Error>(vec![7u8; 64 << 10])));
         let resp = reqwest::Client::new()
             .put(url(&node, "/v1/files/streamed.bin"))
             .body(reqwest::Body::wrap_stream(stream))

@@ -19,6 +19,7 @@ use super::gc::collect_garbage;
 use super::placement::choose_nodes;
 use super::{storage, NodeError};
 use crate::app::Coordinator;
+use crate::capped::{capped, CapError};
 use crate::error::ApiError;
 use crate::state::command::{Command, Response};
 use crate::state::files::{FreedBlob, NewVersion};
@@ -204,23 +205,26 @@ pub async fn store(
     // Stream the body to every replica, hashing it on the way.
     let mut hasher = blake3::Hasher::new();
     let mut size: u64 = 0;
-    let mut frames = body.into_data_stream();
+    // Past the limit, the rest of the body is read (and dropped) before the 413, so that the
+    // client gets the answer rather than a broken connection.
+    let frames = capped(body, max);
+    futures::pin_mut!(frames);
     let mut stalled = Vec::new();
     while let Some(frame) = frames.next().await {
         let chunk = match frame {
             Ok(chunk) => chunk,
+            Err(CapError::TooLarge(_)) => {
+                abort(writes, answer_within);
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "files are limited to {max} bytes"
+                )));
+            }
             Err(e) => {
                 abort(writes, answer_within);
                 return Err(ApiError::BadRequest(format!("the upload broke off: {e}")));
             }
         };
         size += chunk.len() as u64;
-        if size > max {
-            abort(writes, answer_within);
-            return Err(ApiError::PayloadTooLarge(format!(
-                "files are limited to {max} bytes"
-            )));
-        }
         hasher.update(&chunk);
         let open = send_to_all(&mut writes, Piece::Data(chunk), idle, &mut stalled).await;
         if open < quorum {
