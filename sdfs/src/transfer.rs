@@ -104,8 +104,9 @@ impl BlobWriter {
         .await??;
         // Until committed, dropping `sealed` must delete its chunks off the async threads.
         let sealed = OffThread(Some(sealed));
-        self.store.flush_async().await?;
         let stored = sealed.run(|s| s.commit()).await?;
+        // One flush makes the checksums and the record durable together ([`Upload::finish`]
+        // says why one is enough).
         self.store.flush_async().await?;
         Ok(stored)
     }

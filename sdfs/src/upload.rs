@@ -1,9 +1,10 @@
 //! Writing a blob: an [`Upload`] appends the incoming bytes to its content file, checksums
 //! every chunk as it completes (recorded in sled under the upload's id), and hashes the whole
-//! content as it goes. Finishing checks the content hash, makes the file and the checksums
-//! durable, and only then records the blob's metadata (or, for content the store already
-//! has, deletes the new copy). Anything not finished is deleted — at once, or by recovery
-//! after a crash. Every call blocks.
+//! content as it goes. Finishing checks the content hash, makes the file durable, records the
+//! blob's metadata (or, for content the store already has, deletes the new copy), and makes
+//! the checksums and the record durable with one flush before the blob is acknowledged.
+//! Anything not finished is deleted — at once, or by recovery after a crash. Every call
+//! blocks.
 
 use std::fs::File;
 use std::io::{IoSlice, Write};
@@ -110,9 +111,14 @@ impl Upload {
     /// mismatch deletes everything and fails with [`SdfsError::HashMismatch`]) and finishes
     /// the blob: durable and listed when this returns. Storing content the store already has
     /// keeps one copy.
+    ///
+    /// One store flush, after the record, makes the checksums and the record durable
+    /// together: the blob is acknowledged only after it. A crash before it may leave any part
+    /// of them, and nothing a reader would trust: a record whose checksums did not survive
+    /// fails verification at its first read (the blob is reported lost), and the blob was
+    /// never acknowledged, so no namespace entry names it and reconciliation deletes it.
     pub fn finish(self, expected: Option<&BlobHash>) -> Result<StoredBlob, SdfsError> {
         let sealed = self.seal(expected)?;
-        sealed.store.flush()?;
         let store = sealed.store.clone();
         let stored = sealed.commit()?;
         store.flush()?;
@@ -120,7 +126,7 @@ impl Upload {
     }
 
     /// The first half of [`Upload::finish`]: checks the hash and fsyncs the content file.
-    /// The checksums still need a store flush; the blob is not visible yet.
+    /// The checksums still need a store flush (after the commit); the blob is not listed yet.
     pub fn seal(mut self, expected: Option<&BlobHash>) -> Result<SealedUpload, SdfsError> {
         if self.chunk_filled > 0 {
             self.store_chunk_sum()?;

@@ -132,7 +132,9 @@ impl InputFetcher {
         if response.content_length().is_some_and(|n| n > limit) {
             return Err(fail(format!("blob is larger than {limit} bytes")));
         }
-        let mut body = BytesMut::new();
+        // Sized once from the declared length (at most `limit`, checked above), not grown.
+        let declared = response.content_length().unwrap_or(0);
+        let mut body = BytesMut::with_capacity(usize::try_from(declared).unwrap_or(0));
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| fail(describe_error(&e)))?;
