@@ -346,9 +346,12 @@ async fn a_burst_spills_to_a_second_worker_when_the_loaded_one_cannot_keep_up() 
             assert_eq!(code, StatusCode::OK, "request {i}: {answer}");
         }
     };
-    // One request alone loads the model on one worker.
+    // One request alone loads the model on one worker (which says so in its next heartbeat).
     request(0).await;
-    assert_eq!(loaded_on(&client, "slow").await, 1);
+    eventually("one worker to list the model as loaded", || async {
+        (loaded_on(&client, "slow").await == 1).then_some(())
+    })
+    .await;
     // Twelve at once would take that worker ~1.8 s; the oldest waits past the spill limit
     // within a few of them, so the other worker loads the model and serves too.
     futures::future::join_all((1..=12).map(request)).await;
