@@ -173,7 +173,8 @@ pub struct Lease {
 /// * `results`: the results object itself. The coordinator stores it in SDFS as
 ///   `results/<job>/<batch>.json` and commits that file version together with the
 ///   completion, as one Raft entry: the object exists if and only if the completion counted,
-///   and a completion that does not count (the batch is done already) stores nothing. The
+///   and a completion that does not count (the batch is done already) stores nothing. It
+///   must name the batch and hold one result per query, in input order (else 400). The
 ///   failed-query count and the compute time are read from the object. This is what workers
 ///   send: one request and one commit per batch instead of a put and a completion.
 /// * `result`: the SDFS name of a results object already written, with `failed` and

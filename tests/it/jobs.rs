@@ -413,10 +413,14 @@ async fn a_completion_stores_its_results_object_only_when_it_counts() {
     let name = result_path(job.id, &first.batch_id);
     let file_url = format!("http://{addr}/v1/files/{name}");
 
-    // Malformed: neither form, both forms, another batch's object. A 400 with a reason each,
-    // and nothing stored.
+    // Malformed: neither form, both forms, another batch's object, a result missing, results
+    // out of input order. A 400 with a reason each, and nothing stored.
     let mut other_batch = serde_json::to_value(object(&fast, 1)).unwrap();
     other_batch["batch_id"] = json!(format!("{}-9", job.id));
+    let mut short = object(&fast, 1);
+    short.results.pop();
+    let mut shuffled = object(&fast, 1);
+    shuffled.results.reverse();
     for (body, reason) in [
         (json!({"lease_id": second.lease_id}), "needs"),
         (
@@ -426,6 +430,14 @@ async fn a_completion_stores_its_results_object_only_when_it_counts() {
         (
             json!({"lease_id": second.lease_id, "results": other_batch}),
             "not batch",
+        ),
+        (
+            json!({"lease_id": second.lease_id, "results": short}),
+            "one result per query",
+        ),
+        (
+            json!({"lease_id": second.lease_id, "results": shuffled}),
+            "one result per query",
         ),
     ] {
         let (code, answer) = post(body).await;

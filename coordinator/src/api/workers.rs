@@ -340,9 +340,29 @@ async fn complete(
         None => None,
         Some(object) => {
             // A completion that cannot count stores nothing (the apply checks again).
-            let counts = c.shared.read().state.completion_counts(batch, lease_id);
+            let (counts, span) = {
+                let applied = c.shared.read();
+                let state = &applied.state;
+                let span = state.batches.get(&batch).map(|b| (b.start, b.len));
+                (state.completion_counts(batch, lease_id), span)
+            };
             if !counts? {
                 return Ok(Json(CompletionAck { accepted: false }));
+            }
+            // One result per query of the batch, in input order: what readers of the job's
+            // results rely on.
+            if let Some((start, len)) = span {
+                let one_each = object.results.len() == len as usize
+                    && (object.results.iter())
+                        .zip(start..)
+                        .all(|(q, index)| q.index == index);
+                if !one_each {
+                    return Err(ApiError::BadRequest(format!(
+                        "the results object must hold one result per query of batch {batch}, \
+                         in input order (indexes {start} to {})",
+                        start + u64::from(len) - 1
+                    )));
+                }
             }
             let bytes = serde_json::to_vec(&object)
                 .map_err(|e| ApiError::Internal(format!("cannot encode the results: {e}")))?;
