@@ -82,6 +82,16 @@ fn complete(state: &mut State, batch: BatchId, lease_id: u64) -> Response {
     ))
 }
 
+fn expire(state: &mut State, batch: BatchId, lease_id: u64, t: u64) -> Response {
+    state.apply(req(
+        "",
+        t,
+        Command::Expire {
+            leases: vec![(batch, lease_id)],
+        },
+    ))
+}
+
 #[test]
 fn a_job_is_cut_into_batches_in_input_order_and_finishes() {
     let mut s = State::default();
@@ -148,13 +158,7 @@ fn a_batch_is_done_exactly_once_even_after_its_lease_expired() {
     let first = lease(&mut s, "slow", id, 3).unwrap();
     assert_eq!(s.job(id).unwrap().in_flight, 4);
     // The slow worker is declared dead; the batch goes back and is handed to another worker.
-    let r = s.apply(req(
-        "",
-        4,
-        Command::Expire {
-            leases: vec![(first.batch, first.lease_id)],
-        },
-    ));
+    let r = expire(&mut s, first.batch, first.lease_id, 4);
     assert_eq!(r, Response::Expired { count: 1 });
     assert_eq!(s.job(id).unwrap().in_flight, 0);
     let second = lease(&mut s, "fast", id, 5).unwrap();
@@ -192,13 +196,7 @@ fn a_completion_carrying_results_stores_them_only_if_it_counts() {
     node(&mut s, "n1");
     let id = job(&mut s, 2, 2);
     let first = lease(&mut s, "slow", id, 3).unwrap();
-    s.apply(req(
-        "",
-        4,
-        Command::Expire {
-            leases: vec![(first.batch, first.lease_id)],
-        },
-    ));
+    expire(&mut s, first.batch, first.lease_id, 4);
     let second = lease(&mut s, "fast", id, 5).unwrap();
     let name = format!("results/{id}/{}.json", first.batch);
     let with_results = |g: &super::command::LeaseGrant, h: String| Command::Complete {
@@ -270,13 +268,7 @@ fn a_late_completion_of_a_requeued_batch_takes_it_out_of_the_queue() {
     model(&mut s);
     let id = job(&mut s, 2, 1);
     let g = lease(&mut s, "w", id, 3).unwrap();
-    s.apply(req(
-        "",
-        4,
-        Command::Expire {
-            leases: vec![(g.batch, g.lease_id)],
-        },
-    ));
+    expire(&mut s, g.batch, g.lease_id, 4);
     assert_eq!(s.job(id).unwrap().retry.len(), 1);
     assert_eq!(
         complete(&mut s, g.batch, g.lease_id),
@@ -330,13 +322,7 @@ fn released_batches_go_first_and_expiry_ignores_stale_leases() {
     ));
     assert_eq!(r, Response::Released { released: true });
     // Expiring with the wrong lease id does nothing.
-    let r = s.apply(req(
-        "",
-        4,
-        Command::Expire {
-            leases: vec![(a.batch, a.lease_id + 100)],
-        },
-    ));
+    let r = expire(&mut s, a.batch, a.lease_id + 100, 4);
     assert_eq!(r, Response::Expired { count: 0 });
     let next = lease(&mut s, "v", id, 5).unwrap();
     assert_eq!(next.batch, b.batch);
@@ -531,13 +517,7 @@ fn apply_is_deterministic_and_the_stored_form_round_trips() {
         let g = lease(&mut s, "w", id, 3).unwrap();
         complete(&mut s, g.batch, g.lease_id);
         let g = lease(&mut s, "w", id, 4).unwrap();
-        s.apply(req(
-            "",
-            5,
-            Command::Expire {
-                leases: vec![(g.batch, g.lease_id)],
-            },
-        ));
+        expire(&mut s, g.batch, g.lease_id, 5);
         lease(&mut s, "v", id, 6).unwrap();
         s
     };
