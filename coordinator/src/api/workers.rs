@@ -330,22 +330,22 @@ async fn complete(
             "failed {failed} is more than any batch holds ({MAX_BATCH_SIZE})"
         )));
     }
-    let per_query = {
+    // One read of the applied state: the batch's model and span for the metrics and checks,
+    // and whether a completion could count now.
+    let (model, span, counts) = {
         let applied = c.shared.read();
-        let model = applied.state.jobs.get(&batch.job).map(|j| j.model.clone());
-        let len = applied.state.batches.get(&batch).map(|b| b.len);
-        model.zip(len)
+        let state = &applied.state;
+        (
+            state.jobs.get(&batch.job).map(|j| j.model.clone()),
+            state.batches.get(&batch).map(|b| (b.start, b.len)),
+            state.completion_counts(batch, lease_id),
+        )
     };
+    let per_query = model.zip(span.map(|(_, len)| len));
     let stored = match object {
         None => None,
         Some(object) => {
             // A completion that cannot count stores nothing (the apply checks again).
-            let (counts, span) = {
-                let applied = c.shared.read();
-                let state = &applied.state;
-                let span = state.batches.get(&batch).map(|b| (b.start, b.len));
-                (state.completion_counts(batch, lease_id), span)
-            };
             if !counts? {
                 return Ok(Json(CompletionAck { accepted: false }));
             }
@@ -359,8 +359,8 @@ async fn complete(
                 if !one_each {
                     return Err(ApiError::BadRequest(format!(
                         "the results object must hold one result per query of batch {batch}, \
-                         in input order (indexes {start} to {})",
-                        start + u64::from(len) - 1
+                         in input order (indexes {start}..{})",
+                        start + u64::from(len)
                     )));
                 }
             }
