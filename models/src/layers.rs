@@ -440,6 +440,15 @@ mod tests {
             (6, 8, (3, 3), 1, (5, 10), 1, Padding::Fixed(1, 1)),
             (8, 16, (3, 3), 1, (14, 14), 1, Padding::Fixed(1, 1)),
             (12, 40, (1, 7), 1, (17, 17), 1, Padding::Fixed(0, 3)),
+            // Stride-1 layers on the grid path (padded planes read in place): channels
+            // split in parts of `k` per tap (600 > 512), a partial last channel panel, a
+            // 5×5 kernel, rows unpadded and columns padded by 2 (an output wider than its
+            // input), a 7×1 kernel, two large images.
+            (600, 13, (3, 3), 1, (6, 6), 1, Padding::Fixed(1, 1)),
+            (3, 21, (5, 5), 1, (20, 23), 1, Padding::Same),
+            (9, 16, (3, 3), 1, (11, 12), 1, Padding::Fixed(0, 2)),
+            (10, 24, (7, 1), 1, (17, 17), 1, Padding::Fixed(3, 0)),
+            (7, 11, (3, 3), 1, (24, 24), 2, Padding::Fixed(1, 1)),
         ];
         for (c_in, c_out, (kh, kw), s, (h, wd), n, padding) in cases {
             let w = wave(&[c_out, c_in, kh, kw], 0.71, 0.3)?.affine(0.3, 0.0)?;

@@ -13,6 +13,11 @@
 //! tile gets the bias, the residual and the activation while it is still in L1, so the
 //! output is written once and never revisited.
 //!
+//! A stride-1 layer with a larger kernel on images of their own (not sharing panels) is not
+//! gathered either ([`conv_grid`]): its input is copied once into zero-padded planes, where
+//! every tap's pixels for a run of output positions are contiguous, and the microkernel
+//! reads them in place, one segment of rows per tap (the filter's `k` is tap-major for it).
+//!
 //! Small images (a plane of at most [`MC`] pixels, the late layers of a batched pass)
 //! share panels across image boundaries, so a 7×7 plane does not waste most of a panel;
 //! their sums go to a `(C_out, N·P)` buffer and one parallel pass applies the epilogue
@@ -46,6 +51,9 @@ const MC: usize = 480;
 const SHARED_MAX: usize = 16 << 20;
 /// Rows of `k` ahead the microkernel asks for its pixels.
 const PIXEL_AHEAD: usize = 8;
+/// The grid path computes `kw − 1` dropped positions per output row: taken while they
+/// are at most one in this many of a row's positions.
+const GRID_WASTE: usize = 5;
 
 /// Whether this CPU runs the packed kernel (AVX-512F).
 pub fn available() -> bool {
@@ -65,8 +73,10 @@ pub struct PackedFilter {
     c_out: usize,
     c_in: usize,
     kernel: (usize, usize),
-    /// `[ceil(c_out / NR)][k][NR]`, channels past `c_out` zero.
+    /// `[ceil(c_out / NR)][k][NR]`, channels past `c_out` zero; `k` tap-major (row
+    /// `tap·c_in + c`), so one tap's rows are the input's channel planes in order.
     panels: Vec<f32>,
+    /// `(c_out)`, then zeros up to a whole panel.
     bias: Vec<f32>,
 }
 
@@ -91,23 +101,28 @@ impl PackedFilter {
             )
         }
         let n_panels = c_out.div_ceil(NR);
+        let taps = kernel.0 * kernel.1;
         let mut panels = vec![0f32; n_panels * k * NR];
         for (p, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
+            // Row `kk` of the panel is tap `kk / c_in` of input channel `kk % c_in`.
             for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                let (tap, c) = (kk / c_in, kk % c_in);
                 for (r, w) in row.iter_mut().enumerate() {
                     let ch = p * NR + r;
                     if ch < c_out {
-                        *w = weight[ch * k + kk];
+                        *w = weight[ch * k + c * taps + tap];
                     }
                 }
             }
         }
+        let mut bias = bias.to_vec();
+        bias.resize(n_panels * NR, 0.0);
         Ok(PackedFilter {
             c_out,
             c_in,
             kernel,
             panels,
-            bias: bias.to_vec(),
+            bias,
         })
     }
 
@@ -128,7 +143,7 @@ impl PackedFilter {
 
     /// The bias, `(c_out)`.
     pub fn bias(&self) -> &[f32] {
-        &self.bias
+        &self.bias[..self.c_out]
     }
 
     fn k(&self) -> usize {
@@ -191,6 +206,22 @@ fn panels(total: usize) -> Vec<Panel> {
         q0 += valid;
     }
     out
+}
+
+/// A grid's positions as panels: full 48-wide ones, then one 16, 32 or 48 wide for the
+/// rest (its lanes past the end are dropped on the store like the rows' extra columns).
+fn grid_panels(total: usize) -> Vec<Panel> {
+    (0..total)
+        .step_by(MR)
+        .map(|q0| {
+            let valid = (total - q0).min(MR);
+            Panel {
+                q0,
+                valid,
+                width: valid.next_multiple_of(16),
+            }
+        })
+        .collect()
 }
 
 /// Part of one panel row for one kernel tap: `len` pixels from `dst` in the panel, either
@@ -404,11 +435,10 @@ unsafe fn pack_panel(
     (runs, starts): (&[Run], &[usize]),
     dst: &mut [f32],
 ) {
-    let taps = g.win.kernel.0 * g.win.kernel.1;
     let hw = g.h * g.w;
     let s = g.win.stride;
     for (row, k) in dst.chunks_exact_mut(panel.width).zip(k0..k0 + rows) {
-        let (c, tap) = (k / taps, k % taps);
+        let (tap, c) = (k / g.c, k % g.c);
         for run in &runs[starts[tap]..starts[tap + 1]] {
             let out = &mut row[run.dst..run.dst + run.len];
             match run.src {
@@ -443,13 +473,19 @@ thread_local! {
     static SHARED: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
     /// The `(C_out, N·P)` sums of a call on small images, kept by the calling thread.
     static SUMS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// A grid call's zero-padded input planes, kept by the calling thread.
+    static PADDED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// A panel's pixels for the microkernel: `rows` rows of the panel's width, `stride` apart.
+/// A panel's pixels for the microkernel: segments of `rows` rows of the panel's width,
+/// `stride` apart, segment `i` from `at + starts[i]` (a gathered or 1×1 panel is one
+/// segment; a grid panel has one per kernel tap).
 #[derive(Clone, Copy)]
-struct Pixels {
+struct Pixels<'a> {
     at: *const f32,
     stride: usize,
+    rows: usize,
+    starts: &'a [usize],
 }
 
 /// Where a call writes: the output, and what the last pass of `k` folds into it.
@@ -498,6 +534,11 @@ pub unsafe fn conv(
     // sums then go to a `(C_out, N·P)` buffer, and the epilogue moves them into place.
     // Larger images get panels of their own and are written in place.
     let merged = n > 1 && plane <= MC;
+    if grid_fits(n, (h, w), win) {
+        // SAFETY: the caller's contract.
+        unsafe { conv_grid(xs, (n, c, h, w), win, filter, residual, act, out) };
+        return;
+    }
     let panels = if merged {
         panels(n * plane)
     } else {
@@ -513,45 +554,14 @@ pub unsafe fn conv(
     // A 1×1 layer's im2col rows are the input's channel planes: read them in place.
     let direct = win.is_pointwise(h, w);
     let threads = rayon::current_num_threads().max(1);
-    // Pixel blocks: runs of panels, at most MC pixels (a block stays in L2). Every block
-    // streams all the weights, so a layer with more output channels than pixels (late
-    // layers at small batches) takes blocks as large as they come and splits its channels
-    // between the threads; others take blocks small enough for four per thread.
-    let weight_heavy = filter.c_out >= n * plane;
+    let plan = Plan::new(&panels, filter.c_out, n * plane, threads);
+    let blocks = &plan.blocks;
     let columns: usize = panels.iter().map(|p| p.width).sum();
-    let mut n_blocks = if weight_heavy {
-        columns.div_ceil(MC)
-    } else {
-        columns.div_ceil((columns.div_ceil(4 * threads)).clamp(2 * MR, MC))
-    };
-    // A whole number of blocks per thread when there are several each (9 blocks on 2
-    // threads would leave one thread idle for a ninth of the layer).
-    if n_blocks >= 2 * threads {
-        n_blocks = n_blocks.next_multiple_of(threads);
-    }
-    let n_blocks = n_blocks.clamp(1, panels.len());
-    // Panels dealt out evenly: block `b` gets panels `b·len/n .. (b+1)·len/n`.
-    let blocks: Vec<std::ops::Range<usize>> = (0..n_blocks)
-        .map(|b| b * panels.len() / n_blocks..(b + 1) * panels.len() / n_blocks)
-        .collect();
     // Too few blocks for the pool (small images, late layers): split the channels too, in
     // whole panels, and pack the pixels once for all tasks rather than once per task.
     let n_panels = filter.c_out.div_ceil(NR);
-    let shared_pack =
-        threads > 1 && (weight_heavy || blocks.len() < 2 * threads) && k * columns <= SHARED_MAX;
-    let splits = if shared_pack {
-        (2 * threads).div_ceil(blocks.len()).min(n_panels)
-    } else {
-        1
-    };
-    let per_split = n_panels.div_ceil(splits);
-    let items: Vec<(usize, std::ops::Range<usize>)> = (0..blocks.len())
-        .flat_map(|b| {
-            (0..n_panels)
-                .step_by(per_split)
-                .map(move |p0| (b, p0..(p0 + per_split).min(n_panels)))
-        })
-        .collect();
+    let shared_pack = plan.split && k * columns <= SHARED_MAX;
+    let items = plan.items(n_panels, threads, shared_pack);
     let needs_pack = |panel: &Panel| !(direct && panel.whole(plane));
     // Shared packing: every panel's `k × width` rows, panel after panel.
     let mut shared = Vec::new();
@@ -629,12 +639,16 @@ pub unsafe fn conv(
                     Pixels {
                         at: xs[(image * g.c + k0) * plane + p0..].as_ptr(),
                         stride: plane,
+                        rows,
+                        starts: &[0],
                     }
                 } else if shared_pack {
                     let base = shared_at[blocks[*b].start + i] + k0 * panel.width;
                     Pixels {
                         at: shared_floats[base..base + rows * panel.width].as_ptr(),
                         stride: panel.width,
+                        rows,
+                        starts: &[0],
                     }
                 } else {
                     let len = rows * panel.width;
@@ -646,6 +660,8 @@ pub unsafe fn conv(
                     Pixels {
                         at: part.as_ptr(),
                         stride: panel.width,
+                        rows,
+                        starts: &[0],
                     }
                 };
                 at.push(pixels);
@@ -657,19 +673,7 @@ pub unsafe fn conv(
                     // SAFETY: AVX-512F is present (the caller's contract); `pixels` has
                     // `rows` rows of the panel's width, the tile lies inside `out`, and no
                     // other task writes it.
-                    unsafe {
-                        tile(
-                            &g,
-                            &sink,
-                            *panel,
-                            cp * NR,
-                            rows,
-                            *pixels,
-                            weights,
-                            first,
-                            last,
-                        )
-                    };
+                    unsafe { tile(&g, &sink, *panel, cp * NR, *pixels, weights, first, last) };
                 }
             }
             k0 += rows;
@@ -754,13 +758,249 @@ unsafe fn finish_plane_avx512(
     }
 }
 
+/// Whether a call takes the grid path ([`conv_grid`]): a stride-1 kernel larger than 1×1,
+/// on images with panels of their own (small images of a batch share panels instead).
+fn grid_fits(n: usize, (h, w): (usize, usize), win: Window) -> bool {
+    let plane = win.out.0 * win.out.1;
+    let wp = win.out.1 + win.kernel.1 - 1;
+    win.stride == 1
+        && win.kernel.0 * win.kernel.1 > 1
+        && !(n > 1 && plane <= MC)
+        && h > 0
+        && w > 0
+        && (win.kernel.1 - 1) * GRID_WASTE <= wp
+}
+
+/// A stride-1 convolution with no gathering: the input is copied once into zero-padded
+/// planes (`oh + kh − 1` rows of `ow + kw − 1`), and output pixel `(y, x)` is computed at
+/// grid position `y·wp + x` of such a plane. Tap `(i, j)`'s pixels for a run of grid
+/// positions are then the padded plane's floats from `i·wp + j` on, contiguous: a panel of
+/// 48 positions is read in place, one segment of the microkernel's rows per tap, with
+/// every input channel's plane one stride apart. The `kw − 1` extra positions at the end
+/// of each row are computed and dropped (their lanes are compressed out on the store).
+///
+/// # Safety
+/// As [`conv`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_grid(
+    xs: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    win: Window,
+    filter: &PackedFilter,
+    residual: Option<&[f32]>,
+    act: Activation,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let (kh, kw) = win.kernel;
+    let (oh, ow) = win.out;
+    let (hp, wp) = (oh + kh - 1, ow + kw - 1);
+    let (top, left) = win.pad_before;
+    // Planes an odd number of cache lines apart: rows of `k` (one plane apart) then fall
+    // in every set of the L1 cache instead of a few (a 16×16 plane is exactly 1 KiB).
+    let padded_plane = (hp * wp).next_multiple_of(16) | 16;
+    let plane = oh * ow;
+    // The last panel's extra lanes read up to `kw + 15` floats past the last plane.
+    let len = n * c * padded_plane + kw + MR;
+    let mut padded = PADDED.with(|p| p.take());
+    if padded.len() < len {
+        padded.resize(len, 0.0);
+    }
+    padded[n * c * padded_plane..len].fill(0.0);
+    padded[..n * c * padded_plane]
+        .par_chunks_mut(padded_plane)
+        .zip(xs.par_chunks(h * w))
+        .for_each(|(dst, src)| {
+            dst[hp * wp..].fill(0.0);
+            for (y, row) in dst[..hp * wp].chunks_exact_mut(wp).enumerate() {
+                let Some(iy) = y.checked_sub(top).filter(|&iy| iy < h) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                let lo = left.min(wp);
+                let hi = (left + w).min(wp);
+                row[..lo].fill(0.0);
+                row[lo..hi].copy_from_slice(&src[iy * w..iy * w + hi - lo]);
+                row[hi..].fill(0.0);
+            }
+        });
+    // Grid positions per image: the last row's extra positions are not needed.
+    let positions = (oh - 1) * wp + ow;
+    let panels: Vec<Panel> = (0..n)
+        .flat_map(|image| {
+            grid_panels(positions).into_iter().map(move |p| Panel {
+                q0: image * positions + p.q0,
+                ..p
+            })
+        })
+        .collect();
+    let threads = rayon::current_num_threads().max(1);
+    let n_panels = filter.c_out.div_ceil(NR);
+    let plan = Plan::new(&panels, filter.c_out, n * plane, threads);
+    let items = plan.items(n_panels, threads, plan.split);
+    // Blocks of `k` (tap-major, as the filter is packed): whole taps of all channels up to
+    // KC rows, or one tap's channels in parts of at most KC. Each block lists where its
+    // segments start from an image's first padded plane.
+    let taps = kh * kw;
+    let tap_at = |t: usize| (t / kw) * wp + t % kw;
+    let mut k_blocks: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    if c <= KC {
+        let n_blocks = taps.div_ceil((KC / c).max(1));
+        let per = taps.div_ceil(n_blocks);
+        for t0 in (0..taps).step_by(per) {
+            let starts = (t0..(t0 + per).min(taps)).map(tap_at).collect();
+            k_blocks.push((t0 * c, c, starts));
+        }
+    } else {
+        let size = c.div_ceil(c.div_ceil(KC));
+        for t in 0..taps {
+            for c0 in (0..c).step_by(size) {
+                let rows = size.min(c - c0);
+                k_blocks.push((t * c + c0, rows, vec![c0 * padded_plane + tap_at(t)]));
+            }
+        }
+    }
+    let k = filter.k();
+    let input: &[f32] = &padded;
+    let sink = Sink {
+        out: out.as_mut_ptr().cast::<f32>(),
+        merged: None,
+        residual,
+        bias: &filter.bias,
+        act,
+    };
+    let sink = &sink;
+    let run = |(b, channel_panels): &(usize, std::ops::Range<usize>)| {
+        let block_panels = &panels[plan.blocks[*b].clone()];
+        // Each panel's image and, per vector, where its kept lanes go in an output plane.
+        let places: Vec<(usize, [(usize, u16); 3])> = block_panels
+            .iter()
+            .map(|panel| {
+                let (image, p0) = (panel.q0 / positions, panel.q0 % positions);
+                let mut lanes = [(0, 0u16); 3];
+                for (v, (at, mask)) in lanes.iter_mut().enumerate().take(panel.width / 16) {
+                    for l in (0..16).rev() {
+                        let x = 16 * v + l;
+                        let q = p0 + x;
+                        if x < panel.valid && q % wp < ow {
+                            *mask |= 1 << l;
+                            *at = q / wp * ow + q % wp;
+                        }
+                    }
+                }
+                (image, lanes)
+            })
+            .collect();
+        for (i, (k0, rows, starts)) in k_blocks.iter().enumerate() {
+            let (first, last) = (i == 0, i + 1 == k_blocks.len());
+            let all_rows = rows * starts.len();
+            for cp in channel_panels.clone() {
+                let ch0 = cp * NR;
+                let weights = &filter.panels[(cp * k + k0) * NR..(cp * k + k0 + all_rows) * NR];
+                for (panel, &(image, lanes)) in block_panels.iter().zip(&places) {
+                    let p0 = panel.q0 % positions;
+                    let pixels = Pixels {
+                        at: input.as_ptr().wrapping_add(image * c * padded_plane + p0),
+                        stride: padded_plane,
+                        rows: *rows,
+                        starts,
+                    };
+                    let at = (image * filter.c_out + ch0) * plane;
+                    let dest = Dest {
+                        c: sink.out.wrapping_add(at),
+                        ldc: plane,
+                        rows: NR.min(filter.c_out - ch0),
+                        lanes: Some(lanes),
+                    };
+                    let epilogue = last.then(|| Epilogue {
+                        bias: sink.bias[ch0..ch0 + NR].as_ptr(),
+                        residual: sink.residual.map(|res| res.as_ptr().wrapping_add(at)),
+                        act: sink.act,
+                    });
+                    // SAFETY: AVX-512F is present (the caller's contract); every segment's
+                    // rows lie in the padded buffer (with its tail), the kept lanes of the
+                    // tile's rows are output pixels of this image and channel range, which
+                    // no other task writes.
+                    unsafe { micro_for(panel.width, pixels, weights, dest, !first, epilogue) };
+                }
+            }
+        }
+    };
+    if items.len() == 1 || threads == 1 {
+        items.iter().for_each(run);
+    } else {
+        items.par_iter().for_each(run);
+    }
+    PADDED.with(|p| p.set(padded));
+}
+
+/// How a call's panels are dealt out: blocks of consecutive panels, and whether the output
+/// channels are split between tasks too.
+struct Plan {
+    blocks: Vec<std::ops::Range<usize>>,
+    /// Too few blocks for the pool, or a layer with more channels than pixels.
+    split: bool,
+}
+
+impl Plan {
+    /// Pixel blocks: runs of panels, at most MC pixels (a block stays in L2). Every block
+    /// streams all the weights, so a layer with more output channels than pixels (late
+    /// layers at small batches) takes blocks as large as they come and splits its
+    /// channels between the threads; others take blocks small enough for four per thread.
+    fn new(panels: &[Panel], c_out: usize, pixels: usize, threads: usize) -> Plan {
+        let weight_heavy = c_out >= pixels;
+        let columns: usize = panels.iter().map(|p| p.width).sum();
+        let mut n_blocks = if weight_heavy {
+            columns.div_ceil(MC)
+        } else {
+            columns.div_ceil((columns.div_ceil(4 * threads)).clamp(2 * MR, MC))
+        };
+        // A whole number of blocks per thread when there are several each (9 blocks on 2
+        // threads would leave one thread idle for a ninth of the layer).
+        if n_blocks >= 2 * threads {
+            n_blocks = n_blocks.next_multiple_of(threads);
+        }
+        let n_blocks = n_blocks.clamp(1, panels.len());
+        // Panels dealt out evenly: block `b` gets panels `b·len/n .. (b+1)·len/n`.
+        let blocks = (0..n_blocks)
+            .map(|b| b * panels.len() / n_blocks..(b + 1) * panels.len() / n_blocks)
+            .collect();
+        Plan {
+            blocks,
+            split: threads > 1 && (weight_heavy || n_blocks < 2 * threads),
+        }
+    }
+
+    /// The tasks: every block with all `n_panels` channel panels, or — `split` — with each
+    /// of as many ranges of them as give the pool two tasks per thread.
+    fn items(
+        &self,
+        n_panels: usize,
+        threads: usize,
+        split: bool,
+    ) -> Vec<(usize, std::ops::Range<usize>)> {
+        let splits = if split {
+            (2 * threads).div_ceil(self.blocks.len()).min(n_panels)
+        } else {
+            1
+        };
+        let per_split = n_panels.div_ceil(splits.max(1));
+        (0..self.blocks.len())
+            .flat_map(|b| {
+                (0..n_panels)
+                    .step_by(per_split)
+                    .map(move |p0| (b, p0..(p0 + per_split).min(n_panels)))
+            })
+            .collect()
+    }
+}
+
 /// The floats of a line buffer.
 fn lines_as_floats(lines: &mut [Line]) -> &mut [f32] {
     // SAFETY: `Line` is 16 plain floats, `repr(C)`, no padding.
     unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<f32>(), lines.len() * 16) }
 }
 
-/// One `NR × panel` tile for `rows` rows of `k`: straight into the output when the tile is
+/// One `NR × panel` tile for the rows of `k` in `pixels`: straight into the output when the tile is
 /// whole (all its channels exist, its pixels lie in one image), else through a buffer.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
@@ -769,7 +1009,6 @@ unsafe fn tile(
     sink: &Sink,
     panel: Panel,
     ch0: usize,
-    rows: usize,
     pixels: Pixels,
     weights: &[f32],
     first: bool,
@@ -781,10 +1020,9 @@ unsafe fn tile(
         let c = sums.add(ch0 * columns + panel.q0);
         micro_for(
             panel.width,
-            rows,
             pixels,
             weights,
-            (c, columns),
+            Dest::dense(c, columns),
             !first,
             None,
         );
@@ -807,10 +1045,9 @@ unsafe fn tile(
         });
         micro_for(
             panel.width,
-            rows,
             pixels,
             weights,
-            (c, plane),
+            Dest::dense(c, plane),
             !first,
             epilogue,
         );
@@ -834,10 +1071,9 @@ unsafe fn tile(
     }
     micro_for(
         width,
-        rows,
         pixels,
         weights,
-        (buf.as_mut_ptr(), width),
+        Dest::dense(buf.as_mut_ptr(), width),
         !first,
         None,
     );
@@ -867,48 +1103,77 @@ struct Epilogue {
     act: Activation,
 }
 
-/// [`micro`] for a panel `width` pixels wide (three vectors or one).
+/// [`micro`] for a panel `width` pixels wide (three vectors, two or one).
 #[inline]
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn micro_for(
     width: usize,
-    rows: usize,
     pixels: Pixels,
     weights: &[f32],
-    c: (*mut f32, usize),
+    c: Dest,
     accumulate: bool,
     epilogue: Option<Epilogue>,
 ) {
     match width {
-        MR => micro::<3>(rows, pixels, weights.as_ptr(), c, accumulate, epilogue),
-        _ => micro::<1>(rows, pixels, weights.as_ptr(), c, accumulate, epilogue),
+        MR => micro::<3>(pixels, weights.as_ptr(), c, accumulate, epilogue),
+        32 => micro::<2>(pixels, weights.as_ptr(), c, accumulate, epilogue),
+        _ => micro::<1>(pixels, weights.as_ptr(), c, accumulate, epilogue),
+    }
+}
+
+/// Where a tile's sums go: row `r` (an output channel, `r < rows`) `ldc` floats apart from
+/// `c`; vector `v` of a row either at `16·v` (all lanes), or — a grid tile, whose pixel
+/// positions include the padded plane's extra columns — at `lanes[v].0`, only the lanes
+/// `lanes[v].1`, compressed (the kept lanes are consecutive outputs).
+#[derive(Clone, Copy)]
+struct Dest {
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    lanes: Option<[(usize, u16); 3]>,
+}
+
+impl Dest {
+    /// A whole tile: `NR` rows of dense vectors.
+    fn dense(c: *mut f32, ldc: usize) -> Dest {
+        Dest {
+            c,
+            ldc,
+            rows: NR,
+            lanes: None,
+        }
     }
 }
 
 /// The microkernel: `c[r][x] (+)= Σ_k weights[k][r] · pixels[k][x]` for `r < NR`,
-/// `x < 16·V`; `c` rows `ldc` apart.
+/// `x < 16·V`, `k` over every row of every segment of `pixels`.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn micro<const V: usize>(
-    rows: usize,
     pixels: Pixels,
     weights: *const f32,
-    (c, ldc): (*mut f32, usize),
+    d: Dest,
     accumulate: bool,
     epilogue: Option<Epilogue>,
 ) {
     use std::arch::x86_64::*;
+    // Vector `v` of row `r` of a tile laid out like the destination, from `base`.
+    let load = |base: *const f32, r: usize, v: usize| match d.lanes {
+        None => _mm512_loadu_ps(base.add(r * d.ldc + v * 16)),
+        Some(l) => _mm512_maskz_expandloadu_ps(l[v].1, base.add(r * d.ldc + l[v].0)),
+    };
     let mut acc = [[_mm512_setzero_ps(); V]; NR];
     if accumulate {
-        for (r, acc) in acc.iter_mut().enumerate() {
+        for (r, acc) in acc.iter_mut().enumerate().take(d.rows) {
             for (v, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_loadu_ps(c.add(r * ldc + v * 16));
+                *a = load(d.c, r, v);
             }
         }
     }
-    let (mut a, mut b) = (pixels.at, weights);
+    let mut b = weights;
     let stride = pixels.stride;
+    let rows = pixels.rows;
     // One step of `k`: V vectors of pixels times NR broadcast weights.
     let step = |acc: &mut [[__m512; V]; NR], a: *const f32, b: *const f32| {
         let mut x = [_mm512_setzero_ps(); V];
@@ -922,55 +1187,74 @@ unsafe fn micro<const V: usize>(
             }
         }
     };
-    // Four steps per iteration: ~15 % faster than one (loop overhead, scheduling).
-    for _ in 0..rows / 4 {
-        // The weights stream from memory when a layer's weights outgrow the caches (late
-        // layers at small batches): ask for them 32 steps ahead.
-        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * NR).cast());
-        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * NR + 16).cast());
-        for u in 0..4 {
-            for v in 0..V {
-                // A hint only: past the end it fetches nothing harmful, hence `wrapping_add`.
-                let ahead = a.wrapping_add((u + PIXEL_AHEAD) * stride + v * 16);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+    for &start in pixels.starts {
+        let mut a = pixels.at.wrapping_add(start);
+        if pixels.starts.len() > 1 {
+            // A segment's first rows: the previous segment's prefetches went past its end.
+            for u in 0..PIXEL_AHEAD.min(rows) {
+                for v in 0..V {
+                    _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(u * stride + v * 16).cast());
+                }
             }
-            step(&mut acc, a.add(u * stride), b.add(u * NR));
         }
-        // Past the last row these point beyond the data (a 1×1 layer's last plane ends at
-        // the input's end) and are never read: `wrapping_add`.
-        a = a.wrapping_add(4 * stride);
-        b = b.wrapping_add(4 * NR);
-    }
-    for _ in 0..rows % 4 {
-        step(&mut acc, a, b);
-        a = a.wrapping_add(stride);
-        b = b.wrapping_add(NR);
+        // Four steps per iteration: ~15 % faster than one (loop overhead, scheduling).
+        for _ in 0..rows / 4 {
+            // The weights stream from memory when a layer's weights outgrow the caches (late
+            // layers at small batches): ask for them 32 steps ahead.
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * NR).cast());
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * NR + 16).cast());
+            for u in 0..4 {
+                for v in 0..V {
+                    // A hint only: past the end it fetches nothing harmful, hence
+                    // `wrapping_add`.
+                    let ahead = a.wrapping_add((u + PIXEL_AHEAD) * stride + v * 16);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                }
+                step(&mut acc, a.add(u * stride), b.add(u * NR));
+            }
+            // Past the last row these point beyond the data (a 1×1 layer's last plane ends
+            // at the input's end) and are never read: `wrapping_add`.
+            a = a.wrapping_add(4 * stride);
+            b = b.wrapping_add(4 * NR);
+        }
+        for _ in 0..rows % 4 {
+            step(&mut acc, a, b);
+            a = a.wrapping_add(stride);
+            b = b.wrapping_add(NR);
+        }
     }
     if let Some(e) = epilogue {
         for (r, acc) in acc.iter_mut().enumerate() {
             let bias = _mm512_set1_ps(*e.bias.add(r));
             for (v, a) in acc.iter_mut().enumerate() {
                 let mut x = _mm512_add_ps(*a, bias);
-                if let Some(res) = e.residual {
-                    x = _mm512_add_ps(x, _mm512_loadu_ps(res.add(r * ldc + v * 16)));
+                if let Some(res) = e.residual.filter(|_| r < d.rows) {
+                    x = _mm512_add_ps(x, load(res, r, v));
                 }
                 *a = activate(e.act, x);
             }
         }
     }
-    for (r, acc) in acc.iter().enumerate() {
+    for (r, acc) in acc.iter().enumerate().take(d.rows) {
         for (v, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(c.add(r * ldc + v * 16), *a);
+            match d.lanes {
+                None => _mm512_storeu_ps(d.c.add(r * d.ldc + v * 16), *a),
+                Some(l) => {
+                    let (at, mask) = l[v];
+                    let kept = _mm512_maskz_compress_ps(mask, *a);
+                    let n = mask.count_ones() as usize;
+                    _mm512_mask_storeu_ps(d.c.add(r * d.ldc + at), lanes(n), kept);
+                }
+            }
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn micro<const V: usize>(
-    _rows: usize,
     _pixels: Pixels,
     _weights: *const f32,
-    _c: (*mut f32, usize),
+    _d: Dest,
     _accumulate: bool,
     _epilogue: Option<Epilogue>,
 ) {
