@@ -414,8 +414,10 @@ mod tests {
     /// more than one 256-row block of `k`, small images sharing panels (their sums moved
     /// into place afterwards), large images with partial tail panels, 1×1 layers read in
     /// place, layers with more channels than pixels (pixels packed once for all threads),
-    /// strides and asymmetric padding — on pools of 1, 2 and 3 threads (which split the
-    /// work differently), with a residual and an activation.
+    /// stride-1 layers read from zero-padded planes (the grid path: rows' extra positions
+    /// dropped, 16/32/48-wide tail panels, a tap's channels split in parts), strides and
+    /// asymmetric padding — on pools of 1, 2 and 3 threads (which split the work
+    /// differently), with a residual and an activation.
     #[test]
     fn packed_kernel_matches_im2col_gemm() -> Result<()> {
         if !packed_available() {

@@ -766,6 +766,7 @@ fn grid_fits(n: usize, (h, w): (usize, usize), win: Window) -> bool {
     win.stride == 1
         && win.kernel.0 * win.kernel.1 > 1
         && !(n > 1 && plane <= MC)
+        && plane > 0
         && h > 0
         && w > 0
         && (win.kernel.1 - 1) * GRID_WASTE <= wp
