@@ -94,8 +94,9 @@ fn branches<const N: usize>(xs: &Tensor, branch: [Branch; N]) -> Result<[Tensor;
             }
         }
     }
-    let out = run(xs, &branch)?;
-    Ok(out.try_into().expect("one output per branch"))
+    run(xs, &branch)?
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg("a branch gave no output".into()))
 }
 
 /// `InceptionA(in_channels, pool_features)` (Mixed_5b/5c/5d).

@@ -800,8 +800,9 @@ unsafe fn conv_grid(
     // in every set of the L1 cache instead of a few (a 16×16 plane is exactly 1 KiB).
     let padded_plane = (hp * wp).next_multiple_of(16) | 16;
     let plane = oh * ow;
-    // The last panel's extra lanes read up to `kw + 15` floats past the last plane.
-    let len = n * c * padded_plane + kw + MR;
+    // The last panel's lanes past the grid read up to 15 floats past the last plane's rows
+    // (`hp·wp`), dropped lanes all: zeros are there to read.
+    let len = n * c * padded_plane + MR;
     let mut padded = PADDED.with(|p| p.take());
     if padded.len() < len {
         padded.resize(len, 0.0);
@@ -1001,8 +1002,9 @@ fn lines_as_floats(lines: &mut [Line]) -> &mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<f32>(), lines.len() * 16) }
 }
 
-/// One `NR × panel` tile for the rows of `k` in `pixels`: straight into the output when the tile is
-/// whole (all its channels exist, its pixels lie in one image), else through a buffer.
+/// One `NR × panel` tile for the rows of `k` in `pixels`: straight into the output when the
+/// tile is whole (all its channels exist, its pixels lie in one image), else through a
+/// buffer.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn tile(
