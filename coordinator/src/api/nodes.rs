@@ -69,7 +69,7 @@ async fn register(
     }
     let id = body.id.clone();
     // Before it is alive: repair must not copy to it what it may already hold.
-    c.leader_state().storage.to_reconcile.insert(id.clone());
+    c.leader_state().storage.rejoined(&id);
     c.write(String::new(), Command::RegisterNode { id: body.id, addr })
         .await?;
     {

@@ -27,7 +27,7 @@ pub async fn watch_nodes(c: Arc<Coordinator>) {
         }
         for (id, alive) in liveness_changes(&c) {
             if alive {
-                c.leader_state().storage.to_reconcile.insert(id.clone());
+                c.leader_state().storage.rejoined(&id);
             }
             let cmd = Command::SetNodeAlive {
                 id: id.clone(),

@@ -39,6 +39,16 @@ impl StorageMonitor {
         self.failed_copies.insert(id.to_string(), Instant::now());
     }
 
+    /// A node registers or is heard from again after it was dead: its holdings are to be
+    /// reconciled before repair copies to it, and copies that failed while it was down
+    /// (the leader had not yet marked it dead) say nothing about it now — without this, a
+    /// node back within [`FAILED_TARGET_BACKOFF`] of its crash would get no copies for the
+    /// rest of it, and blobs it could take stay short of their replicas.
+    pub fn rejoined(&mut self, id: &str) {
+        self.to_reconcile.insert(id.to_string());
+        self.failed_copies.remove(id);
+    }
+
     /// Nodes repair must not copy to now: those waiting to be reconciled and those a copy
     /// failed on within [`FAILED_TARGET_BACKOFF`].
     pub fn avoid_as_targets(&mut self) -> HashSet<String> {
@@ -54,5 +64,27 @@ impl StorageMonitor {
     /// What the node last reported holding.
     pub fn reported(&self, id: &str) -> Option<(u64, u64)> {
         self.reported.get(id).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_back_from_a_crash_is_a_copy_target_again_once_reconciled() {
+        let mut s = StorageMonitor::default();
+        // Copies to s1 and s2 failed: both crashed, not yet marked dead.
+        s.copy_failed("s1");
+        s.copy_failed("s2");
+        assert!(s.avoid_as_targets().contains("s1"));
+        // s1 comes back: avoided until its holdings are reconciled, then a target again.
+        s.rejoined("s1");
+        assert!(s.avoid_as_targets().contains("s1"));
+        s.to_reconcile.remove("s1");
+        let avoid = s.avoid_as_targets();
+        assert!(!avoid.contains("s1"), "{avoid:?}");
+        // s2 did not come back: still avoided for the backoff.
+        assert!(avoid.contains("s2"), "{avoid:?}");
     }
 }
