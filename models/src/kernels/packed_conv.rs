@@ -535,8 +535,15 @@ pub unsafe fn conv(
     // Larger images get panels of their own and are written in place.
     let merged = n > 1 && plane <= MC;
     if grid_fits(n, (h, w), win) {
+        let sink = Sink {
+            out: out.as_mut_ptr().cast::<f32>(),
+            merged: None,
+            residual,
+            bias: &filter.bias,
+            act,
+        };
         // SAFETY: the caller's contract.
-        unsafe { conv_grid(xs, (n, c, h, w), win, filter, residual, act, out) };
+        unsafe { conv_grid(xs, n, &g, filter, &sink) };
         return;
     }
     let panels = if merged {
@@ -781,17 +788,9 @@ fn grid_fits(n: usize, (h, w): (usize, usize), win: Window) -> bool {
 /// of each row are computed and dropped (their lanes are compressed out on the store).
 ///
 /// # Safety
-/// As [`conv`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn conv_grid(
-    xs: &[f32],
-    (n, c, h, w): (usize, usize, usize, usize),
-    win: Window,
-    filter: &PackedFilter,
-    residual: Option<&[f32]>,
-    act: Activation,
-    out: &mut [MaybeUninit<f32>],
-) {
+/// As [`conv`]: `sink` writes to its `out`, without merged sums.
+unsafe fn conv_grid(xs: &[f32], n: usize, g: &Geometry, filter: &PackedFilter, sink: &Sink) {
+    let (c, h, w, win) = (g.c, g.h, g.w, g.win);
     let (kh, kw) = win.kernel;
     let (oh, ow) = win.out;
     let (hp, wp) = (oh + kh - 1, ow + kw - 1);
@@ -799,7 +798,7 @@ unsafe fn conv_grid(
     // Planes an odd number of cache lines apart: rows of `k` (one plane apart) then fall
     // in every set of the L1 cache instead of a few (a 16×16 plane is exactly 1 KiB).
     let padded_plane = (hp * wp).next_multiple_of(16) | 16;
-    let plane = oh * ow;
+    let plane = g.plane();
     // The last panel's lanes past the grid read up to 15 floats past the last plane's rows
     // (`hp·wp`), dropped lanes all: zeros are there to read.
     let len = n * c * padded_plane + MR;
@@ -863,14 +862,6 @@ unsafe fn conv_grid(
     }
     let k = filter.k();
     let input: &[f32] = &padded;
-    let sink = Sink {
-        out: out.as_mut_ptr().cast::<f32>(),
-        merged: None,
-        residual,
-        bias: &filter.bias,
-        act,
-    };
-    let sink = &sink;
     let run = |(b, channel_panels): &(usize, std::ops::Range<usize>)| {
         let block_panels = &panels[plan.blocks[*b].clone()];
         // Each panel's image and, per vector, where its kept lanes go in an output plane.
