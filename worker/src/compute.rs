@@ -163,7 +163,7 @@ async fn run_batch(shared: &Arc<Shared>, batch: PreparedBatch) -> Option<Finishe
     let k = shared.config.top_k;
     let ranked = shared
         .pool
-        .run(move || classify_images(&model, &decoded, k))
+        .run_pass(move || classify_images(&model, &decoded, k))
         .await;
     let took = started.elapsed();
     let compute_ms = took.as_millis() as u64;

@@ -36,7 +36,7 @@ pub(crate) fn start(shared: &Arc<Shared>, mut lease: OnlineLease) {
         let count = inputs.len();
         let images = shared
             .pool
-            .run(move || inputs.into_par_iter().map(|i| prepare(i, size)).collect())
+            .run_beside(move || inputs.into_par_iter().map(|i| prepare(i, size)).collect())
             .await;
         shared
             .metrics
@@ -82,7 +82,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, batch: OnlineBatch) {
             let (size, k) = (lease.input_size as usize, lease.top_k as usize);
             shared
                 .pool
-                .run(move || outputs(&model, images, size, k))
+                .run_pass(move || outputs(&model, images, size, k))
                 .await
                 .unwrap_or_else(|e| vec![failed(e.to_string(), false); count])
         }

@@ -148,13 +148,13 @@ async fn prepare(shared: &Shared, lease: Lease) -> PreparedBatch {
     let fetched = shared.inputs.fetch_all(&lease.inputs).await;
     let names: Vec<String> = lease.inputs.iter().map(|i| i.name.clone()).collect();
     let decoding = Instant::now();
-    // Decoding runs as a job of the compute pool, not on a thread of its own: the pool's
-    // threads take it up between the forward pass's tasks, so the cores never hold more
-    // runnable compute threads than they have (a third thread preempting one of the pool's
-    // stalls the pass's fork-joins; `docs/BENCHMARKS.md`, workers, measures the difference).
+    // Decoding runs on the compute pool, not on a thread of its own (a third runnable thread
+    // preempting one of the pool's stalls the pass's fork-joins), and beside the pass in
+    // progress rather than inside it (`ComputePool::run_beside`; `docs/BENCHMARKS.md`,
+    // workers, measures both).
     let decoded = shared
         .pool
-        .run(move || {
+        .run_beside(move || {
             fetched
                 .into_par_iter()
                 .zip(names)
