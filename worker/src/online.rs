@@ -36,7 +36,9 @@ pub(crate) fn start(shared: &Arc<Shared>, mut lease: OnlineLease) {
         let count = inputs.len();
         let images = shared
             .pool
-            .run_beside(move || inputs.into_par_iter().map(|i| prepare(i, size)).collect())
+            .run_side(count, move || {
+                inputs.into_par_iter().map(|i| prepare(i, size)).collect()
+            })
             .await;
         shared
             .metrics

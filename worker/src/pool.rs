@@ -3,15 +3,16 @@
 //!
 //! Work arrives two ways. A forward pass ([`ComputePool::run_pass`]) is the pool's main
 //! work: its layers fork and join across every thread. Side work — decoding the next batch's
-//! inputs, which arrive while a pass runs — goes through [`ComputePool::run_beside`]: while a
-//! pass is running it is handed to the pass's *server*, a task the pass runs beside itself
-//! (`rayon::join`) that steals the pass's tasks when it has nothing else to do and runs side
-//! work when some comes. Given to the pool as a job of its own instead, side work would be
-//! taken up by whichever thread first waits at one of the pass's joins, and every task
-//! waiting on that join's continuation — the rest of the pass — would wait for the decoding
-//! too, with the other thread idle (on two threads, about one image's decoding of idle core
-//! per batch; `docs/BENCHMARKS.md`, workers). Beside the pass, the side work runs on one
-//! thread while the pass goes on on the others, as the standalone path's decoding does.
+//! inputs, which arrive while a pass runs — goes through [`ComputePool::run_side`]. Given to
+//! the pool as a job of its own, side work is taken up by whichever thread first waits at
+//! one of the pass's joins, and the rest of the pass waits for it. When it splits into at
+//! least as many pieces as there are threads (a batch's images), every thread takes pieces
+//! and the pass pauses without leaving a core idle. When it cannot (one image to decode on
+//! two threads), the other thread would sit idle for the whole decoding — about one image's
+//! decoding of idle core per batch (`docs/BENCHMARKS.md`, workers). Such work is handed to
+//! the pass's *server* instead: a task each pass runs beside itself (`rayon::join`) that
+//! steals the pass's tasks when it has nothing else to do and runs side work when some
+//! comes, so the decoding occupies one thread while the pass goes on on the others.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -121,7 +122,7 @@ impl ComputePool {
     }
 
     /// Runs a forward pass like [`ComputePool::run`], with a server beside it that takes
-    /// [`ComputePool::run_beside`]'s side work while the pass runs (on a pool of one thread,
+    /// [`ComputePool::run_side`]'s side work while the pass runs (on a pool of one thread,
     /// the pass alone).
     pub async fn run_pass<R, F>(&self, pass: F) -> Result<R, WorkerError>
     where
@@ -150,14 +151,21 @@ impl ComputePool {
         .await
     }
 
-    /// Runs side work (decoding inputs): beside a pass in progress if there is one, else as
-    /// a job of its own ([`ComputePool::run`]). A panic in `work` becomes
-    /// [`WorkerError::Task`].
-    pub async fn run_beside<R, F>(&self, work: F) -> Result<R, WorkerError>
+    /// Runs side work (decoding inputs) that splits into `pieces` parallel pieces. Pieces
+    /// too few to keep every thread busy (one image to decode on two threads) run beside a
+    /// pass in progress, if there is one; else, and with more pieces, as a job of the
+    /// pool's own ([`ComputePool::run`]): its pieces then keep every thread busy, so the
+    /// pass it lands in pauses without leaving a core idle, and it is under way at once
+    /// (a pass's server takes side work only between the tasks it steals, which can be
+    /// long ones). A panic in `work` becomes [`WorkerError::Task`].
+    pub async fn run_side<R, F>(&self, pieces: usize, work: F) -> Result<R, WorkerError>
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        if pieces >= self.threads() {
+            return self.run(work).await;
+        }
         let (tx, rx) = oneshot::channel();
         let job: SideJob = Box::new(move || {
             let _ = tx.send(catch_unwind(AssertUnwindSafe(work)));
@@ -202,7 +210,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, WorkerError::Task(_)));
         let err = pool
-            .run_beside(|| -> u32 { panic!("side boom") })
+            .run_side(1, || -> u32 { panic!("side boom") })
             .await
             .unwrap_err();
         assert!(err.to_string().contains("side boom"), "{err}");
@@ -238,7 +246,7 @@ mod tests {
                             .await
                             .unwrap()
                             .unwrap();
-                        pool.run_beside(move || ended_rx.recv_timeout(Duration::from_secs(10)))
+                        pool.run_side(1, move || ended_rx.recv_timeout(Duration::from_secs(10)))
                             .await
                             .unwrap()
                     })
@@ -256,9 +264,10 @@ mod tests {
     #[tokio::test]
     async fn side_work_without_a_pass_runs_on_its_own() {
         let pool = ComputePool::new(2).unwrap();
-        assert_eq!(pool.run_beside(|| 5).await.unwrap(), 5);
+        assert_eq!(pool.run_side(1, || 5).await.unwrap(), 5);
+        assert_eq!(pool.run_side(8, || 6).await.unwrap(), 6);
         for i in 0..50u64 {
-            let (a, b) = tokio::join!(pool.run_pass(move || i), pool.run_beside(move || i + 1));
+            let (a, b) = tokio::join!(pool.run_pass(move || i), pool.run_side(1, move || i + 1));
             assert_eq!((a.unwrap(), b.unwrap()), (i, i + 1));
         }
     }

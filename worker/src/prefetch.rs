@@ -149,12 +149,13 @@ async fn prepare(shared: &Shared, lease: Lease) -> PreparedBatch {
     let names: Vec<String> = lease.inputs.iter().map(|i| i.name.clone()).collect();
     let decoding = Instant::now();
     // Decoding runs on the compute pool, not on a thread of its own (a third runnable thread
-    // preempting one of the pool's stalls the pass's fork-joins), and beside the pass in
-    // progress rather than inside it (`ComputePool::run_beside`; `docs/BENCHMARKS.md`,
+    // preempting one of the pool's stalls the pass's fork-joins); a single image, beside the
+    // pass in progress rather than inside it (`ComputePool::run_side`; `docs/BENCHMARKS.md`,
     // workers, measures both).
+    let pieces = fetched.len();
     let decoded = shared
         .pool
-        .run_beside(move || {
+        .run_side(pieces, move || {
             fetched
                 .into_par_iter()
                 .zip(names)
