@@ -235,7 +235,7 @@ mod tests {
                     let sum: u64 = (0..20_000u64)
                         .into_par_iter()
                         .map(|i| (0..200u64).fold(i, |a, b| a.wrapping_mul(31).wrapping_add(b)))
-                        .sum();
+                        .reduce(|| 0, u64::wrapping_add);
                     let _ = ended_tx.send(());
                     sum
                 });
