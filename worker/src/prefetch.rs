@@ -149,9 +149,9 @@ async fn prepare(shared: &Shared, lease: Lease) -> PreparedBatch {
     let names: Vec<String> = lease.inputs.iter().map(|i| i.name.clone()).collect();
     let decoding = Instant::now();
     // Decoding runs on the compute pool, not on a thread of its own (a third runnable thread
-    // preempting one of the pool's stalls the pass's fork-joins); a single image, beside the
-    // pass in progress rather than inside it (`ComputePool::run_side`; `docs/BENCHMARKS.md`,
-    // workers, measures both).
+    // preempting one of the pool's stalls the pass's fork-joins); fewer images than compute
+    // threads, beside the pass in progress rather than inside it (`ComputePool::run_side`;
+    // `docs/BENCHMARKS.md`, workers, measures both).
     let pieces = fetched.len();
     let decoded = shared
         .pool
