@@ -66,7 +66,7 @@ impl Side {
     /// the pass's own tasks, until `done`. Finding neither, it yields its core to any other
     /// runnable thread and looks again; it does not sleep, since nothing would wake it for
     /// the pass's next tasks (a server that napped 100 µs at a time made batch 1 through the
-    /// cluster 9–10 points costlier). Side jobs no server took by `done` go to the pool as
+    /// cluster 8–15 points costlier). Side jobs no server took by `done` go to the pool as
     /// jobs of their own, so the pass's result does not wait for them.
     fn serve(&self, done: &AtomicBool, pool: &rayon::ThreadPool) {
         while !done.load(Ordering::Acquire) {
