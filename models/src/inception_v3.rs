@@ -78,9 +78,9 @@ fn chain(xs: &Tensor, layers: &[Basic]) -> Result<Tensor> {
 type Branch<'a> = &'a (dyn Fn(&Tensor) -> Result<Tensor> + Sync);
 
 /// A block's branches computed side by side on the pool (each layer of a branch also splits
-/// its work): a branch's small layers then leave no thread idle at their joins. Outputs in
-/// branch order, the first error if any.
-fn branches<const N: usize>(xs: &Tensor, branch: [Branch; N]) -> Result<[Tensor; N]> {
+/// its work), their outputs concatenated along the channels in branch order: a branch's
+/// small layers then leave no thread idle at their joins. The first error, if any.
+fn branches(xs: &Tensor, branch: &[Branch]) -> Result<Tensor> {
     fn run(xs: &Tensor, fs: &[Branch]) -> Result<Vec<Tensor>> {
         match fs {
             [] => Ok(Vec::new()),
@@ -94,9 +94,7 @@ fn branches<const N: usize>(xs: &Tensor, branch: [Branch; N]) -> Result<[Tensor;
             }
         }
     }
-    run(xs, &branch)?
-        .try_into()
-        .map_err(|_| candle_core::Error::Msg("a branch gave no output".into()))
+    Tensor::cat(&run(xs, branch)?, 1)
 }
 
 /// `InceptionA(in_channels, pool_features)` (Mixed_5b/5c/5d).
@@ -125,16 +123,15 @@ impl BlockA {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let out = branches(
+        branches(
             xs,
-            [
+            &[
                 &|x| self.b1x1.forward(x),
                 &|x| chain(x, &self.b5x5),
                 &|x| chain(x, &self.b3x3dbl),
                 &|x| self.pool.forward(&avg_pool_3x3_same(x)?),
             ],
-        )?;
-        Tensor::cat(&out, 1)
+        )
     }
 }
 
@@ -157,15 +154,14 @@ impl BlockB {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let out = branches(
+        branches(
             xs,
-            [
+            &[
                 &|x| self.b3x3.forward(x),
                 &|x| chain(x, &self.b3x3dbl),
                 &|x| max_pool(x, 3, 2, 0),
             ],
-        )?;
-        Tensor::cat(&out, 1)
+        )
     }
 }
 
@@ -200,16 +196,15 @@ impl BlockC {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let out = branches(
+        branches(
             xs,
-            [
+            &[
                 &|x| self.b1x1.forward(x),
                 &|x| chain(x, &self.b7x7),
                 &|x| chain(x, &self.b7x7dbl),
                 &|x| self.pool.forward(&avg_pool_3x3_same(x)?),
             ],
-        )?;
-        Tensor::cat(&out, 1)
+        )
     }
 }
 
@@ -236,15 +231,14 @@ impl BlockD {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let out = branches(
+        branches(
             xs,
-            [
+            &[
                 &|x| chain(x, &self.b3x3),
                 &|x| chain(x, &self.b7x7x3),
                 &|x| max_pool(x, 3, 2, 0),
             ],
-        )?;
-        Tensor::cat(&out, 1)
+        )
     }
 }
 
@@ -279,32 +273,29 @@ impl BlockE {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let out = branches(
+        branches(
             xs,
-            [
+            &[
                 &|x| self.b1x1.forward(x),
                 &|x| {
                     let b = self.b3x3_1.forward(x)?;
-                    let [p, q] = branches(
+                    branches(
                         &b,
-                        [&|b| self.b3x3_2a.forward(b), &|b| self.b3x3_2b.forward(b)],
-                    )?;
-                    Tensor::cat(&[p, q], 1)
+                        &[&|b| self.b3x3_2a.forward(b), &|b| self.b3x3_2b.forward(b)],
+                    )
                 },
                 &|x| {
                     let c = self.b3x3dbl_2.forward(&self.b3x3dbl_1.forward(x)?)?;
-                    let [p, q] = branches(
+                    branches(
                         &c,
-                        [&|c| self.b3x3dbl_3a.forward(c), &|c| {
+                        &[&|c| self.b3x3dbl_3a.forward(c), &|c| {
                             self.b3x3dbl_3b.forward(c)
                         }],
-                    )?;
-                    Tensor::cat(&[p, q], 1)
+                    )
                 },
                 &|x| self.pool.forward(&avg_pool_3x3_same(x)?),
             ],
-        )?;
-        Tensor::cat(&out, 1)
+        )
     }
 }
 
