@@ -121,11 +121,26 @@ impl Stored {
     }
 
     /// After the version that refers to the blob committed: late replicas join its replica
-    /// set when they are done; failed ones are left to repair.
+    /// set when they are done; failed ones are left to repair, which is woken only if the
+    /// blob ends up short of its replication on the live nodes (a put that reached every
+    /// node it wanted gives repair nothing to do, and its planning walks the namespace).
     pub fn committed(self, c: &Arc<Coordinator>) {
-        let Stored { hash, mut late, .. } = self;
+        let Stored {
+            hash,
+            replicas,
+            target,
+            mut late,
+            ..
+        } = self;
+        if late.is_empty() {
+            if short(c, replicas.len(), target) {
+                c.repair_wake.notify_one();
+            }
+            return;
+        }
         let c = c.clone();
         tokio::spawn(async move {
+            let mut holders = replicas.len();
             while let Some((node, result)) = late.next().await {
                 if let Ok(stored) = result {
                     if stored.hash == hash {
@@ -133,22 +148,33 @@ impl Stored {
                             hash: hash.clone(),
                             nodes: vec![node.clone()],
                         };
-                        // Freed meanwhile (the name was deleted already): this copy is garbage.
-                        if let Ok(Response::Replicas { known: false }) =
-                            c.write(String::new(), cmd).await
-                        {
-                            let freed = FreedBlob {
-                                hash: hash.clone(),
-                                replicas: vec![node],
-                            };
-                            collect_garbage(&c, vec![freed]);
+                        match c.write(String::new(), cmd).await {
+                            Ok(Response::Replicas { known: true }) => holders += 1,
+                            // Freed meanwhile (the name was deleted already): this copy is
+                            // garbage.
+                            Ok(Response::Replicas { known: false }) => {
+                                let freed = FreedBlob {
+                                    hash: hash.clone(),
+                                    replicas: vec![node],
+                                };
+                                collect_garbage(&c, vec![freed]);
+                            }
+                            _ => {}
                         }
                     }
                 }
             }
-            c.repair_wake.notify_one();
+            if short(&c, holders, target) {
+                c.repair_wake.notify_one();
+            }
         });
     }
+}
+
+/// Whether a blob held by `holders` nodes is short of `target` copies on the live nodes.
+fn short(c: &Coordinator, holders: usize, target: u32) -> bool {
+    let alive = c.shared.read().state.alive_nodes().count();
+    holders < (target as usize).min(alive)
 }
 
 /// Streams `body` to `replicas` storage nodes at once (default: the cluster's replication
