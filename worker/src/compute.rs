@@ -15,6 +15,7 @@ use image::DynamicImage;
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 
+use crate::lanes::Running;
 use crate::model_cache::ModelSpec;
 use crate::queue::{PreparedBatch, Work};
 use crate::release::release;
@@ -92,20 +93,27 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<Class> {
         .collect()
 }
 
-/// One compute slot: takes prepared batches until the worker stops, runs them, and hands
-/// the results to the reporter. It finishes the batch in hand before it returns.
+/// One compute slot: when [`Lanes`](crate::lanes::Lanes) gives it the turn, takes the next
+/// prepared batch, runs it, and hands the results to the reporter; until the worker stops. It
+/// finishes the batch in hand before it returns.
 pub(crate) async fn compute_loop(shared: Arc<Shared>, reports: mpsc::Sender<Finished>) {
     let mut stop = shared.stop.clone();
     loop {
-        let batch = match shared.queue.take(&mut stop).await {
-            None => return,
-            Some(Work::Online(batch)) => {
-                crate::online::run(&shared, batch).await;
+        let Some(turn) = shared.lanes.turn(&mut stop).await else {
+            return;
+        };
+        let Some(work) = shared.queue.take(&mut stop).await else {
+            return;
+        };
+        let lane = turn.start(work.images());
+        let batch = match work {
+            Work::Online(batch) => {
+                crate::online::run(&shared, batch, lane).await;
                 continue;
             }
-            Some(Work::Batch(batch)) => batch,
+            Work::Batch(batch) => batch,
         };
-        if let Some(finished) = run_batch(&shared, batch).await {
+        if let Some(finished) = run_batch(&shared, batch, lane).await {
             if reports.send(finished).await.is_err() {
                 return;
             }
@@ -115,7 +123,11 @@ pub(crate) async fn compute_loop(shared: Arc<Shared>, reports: mpsc::Sender<Fini
 
 /// Runs one batch to its results, or gives it back (`None`) when its model cannot be
 /// loaded now for a reason that may pass.
-async fn run_batch(shared: &Arc<Shared>, batch: PreparedBatch) -> Option<Finished> {
+async fn run_batch(
+    shared: &Arc<Shared>,
+    batch: PreparedBatch,
+    mut lane: Running<'_>,
+) -> Option<Finished> {
     let PreparedBatch {
         lease,
         images,
@@ -130,6 +142,7 @@ async fn run_batch(shared: &Arc<Shared>, batch: PreparedBatch) -> Option<Finishe
         Ok(model) => model,
         Err(e) if e.is_transient() && lease.attempt < MAX_ATTEMPTS_BEFORE_FAILING => {
             tracing::warn!(batch = %lease.batch_id, model = %lease.model, error = %e, "model not available now; giving the batch back");
+            drop(lane);
             release(shared, &lease).await;
             let mut stop = shared.stop.clone();
             tokio::select! {
@@ -160,16 +173,19 @@ async fn run_batch(shared: &Arc<Shared>, batch: PreparedBatch) -> Option<Finishe
         }
     }
     let started = Instant::now();
+    lane.restart();
     let k = shared.config.top_k;
     let ranked = shared
         .pool
         .run_pass(move || classify_images(&model, &decoded, k))
         .await;
     let took = started.elapsed();
-    let compute_ms = took.as_millis() as u64;
+    // The batch's share of the worker's time: its wall time when it ran alone.
+    let share = lane.finish();
+    let compute_ms = share.as_millis() as u64;
     shared
         .metrics
-        .ran(&lease.model, "job", lease.inputs.len(), took);
+        .ran(&lease.model, "job", lease.inputs.len(), took, share);
     let mut ranked = match ranked {
         Ok(ranked) => ranked.into_iter(),
         Err(e) => {

@@ -26,6 +26,7 @@ mod coordinator;
 pub mod error;
 mod heartbeat;
 pub mod inputs;
+pub(crate) mod lanes;
 mod listener;
 mod metrics;
 pub mod model_cache;

@@ -45,7 +45,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let m = &shared.metrics;
-    m.update_busy(shared.config.capacity);
+    m.update_busy();
     m.models_loaded.set(shared.models.loaded().len() as i64);
     idunno_server::metrics::render(&m.registry)
 }

@@ -96,8 +96,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A batch of `images` images of `model` ran for `took` (`kind`: job or online).
-    pub fn ran(&self, model: &str, kind: &str, images: usize, took: Duration) {
+    /// A batch of `images` images of `model` ran for `took` (`kind`: job or online), its
+    /// share of the worker's time `share` (less than `took` when batches ran side by side).
+    pub fn ran(&self, model: &str, kind: &str, images: usize, took: Duration, share: Duration) {
         let batch = BatchLabels {
             model: model.to_string(),
             batch_size: images.to_string(),
@@ -115,7 +116,7 @@ impl Metrics {
         self.batches.get_or_create(&labels).inc();
         self.images.get_or_create(&labels).inc_by(images as u64);
         self.busy_nanos
-            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(share.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// A batch's images of `model` were decoded in `took`.
@@ -131,11 +132,11 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// Sets the busy share before a scrape: batch time over life time, per compute slot.
-    pub fn update_busy(&self, slots: u32) {
+    /// Sets the busy share before a scrape: the time some batch ran over life time (batches
+    /// that ran side by side each count their share of it).
+    pub fn update_busy(&self) {
         let life = self.started.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);
         let busy = self.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        self.busy
-            .set((busy / life / f64::from(slots.max(1))).min(1.0));
+        self.busy.set((busy / life).min(1.0));
     }
 }

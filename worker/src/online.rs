@@ -18,6 +18,7 @@ use reqwest::Method;
 
 use crate::coordinator::{call_until_answered, encode_segment};
 use crate::inputs;
+use crate::lanes::Running;
 use crate::model_cache::ModelSpec;
 use crate::queue::{OnlineBatch, OnlineImage};
 use crate::shared::Shared;
@@ -71,7 +72,7 @@ fn prepare(input: OnlineInput, size: usize) -> Result<OnlineImage, String> {
 }
 
 /// Runs an online batch (loading its model if need be) and reports its outputs.
-pub(crate) async fn run(shared: &Arc<Shared>, batch: OnlineBatch) {
+pub(crate) async fn run(shared: &Arc<Shared>, batch: OnlineBatch, lane: Running<'_>) {
     let OnlineBatch { lease, images } = batch;
     let started = Instant::now();
     let model = match ModelSpec::from_online(&lease) {
@@ -97,8 +98,11 @@ pub(crate) async fn run(shared: &Arc<Shared>, batch: OnlineBatch) {
         }
     };
     let took = started.elapsed();
-    let compute_ms = took.as_millis() as u64;
-    shared.metrics.ran(&lease.model, "online", count, took);
+    let share = lane.finish();
+    let compute_ms = share.as_millis() as u64;
+    shared
+        .metrics
+        .ran(&lease.model, "online", count, took, share);
     tracing::debug!(batch = %lease.batch_id, images = outputs.len(), compute_ms, "online batch computed");
     let shared = shared.clone();
     tokio::spawn(async move { report(&shared, &lease.batch_id, outputs, compute_ms).await });

@@ -54,6 +54,16 @@ pub(crate) enum Work {
     Batch(PreparedBatch),
 }
 
+impl Work {
+    /// The images the batch carries (decoded or not).
+    pub fn images(&self) -> usize {
+        match self {
+            Work::Online(batch) => batch.images.len(),
+            Work::Batch(batch) => batch.images.len(),
+        }
+    }
+}
+
 /// A batch in the queue.
 enum Entry {
     /// Its inputs are being fetched and decoded by this task.

@@ -26,6 +26,7 @@ use crate::coordinator::encode_segment;
 use crate::error::WorkerError;
 use crate::heartbeat::heartbeat_loop;
 use crate::inputs::InputFetcher;
+use crate::lanes::Lanes;
 use crate::metrics::Metrics;
 use crate::model_cache::ModelCache;
 use crate::pool::ComputePool;
@@ -140,6 +141,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         models: ModelCache::new(client.clone(), config.cache.clone(), pool.clone()),
         worker_id: registered.worker_id,
         client,
+        lanes: Lanes::new(pool.threads(), config.capacity as usize),
         pool,
         queue: PreparedQueue::default(),
         holding: Holding::default(),
@@ -174,7 +176,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     let (report_tx, report_rx) = mpsc::channel::<Finished>(REPORT_QUEUE);
     let heartbeat = tokio::spawn(heartbeat_loop(shared.clone()));
     let reporter = tokio::spawn(report_loop(shared.clone(), report_rx));
-    let compute = (0..shared.config.capacity)
+    let compute = (0..shared.lanes.slots())
         .map(|_| tokio::spawn(compute_loop(shared.clone(), report_tx.clone())))
         .collect();
     drop(report_tx);

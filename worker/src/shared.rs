@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::WorkerConfig;
 use crate::inputs::InputFetcher;
+use crate::lanes::Lanes;
 use crate::metrics::Metrics;
 use crate::model_cache::ModelCache;
 use crate::pool::ComputePool;
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     pub inputs: InputFetcher,
     pub models: ModelCache,
     pub pool: ComputePool,
+    /// How many batches run at once, and each one's share of the worker's time.
+    pub lanes: Lanes,
     /// Batches prepared and not started.
     pub queue: PreparedQueue,
     /// Every lease held now (heartbeats list them).

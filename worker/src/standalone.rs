@@ -6,9 +6,10 @@
 //! ([`crate::inputs::decode`], by content; the next batch is decoded while the current one
 //! computes, as the worker's prefetch does), then
 //! [`crate::compute::classify_images`] (per-image preprocessing, one [`Model::forward`] call
-//! for the batch — its images run side by side on the pool — softmax, top-5). What it leaves
-//! out is what the cluster adds: leases, fetching from storage nodes, writing results and
-//! reporting completions.
+//! for the batch — its images run side by side on the pool — softmax, top-5), with as many
+//! batches at once as a worker of default capacity runs ([`Lanes::steady`]: two batches of
+//! one on two threads). What it leaves out is what the cluster adds: leases, fetching from
+//! storage nodes, writing results and reporting completions.
 
 use std::time::Instant;
 
@@ -17,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::compute::classify_images;
 use crate::error::WorkerError;
+use crate::lanes::Lanes;
 use idunno_models::Model;
 
 /// Classes ranked per image, as a worker with default settings does.
@@ -51,8 +53,26 @@ pub fn standalone_throughput(
     let warm_up = files.len().div_ceil(batch_size) * batch_size;
     run_batches(model, &run[..warm_up.min(run.len())], batch_size)
         .map_err(|e| WorkerError::Config(format!("an image cannot be classified: {e}")))?;
+    let lanes = Lanes::steady(rayon::current_num_threads(), 1, batch_size);
+    // Batch `i` goes to lane `i mod lanes`: each lane a worker's compute slot, all at once.
+    let batches: Vec<&[&EncodedImage]> = run.chunks(batch_size).collect();
+    let streams: Vec<Vec<&EncodedImage>> = (0..lanes)
+        .map(|lane| {
+            batches
+                .iter()
+                .skip(lane)
+                .step_by(lanes)
+                .flat_map(|batch| batch.iter().copied())
+                .collect()
+        })
+        .collect();
     let started = Instant::now();
-    run_batches(model, &run, batch_size).map_err(WorkerError::Config)?;
+    streams
+        .par_iter()
+        .with_max_len(1)
+        .map(|stream| run_batches(model, stream, batch_size))
+        .collect::<Result<Vec<()>, String>>()
+        .map_err(WorkerError::Config)?;
     let seconds = started.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);
     Ok(run.len() as f64 / seconds)
 }
