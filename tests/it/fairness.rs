@@ -385,11 +385,16 @@ async fn a_batch_size_change_shows_in_the_next_lease() {
     let (cluster, _dir) = cluster(1, 2).await;
     let client = setup(&cluster, &[("syn", 50)]).await;
     let job = add_job(&client, "syn", 96, 8, 1).await;
-    eventually("a batch done", || async {
+    // Both workers started their first batches together (400 ms each): once both are done,
+    // each has started the batch it held prepared and leased the next. The change then lands
+    // mid-batch, not at a boundary where a worker could start its prepared batch just before
+    // the revocation reaches it (which would rightly finish at the old size).
+    eventually("two batches done", || async {
         let j: Job = client.get(&format!("/v1/jobs/{}", job.id)).await.ok()?;
-        (j.batches_done >= 1).then_some(())
+        (j.batches_done >= 2).then_some(())
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let changed: Job = client
         .patch(&format!("/v1/jobs/{}", job.id), &json!({"batch_size": 2}))
         .await

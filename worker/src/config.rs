@@ -38,10 +38,9 @@ pub struct WorkerConfig {
     #[arg(long)]
     pub name: Option<String>,
 
-    /// Batches computed at the same time. They share the compute threads: a second one pays
-    /// off when batches are smaller than the threads (a pass over one image leaves threads
-    /// idle at its joins; on 2 cores at batch 1, 2 gave 5–8 % more images/s through a
-    /// cluster), not at larger batches, where it only holds more memory.
+    /// Batches computed at the same time whatever their size (they share the compute
+    /// threads). More run while the running ones hold fewer images than there are compute
+    /// threads: two batches of one on two threads, where one leaves a thread idle.
     #[arg(long, default_value_t = 1)]
     pub capacity: u32,
 
