@@ -93,7 +93,7 @@ fn not_ready(c: &Coordinator, model: Option<&str>) -> Option<String> {
     let workers = c.workers();
     let any = workers.list().into_iter().any(|w| {
         Duration::from_millis(w.last_seen_ms_ago) < alive
-            && model.is_none_or(|m| w.accepts.as_ref().is_none_or(|a| a.iter().any(|x| x == m)))
+            && model.is_none_or(|m| workers.accepts(&w.id, m))
     });
     (!any).then(|| match model {
         Some(m) => format!("no live worker runs model {m:?}"),

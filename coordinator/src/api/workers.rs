@@ -103,6 +103,7 @@ async fn register(
         if body.accepts.is_some() {
             w.accepts = body.accepts;
         }
+        w.described = true;
         w.loaded = body.loaded;
     }
     tracing::info!(worker = %id, "worker registered");
@@ -181,10 +182,15 @@ async fn heartbeat(
         if body.accepts.is_some() {
             w.accepts = body.accepts;
         }
+        if !w.described {
+            w.described = true;
+            // Its lease call may be waiting here for this: look again now.
+            c.shared.work.notify_waiters();
+        }
         let load = state
             .preloaded_models()
             .filter(|m| !w.loaded.contains(&m.name))
-            .filter(|m| w.accepts.as_ref().is_none_or(|a| a.contains(&m.name)))
+            .filter(|m| w.runs(&m.name))
             .map(|m| m.name.clone())
             .collect();
         let register = (leading && !state.is_registered_worker(&id)).then(|| w.name.clone());

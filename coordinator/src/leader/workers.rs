@@ -12,11 +12,26 @@ use idunno_api::worker::WorkerInfo;
 pub struct WorkerEntry {
     pub name: String,
     pub capacity: u32,
-    /// Models it will run; `None` = any.
+    /// Models it will run; `None` = any (once described).
     pub accepts: Option<Vec<String>>,
+    /// Whether its registration or a heartbeat reached this node: until then (an entry made
+    /// by another call, say a lease call to a node that just restarted) it is not known
+    /// which models it runs, and it is given none.
+    pub described: bool,
     /// Models it has loaded.
     pub loaded: Vec<String>,
     pub last_seen: Instant,
+}
+
+impl WorkerEntry {
+    /// Whether this worker runs `model`, as far as this node knows.
+    pub fn runs(&self, model: &str) -> bool {
+        self.described
+            && self
+                .accepts
+                .as_ref()
+                .is_none_or(|a| a.iter().any(|m| m == model))
+    }
 }
 
 /// Workers by id.
@@ -36,6 +51,7 @@ impl Workers {
                 name: String::new(),
                 capacity: 1,
                 accepts: None,
+                described: false,
                 loaded: Vec::new(),
                 last_seen: Instant::now(),
             });
@@ -48,12 +64,11 @@ impl Workers {
         self.map.get(id).map(|w| w.last_seen)
     }
 
-    /// Whether the worker runs `model` (unknown workers run anything).
+    /// Whether the worker runs `model`: as its registration or last heartbeat said; `false`
+    /// for a worker that has not described itself to this node yet (its next heartbeat, to
+    /// every coordinator, will).
     pub fn accepts(&self, id: &str, model: &str) -> bool {
-        match self.map.get(id).and_then(|w| w.accepts.as_ref()) {
-            Some(list) => list.iter().any(|m| m == model),
-            None => true,
-        }
+        self.map.get(id).is_some_and(|w| w.runs(model))
     }
 
     pub fn get(&self, id: &str) -> Option<&WorkerEntry> {
@@ -103,4 +118,28 @@ impl Workers {
 /// A fresh worker id.
 pub fn new_worker_id() -> String {
     format!("w{:012x}", rand::random::<u64>() >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_runs_only_what_it_said_and_nothing_before_it_said() {
+        let mut workers = Workers::default();
+        // Known from a lease call alone: which models it runs is unknown.
+        workers.seen("w1");
+        assert!(!workers.accepts("w1", "resnet50"));
+        assert!(!workers.accepts("nobody", "resnet50"));
+        // Its heartbeat names its models.
+        let w = workers.seen("w1");
+        w.described = true;
+        w.accepts = Some(vec!["resnet50".into()]);
+        assert!(workers.accepts("w1", "resnet50"));
+        assert!(!workers.accepts("w1", "inception"));
+        // A worker that runs every model.
+        let w = workers.seen("w2");
+        w.described = true;
+        assert!(workers.accepts("w2", "inception"));
+    }
 }
