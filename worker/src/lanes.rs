@@ -3,10 +3,11 @@
 //!
 //! A pass over fewer images than there are compute threads leaves threads idle at its joins
 //! (one image's layers split their work only so far): on 2 threads two batches of one at once
-//! run 7–23 % more images/s than one at a time (`docs/BENCHMARKS.md`, workers, sixth pass). So a compute slot may start a batch
-//! while the batches running hold fewer images than the pool has threads, or fewer batches
-//! than the configured capacity: batches of one run two at a time on two threads, batches as
-//! large as the pool one at a time (a second would only hold more memory).
+//! run 4–23 % more images/s than one at a time (`docs/BENCHMARKS.md`, workers, sixth pass).
+//! So a compute slot may start a batch while the batches running hold fewer images than the
+//! pool has threads, or fewer batches than the configured capacity: batches of one run two at
+//! a time on two threads, batches as large as the pool one at a time (a second would only
+//! hold more memory).
 //!
 //! Batches that run together share the threads, so a batch's wall time is not the worker time
 //! it took. [`Lanes`] keeps a processor-sharing clock that advances at `1 / running` of real
