@@ -173,7 +173,7 @@ async fn run_batch(
         }
     }
     let started = Instant::now();
-    lane.restart();
+    lane.compute();
     let k = shared.config.top_k;
     let ranked = shared
         .pool

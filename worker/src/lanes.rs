@@ -10,10 +10,11 @@
 //! hold more memory).
 //!
 //! Batches that run together share the threads, so a batch's wall time is not the worker time
-//! it took. [`Lanes`] keeps a processor-sharing clock that advances at `1 / running` of real
-//! time; a batch's *share* is how far it advanced while the batch ran. Shares add up to the
-//! time anything ran, and are what the worker reports as a batch's compute time (the
-//! coordinator's per-query cost and worker busy time are built from it).
+//! it took. [`Lanes`] keeps a processor-sharing clock that advances at `1 / computing` of real
+//! time (batches still loading their model hold a lane but do not compute); a batch's *share*
+//! is how far the clock advanced while it computed. Shares add up to the time anything
+//! computed, and are what the worker reports as a batch's compute time (the coordinator's
+//! per-query cost and worker busy time are built from it).
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -33,8 +34,11 @@ pub(crate) struct Lanes {
 
 #[derive(Debug)]
 struct State {
+    /// Batches in lanes, and their images (what admission counts).
     batches: usize,
     images: usize,
+    /// Batches in lanes that are computing (what the share clock divides by).
+    computing: usize,
     /// A slot holds the turn (it is waiting for the next batch).
     taking: bool,
     /// The share clock, in seconds, at `last`.
@@ -44,9 +48,9 @@ struct State {
 
 impl State {
     fn advance(&mut self, now: Instant) {
-        if self.batches > 0 {
+        if self.computing > 0 {
             let dt = now.saturating_duration_since(self.last).as_secs_f64();
-            self.clock += dt / self.batches as f64;
+            self.clock += dt / self.computing as f64;
         }
         self.last = now;
     }
@@ -62,12 +66,12 @@ pub(crate) struct Turn<'a> {
     started: bool,
 }
 
-/// A batch running in a lane; leaves it on [`Running::finish`] (or when dropped).
+/// A batch in a lane; leaves it on [`Running::finish`] (or when dropped).
 pub(crate) struct Running<'a> {
     lanes: &'a Lanes,
     images: usize,
-    /// The share clock when the batch started.
-    from: f64,
+    /// The share clock when the batch started computing ([`Running::compute`]).
+    from: Option<f64>,
     done: bool,
 }
 
@@ -80,6 +84,7 @@ impl Lanes {
             state: Mutex::new(State {
                 batches: 0,
                 images: 0,
+                computing: 0,
                 taking: false,
                 clock: 0.0,
                 last: Instant::now(),
@@ -128,22 +133,20 @@ impl Lanes {
 }
 
 impl<'a> Turn<'a> {
-    /// The batch taken has `images` images: it runs now.
+    /// The batch taken has `images` images: it holds a lane now.
     pub fn start(mut self, images: usize) -> Running<'a> {
         self.started = true;
         let lanes = self.lanes;
         let mut state = lanes.lock();
-        state.advance(Instant::now());
         state.taking = false;
         state.batches += 1;
         state.images += images;
-        let from = state.clock;
         drop(state);
         lanes.changed.notify_waiters();
         Running {
             lanes,
             images,
-            from,
+            from: None,
             done: false,
         }
     }
@@ -159,16 +162,20 @@ impl Drop for Turn<'_> {
 }
 
 impl Running<'_> {
-    /// Counts the batch's share from now on (what came before, loading its model, is not
-    /// compute time).
-    pub fn restart(&mut self) {
+    /// The batch computes from now on (what came before, loading its model, is not compute
+    /// time): its share counts, and it divides the others'.
+    pub fn compute(&mut self) {
+        if self.from.is_some() || self.done {
+            return;
+        }
         let mut state = self.lanes.lock();
         state.advance(Instant::now());
-        self.from = state.clock;
+        state.computing += 1;
+        self.from = Some(state.clock);
     }
 
     /// Leaves the lane; returns the batch's share of the worker's time since it started
-    /// (or since [`Running::restart`]).
+    /// computing (zero if it never did).
     pub fn finish(mut self) -> Duration {
         self.leave()
     }
@@ -182,7 +189,13 @@ impl Running<'_> {
         state.advance(Instant::now());
         state.batches -= 1;
         state.images -= self.images;
-        let share = (state.clock - self.from).max(0.0);
+        let share = match self.from {
+            Some(from) => {
+                state.computing -= 1;
+                (state.clock - from).max(0.0)
+            }
+            None => 0.0,
+        };
         drop(state);
         self.lanes.changed.notify_waiters();
         Duration::from_secs_f64(share)
@@ -291,13 +304,13 @@ mod tests {
         state.last = t0;
         // A runs alone 0–100 ms, with B 100–300 ms, alone again 300–400 ms.
         state.advance(ms(0));
-        state.batches = 1;
+        state.computing = 1;
         let a_from = state.clock;
         state.advance(ms(100));
-        state.batches = 2;
+        state.computing = 2;
         let b_from = state.clock;
         state.advance(ms(300));
-        state.batches = 1;
+        state.computing = 1;
         let b_share = state.clock - b_from;
         state.advance(ms(400));
         let a_share = state.clock - a_from;
@@ -305,5 +318,21 @@ mod tests {
         assert!((b_share - 0.1).abs() < 1e-9, "{b_share}");
         // Together they account for the 400 ms something ran, once.
         assert!((a_share + b_share - 0.4).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn a_batch_loading_its_model_holds_a_lane_but_takes_no_share() {
+        let lanes = Lanes::new(2, 1);
+        let mut stop = never_stopped();
+        let mut computing = lanes.turn(&mut stop).await.unwrap().start(1);
+        let loading = lanes.turn(&mut stop).await.unwrap().start(1);
+        // Two lanes are taken: nothing more starts.
+        assert!(!admits_now(&lanes).await);
+        computing.compute();
+        std::thread::sleep(Duration::from_millis(30));
+        // Alone computing, the batch's share is its wall time, not half of it.
+        let share = computing.finish();
+        assert!(share >= Duration::from_millis(30), "{share:?}");
+        assert_eq!(loading.finish(), Duration::ZERO);
     }
 }

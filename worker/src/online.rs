@@ -72,9 +72,12 @@ fn prepare(input: OnlineInput, size: usize) -> Result<OnlineImage, String> {
 }
 
 /// Runs an online batch (loading its model if need be) and reports its outputs.
-pub(crate) async fn run(shared: &Arc<Shared>, batch: OnlineBatch, lane: Running<'_>) {
+pub(crate) async fn run(shared: &Arc<Shared>, batch: OnlineBatch, mut lane: Running<'_>) {
     let OnlineBatch { lease, images } = batch;
     let started = Instant::now();
+    // An online batch's compute time counts its model's loading, if any (the request waited
+    // on it).
+    lane.compute();
     let model = match ModelSpec::from_online(&lease) {
         Ok(spec) => shared.models.get(&spec).await,
         Err(e) => Err(e),

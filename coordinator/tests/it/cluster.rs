@@ -917,6 +917,42 @@ async fn lease_once(c: &Client, worker: &str, wait_ms: u64) -> Option<Lease> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_gives_a_worker_only_the_models_it_described() {
+    let (mut group, _dir) = group(3, |_| {}).await;
+    let c = client(&group.addrs());
+    add_model(&c).await;
+    let register = |accepts: Option<Vec<String>>| {
+        let c = c.clone();
+        async move {
+            let body = WorkerRegistration {
+                accepts,
+                ..WorkerRegistration::default()
+            };
+            let r: WorkerRegistered = c.post("/v1/workers/register", &body).await.unwrap();
+            r.worker_id
+        }
+    };
+    // Both register with the leader only; one runs just another model.
+    let picky = register(Some(vec!["inception".into()])).await;
+    let any = register(None).await;
+    let _job: Job = c.post("/v1/jobs", &new_job("j", 4, 1)).await.unwrap();
+    let old = group.wait_for_leader(WAIT).await.unwrap();
+    group.stop(old).await;
+    group.wait_for_leader(WAIT).await.expect("a new leader");
+    // The new leader has heard neither: it does not know what they run, so neither gets a
+    // batch — not the picky one a model it was never started with.
+    assert!(lease_once(&c, &picky, 600).await.is_none());
+    assert!(lease_once(&c, &any, 600).await.is_none());
+    // Their heartbeats say it.
+    beat_all(&group.addrs(), &picky, &json!({"accepts": ["inception"]})).await;
+    beat_all(&group.addrs(), &any, &json!({})).await;
+    assert!(lease_once(&c, &picky, 600).await.is_none());
+    let lease = lease_once(&c, &any, 3000).await.expect("a batch");
+    assert_eq!(lease.model, "r18");
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeating_worker_keeps_its_lease_across_a_leader_failover() {
     let (mut group, _dir) = group(3, |c| c.lease_timeout_ms = 1000).await;
     let c = client(&group.addrs());
@@ -929,6 +965,11 @@ async fn a_heartbeating_worker_keeps_its_lease_across_a_leader_failover() {
         r.worker_id
     };
     let (holder, other) = (register().await, register().await);
+    // A worker heartbeats every coordinator as soon as it has registered: each then knows
+    // which models it runs (a node it has not described itself to gives it no batch).
+    for worker in [&holder, &other] {
+        beat_all(&group.addrs(), worker, &json!({})).await;
+    }
     let job: Job = c.post("/v1/jobs", &new_job("j", 2, 1)).await.unwrap();
     let held = lease_once(&c, &holder, 1000).await.expect("a batch");
     // The holder heartbeats every coordinator every 100 ms throughout, as a worker does,
