@@ -1,6 +1,7 @@
 //! `idunno bench worker`: (a) images/s of one worker's compute path per model and batch size,
 //! standalone (the sample photos' bytes in memory, decoded and classified with generated
-//! weights on a compute pool of the worker's size);
+//! weights on a compute pool of the worker's size, as many batches at once as the worker's
+//! lanes run: two batches of one on two threads);
 //! (b) the same model and batch size through the whole cluster: a job over the same photos
 //! uploaded to SDFS, run by the one worker of an embedded cluster (coordinator, storage node
 //! and worker, real HTTP between them), timed by the coordinator from the job's start to its
