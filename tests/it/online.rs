@@ -364,6 +364,58 @@ async fn a_burst_spills_to_a_second_worker_when_the_loaded_one_cannot_keep_up() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_takes_a_due_batch_while_the_loaded_one_is_busy() {
+    common::init_log();
+    let (c, _dir) = cluster(1, 1, 2, |_| {}).await;
+    let addr = c.coordinator_addrs()[0].clone();
+    let client = c.client();
+    // 60 ms of CPU per image, one image per batch, no queue delay.
+    common::synthetic_models(&client, &addr, &[]).await;
+    let _: Value = client
+        .post(
+            "/v1/models",
+            &json!({"name": "steady", "arch": "synthetic", "weights": "models/syn.safetensors",
+                    "cost_ms": 60, "online": {"max_batch_size": 1, "max_queue_delay_ms": 0}}),
+        )
+        .await
+        .unwrap();
+    wait_ready(&addr, "steady").await;
+    let request = |i: usize| {
+        let addr = addr.clone();
+        async move {
+            let (code, answer) = infer_json(
+                &addr,
+                "steady",
+                json!({"id": format!("r{i}"),
+                       "inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                                   "data": [[b64(&common::tiny_png(3))]]}]}),
+            )
+            .await;
+            assert_eq!(code, StatusCode::OK, "request {i}: {answer}");
+        }
+    };
+    request(0).await;
+    eventually("one worker to list the model as loaded", || async {
+        (loaded_on(&client, "steady").await == 1).then_some(())
+    })
+    .await;
+    // Three clients, three requests each: the loaded worker runs one and holds the next, so
+    // the third is due while it is busy. No request waits the 100 ms spill limit (each waits
+    // at most one 60 ms image), so only "every loaded worker is busy" hands it to the other.
+    let client_run = |k: usize| async move {
+        for round in 0..3 {
+            request(1 + k * 3 + round).await;
+        }
+    };
+    futures::future::join_all((0..3).map(client_run)).await;
+    eventually("the second worker to have loaded the model", || async {
+        (loaded_on(&client, "steady").await == 2).then_some(())
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_survives_its_worker_being_killed_and_is_answered_once() {
     let (mut c, _dir) = cluster(1, 1, 1, |_| {}).await;
     let addr = c.coordinator_addrs()[0].clone();

@@ -15,8 +15,9 @@
 //! batch and online traffic's virtual time is not behind the job the worker would get, the
 //! answer carries the online batch instead (nothing is committed for it). A worker that has
 //! the model loaded is preferred: while one does, others are given the model's batches only
-//! once the oldest request has waited [`SPILL_AFTER`] past its batching delay — the loaded
-//! workers are not keeping up, and one more worker loading the model is worth its load time.
+//! once every such worker has an online batch in hand, or the oldest request has waited
+//! [`SPILL_AFTER`] past its batching delay — the loaded workers are not keeping up, and one
+//! more worker loading the model is worth its load time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -234,7 +235,9 @@ fn decide(c: &Coordinator, worker: &str, prepared: &[LeaseRef]) -> Decision {
 }
 
 /// How long past its batching delay an online request may wait for the workers that have its
-/// model loaded before another worker is given its batch (and loads the model).
+/// model loaded, while one of them is free, before another worker is given its batch (and
+/// loads the model). While every one of them has an online batch in hand, another worker is
+/// given the batch as soon as it is due.
 const SPILL_AFTER: Duration = Duration::from_millis(100);
 
 /// The model whose online batch `worker` should run now (due, and the worker runs it,
@@ -250,6 +253,7 @@ fn due_online(
     let alive = c.config.lease_timeout();
     let mut best: Option<(Instant, String, Batching)> = None;
     let mut next: Option<Instant> = None;
+    let busy = c.online.running_workers();
     for (model, oldest) in c.online.waiting() {
         let Some(record) = state.models.get(&model) else {
             continue;
@@ -271,8 +275,11 @@ fn due_online(
         };
         let loaded = workers.with_model(&model, alive);
         if !loaded.is_empty() && !loaded.iter().any(|w| w == worker) {
+            // Every worker with the model has an online batch in hand: the batch would wait
+            // for one of them to finish, so this one takes it (and loads the model) now.
+            let all_busy = loaded.iter().all(|w| busy.contains(w));
             let spill_at = oldest + batching.max_delay + SPILL_AFTER;
-            if now < spill_at {
+            if !all_busy && now < spill_at {
                 next = Some(next.map_or(spill_at, |n| n.min(spill_at)));
                 continue;
             }
