@@ -315,6 +315,40 @@ async fn loaded_on(client: &Client, model: &str) -> usize {
         .count()
 }
 
+/// Registers synthetic model `name` (`cost_ms` of CPU per image, served one image per batch
+/// with no queue delay) and loads it on one worker: one request, then that worker's
+/// heartbeat lists it.
+async fn one_image_batches_loaded_once(client: &Client, addr: &str, name: &str, cost_ms: u64) {
+    common::synthetic_models(client, addr, &[]).await;
+    let _: Value = client
+        .post(
+            "/v1/models",
+            &json!({"name": name, "arch": "synthetic", "weights": "models/syn.safetensors",
+                    "cost_ms": cost_ms, "online": {"max_batch_size": 1, "max_queue_delay_ms": 0}}),
+        )
+        .await
+        .unwrap();
+    wait_ready(addr, name).await;
+    infer_tiny(addr, name, 0).await;
+    eventually("one worker to list the model as loaded", || async {
+        (loaded_on(client, name).await == 1).then_some(())
+    })
+    .await;
+}
+
+/// Online request `i` for `model` (one tiny image), answered 200.
+async fn infer_tiny(addr: &str, model: &str, i: usize) {
+    let (code, answer) = infer_json(
+        addr,
+        model,
+        json!({"id": format!("r{i}"),
+               "inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                           "data": [[b64(&common::tiny_png(3))]]}]}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "request {i}: {answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_spills_to_a_second_worker_when_the_loaded_one_cannot_keep_up() {
     common::init_log();
@@ -322,39 +356,10 @@ async fn a_burst_spills_to_a_second_worker_when_the_loaded_one_cannot_keep_up() 
     let addr = c.coordinator_addrs()[0].clone();
     let client = c.client();
     // 150 ms of CPU per image, one image per batch: one worker serves ~6 requests/s.
-    common::synthetic_models(&client, &addr, &[]).await;
-    let _: Value = client
-        .post(
-            "/v1/models",
-            &json!({"name": "slow", "arch": "synthetic", "weights": "models/syn.safetensors",
-                    "cost_ms": 150, "online": {"max_batch_size": 1, "max_queue_delay_ms": 0}}),
-        )
-        .await
-        .unwrap();
-    wait_ready(&addr, "slow").await;
-    let request = |i: usize| {
-        let addr = addr.clone();
-        async move {
-            let (code, answer) = infer_json(
-                &addr,
-                "slow",
-                json!({"id": format!("r{i}"),
-                       "inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
-                                   "data": [[b64(&common::tiny_png(3))]]}]}),
-            )
-            .await;
-            assert_eq!(code, StatusCode::OK, "request {i}: {answer}");
-        }
-    };
-    // One request alone loads the model on one worker (which says so in its next heartbeat).
-    request(0).await;
-    eventually("one worker to list the model as loaded", || async {
-        (loaded_on(&client, "slow").await == 1).then_some(())
-    })
-    .await;
+    one_image_batches_loaded_once(&client, &addr, "slow", 150).await;
     // Twelve at once would take that worker ~1.8 s; the oldest waits past the spill limit
     // within a few of them, so the other worker loads the model and serves too.
-    futures::future::join_all((1..=12).map(request)).await;
+    futures::future::join_all((1..=12).map(|i| infer_tiny(&addr, "slow", i))).await;
     // (Workers report what they have loaded in their heartbeats.)
     eventually("the second worker to have loaded the model", || async {
         (loaded_on(&client, "slow").await == 2).then_some(())
@@ -370,41 +375,16 @@ async fn a_second_worker_takes_a_due_batch_while_the_loaded_one_is_busy() {
     let addr = c.coordinator_addrs()[0].clone();
     let client = c.client();
     // 60 ms of CPU per image, one image per batch, no queue delay.
-    common::synthetic_models(&client, &addr, &[]).await;
-    let _: Value = client
-        .post(
-            "/v1/models",
-            &json!({"name": "steady", "arch": "synthetic", "weights": "models/syn.safetensors",
-                    "cost_ms": 60, "online": {"max_batch_size": 1, "max_queue_delay_ms": 0}}),
-        )
-        .await
-        .unwrap();
-    wait_ready(&addr, "steady").await;
-    let request = |i: usize| {
-        let addr = addr.clone();
-        async move {
-            let (code, answer) = infer_json(
-                &addr,
-                "steady",
-                json!({"id": format!("r{i}"),
-                       "inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
-                                   "data": [[b64(&common::tiny_png(3))]]}]}),
-            )
-            .await;
-            assert_eq!(code, StatusCode::OK, "request {i}: {answer}");
-        }
-    };
-    request(0).await;
-    eventually("one worker to list the model as loaded", || async {
-        (loaded_on(&client, "steady").await == 1).then_some(())
-    })
-    .await;
+    one_image_batches_loaded_once(&client, &addr, "steady", 60).await;
     // Three clients, three requests each: the loaded worker runs one and holds the next, so
     // the third is due while it is busy. No request waits the 100 ms spill limit (each waits
     // at most one 60 ms image), so only "every loaded worker is busy" hands it to the other.
-    let client_run = |k: usize| async move {
-        for round in 0..3 {
-            request(1 + k * 3 + round).await;
+    let client_run = |k: usize| {
+        let addr = &addr;
+        async move {
+            for round in 0..3 {
+                infer_tiny(addr, "steady", 1 + k * 3 + round).await;
+            }
         }
     };
     futures::future::join_all((0..3).map(client_run)).await;
