@@ -451,6 +451,12 @@ mod tests {
             (9, 16, (3, 3), 1, (11, 12), 1, Padding::Fixed(0, 2)),
             (10, 24, (7, 1), 1, (17, 17), 1, Padding::Fixed(3, 0)),
             (7, 11, (3, 3), 1, (24, 24), 2, Padding::Fixed(1, 1)),
+            // One image's small planes with the channels as the lanes (`small.rs`; the
+            // 25-, 36-, 49- and 50-pixel cases above go there too): gathered with stride 2
+            // (a 3×3 and a 1×1 layer), 70 channels (a partial channel tile), 64 channels on
+            // three threads (the pixel tiles split between tasks).
+            (16, 70, (3, 3), 2, (13, 13), 1, Padding::Fixed(1, 1)),
+            (32, 64, (1, 1), 2, (14, 14), 1, Padding::Fixed(0, 0)),
         ];
         for (c_in, c_out, (kh, kw), s, (h, wd), n, padding) in cases {
             let w = wave(&[c_out, c_in, kh, kw], 0.71, 0.3)?.affine(0.3, 0.0)?;

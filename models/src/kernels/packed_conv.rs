@@ -29,10 +29,13 @@
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 use super::{Activation, Window};
+
+mod small;
 
 /// Output channels per microkernel tile (broadcast operand).
 const NR: usize = 8;
@@ -78,6 +81,9 @@ pub struct PackedFilter {
     panels: Vec<f32>,
     /// `(c_out)`, then zeros up to a whole panel.
     bias: Vec<f32>,
+    /// The weights as channel tiles for one image's small planes ([`small`]), packed on
+    /// first use.
+    channel_tiles: OnceLock<small::ChannelTiles>,
 }
 
 impl PackedFilter {
@@ -123,6 +129,7 @@ impl PackedFilter {
             kernel,
             panels,
             bias,
+            channel_tiles: OnceLock::new(),
         })
     }
 
@@ -534,6 +541,18 @@ pub unsafe fn conv(
     // sums then go to a `(C_out, N·P)` buffer, and the epilogue moves them into place.
     // Larger images get panels of their own and are written in place.
     let merged = n > 1 && plane <= MC;
+    if small::fits(n, plane) {
+        let sink = Sink {
+            out: out.as_mut_ptr().cast::<f32>(),
+            merged: None,
+            residual,
+            bias: &filter.bias,
+            act,
+        };
+        // SAFETY: the caller's contract.
+        unsafe { small::conv(xs, &g, filter, &sink) };
+        return;
+    }
     if grid_fits(n, (h, w), win) {
         let sink = Sink {
             out: out.as_mut_ptr().cast::<f32>(),
