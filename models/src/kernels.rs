@@ -967,6 +967,9 @@ impl Pool {
     ) {
         let combine = |a: f32, b: f32| if MAX { a.max(b) } else { a + b };
         let (k, s, pad) = (self.kernel, self.stride, self.pad);
+        if s == 1 && k == 2 * pad + 1 {
+            return self.plane_same::<MAX>(src, (h, w), dst, scratch);
+        }
         let ow = (w + 2 * pad - k) / s + 1;
         let start = if MAX { f32::NEG_INFINITY } else { 0.0 };
         scratch.clear();
@@ -1018,6 +1021,61 @@ impl Pool {
             if !MAX {
                 out.iter_mut().for_each(|o| *o *= scale);
             }
+        }
+    }
+}
+
+impl Pool {
+    /// [`Pool::plane`] for a stride-1 window that keeps the plane's size (`kernel = 2·pad +
+    /// 1`, Inception's 3×3 average pools): each pass runs over the whole plane at once, not
+    /// row by row (an 8×8 or 17×17 plane's rows are too short for a vector loop to pay).
+    /// Horizontally every element takes its neighbours `d` to either side, then the few
+    /// within `pad` of a row's end, which took the neighbouring row's, are done again;
+    /// vertically a row `d` up or down is `d·w` away, and rows past the plane are skipped
+    /// (padding: nothing for a max, zeros for a sum).
+    #[inline(always)]
+    fn plane_same<const MAX: bool>(
+        &self,
+        src: &[f32],
+        (h, w): (usize, usize),
+        dst: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let combine = |a: f32, b: f32| if MAX { a.max(b) } else { a + b };
+        let start = if MAX { f32::NEG_INFINITY } else { 0.0 };
+        let (n, pad) = (h * w, self.pad);
+        scratch.clear();
+        scratch.extend_from_slice(&src[..n]);
+        let rows = &mut scratch[..n];
+        for d in 1..=pad.min(n.saturating_sub(1)) {
+            for (o, x) in rows[..n - d].iter_mut().zip(&src[d..n]) {
+                *o = combine(*o, *x);
+            }
+            for (o, x) in rows[d..].iter_mut().zip(&src[..n - d]) {
+                *o = combine(*o, *x);
+            }
+        }
+        let edges = (0..pad.min(w)).chain(w.saturating_sub(pad).max(pad)..w);
+        for x in edges {
+            let (lo, hi) = (x.saturating_sub(pad), (x + pad + 1).min(w));
+            for (out, row) in rows.chunks_exact_mut(w).zip(src.chunks_exact(w)) {
+                out[x] = row[lo..hi].iter().fold(start, |a, b| combine(a, *b));
+            }
+        }
+        let dst = &mut dst[..n];
+        dst.copy_from_slice(rows);
+        for d in (1..=pad).take_while(|d| d * w < n) {
+            let dw = d * w;
+            for (o, x) in dst[..n - dw].iter_mut().zip(&rows[dw..]) {
+                *o = combine(*o, *x);
+            }
+            for (o, x) in dst[dw..].iter_mut().zip(&rows[..n - dw]) {
+                *o = combine(*o, *x);
+            }
+        }
+        if !MAX {
+            let scale = 1.0 / (self.kernel * self.kernel) as f32;
+            dst.iter_mut().for_each(|o| *o *= scale);
         }
     }
 }
@@ -1114,6 +1172,17 @@ mod tests {
                 .pad_with_zeros(D::Minus1, 1, 1)?
                 .avg_pool2d_with_stride(3, 1)?;
             assert!(max_diff(&avg_pool(&x, 3, 1, 1)?, &want)? < 1e-6);
+            // Stride-1 windows that keep the plane's size run over whole planes.
+            let want = x
+                .pad_with_same(D::Minus1, 1, 1)?
+                .pad_with_same(D::Minus2, 1, 1)?
+                .max_pool2d_with_stride(3, 1)?;
+            assert_eq!(max_diff(&max_pool(&x, 3, 1, 1)?, &want)?, 0.0);
+            let want = x
+                .pad_with_zeros(D::Minus2, 2, 2)?
+                .pad_with_zeros(D::Minus1, 2, 2)?
+                .avg_pool2d_with_stride(5, 1)?;
+            assert!(max_diff(&avg_pool(&x, 5, 1, 2)?, &want)? < 1e-6);
         }
         assert!(max_pool(&wave(&[1, 1, 2, 2])?, 3, 2, 0).is_err());
         let err = max_pool(&wave(&[1, 1, 4, 4])?.to_dtype(DType::F64)?, 3, 2, 0).unwrap_err();
