@@ -24,8 +24,10 @@
 //! while moving them into place. Work is split over the calling thread's rayon pool by
 //! pixel block (a whole number of blocks per thread) and, for layers with more output
 //! channels than pixels or too few blocks for the pool, by channel range — the pixels then
-//! gathered once for all tasks instead of once per task. Only used where the CPU has
-//! AVX-512F ([`available`]); elsewhere the layers keep the im2col + `gemm` crate path.
+//! gathered once for all tasks instead of once per task. One image's small planes, where
+//! the 48-pixel tiles would leave many lanes dead (7×7 at batch 1), go to [`small`], whose
+//! tiles have the output channels as their lanes. Only used where the CPU has AVX-512F
+//! ([`available`]); elsewhere the layers keep the im2col + `gemm` crate path.
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
