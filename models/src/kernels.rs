@@ -1023,9 +1023,7 @@ impl Pool {
             }
         }
     }
-}
 
-impl Pool {
     /// [`Pool::plane`] for a stride-1 window that keeps the plane's size (`kernel = 2·pad +
     /// 1`, Inception's 3×3 average pools): each pass runs over the whole plane at once, not
     /// row by row (an 8×8 or 17×17 plane's rows are too short for a vector loop to pay).
