@@ -11,10 +11,10 @@
 //! drop-connect.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::labels::NUM_CLASSES;
-use super::layers::{global_avg_pool, Activation, ConvBn, Padding};
+use super::layers::{global_avg_pool, Activation, Classifier, ConvBn, Padding};
 use super::model::Network;
 use super::preprocess::{Normalize, Preprocess, Resample};
 
@@ -129,7 +129,7 @@ pub struct EfficientNetLite0 {
     stem: ConvBn,
     blocks: Vec<MbConv>,
     head: ConvBn,
-    fc: Linear,
+    fc: Classifier,
 }
 
 impl EfficientNetLite0 {
@@ -166,7 +166,7 @@ impl EfficientNetLite0 {
             vb.pp("_conv_head"),
             vb.pp("_bn1"),
         )?;
-        let fc = candle_nn::linear(HEAD, NUM_CLASSES, vb.pp("_fc"))?;
+        let fc = Classifier::load(HEAD, NUM_CLASSES, vb.pp("_fc"))?;
         Ok(EfficientNetLite0 {
             stem,
             blocks,

@@ -14,11 +14,11 @@
 //! its images already run side by side).
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::kernels::max_pool;
 use super::labels::NUM_CLASSES;
-use super::layers::{avg_pool_3x3_same, global_avg_pool, Activation, ConvBn, Padding};
+use super::layers::{avg_pool_3x3_same, global_avg_pool, Activation, Classifier, ConvBn, Padding};
 use super::model::Network;
 use super::preprocess::{Preprocess, IMAGENET_MEAN, IMAGENET_STD};
 
@@ -309,7 +309,7 @@ pub struct InceptionV3 {
     mixed_6: [BlockC; 4],
     mixed_7a: BlockD,
     mixed_7: [BlockE; 2],
-    fc: Linear,
+    fc: Classifier,
 }
 
 impl InceptionV3 {
@@ -356,7 +356,7 @@ impl InceptionV3 {
                 BlockE::load(vb.pp("Mixed_7b"), 1280)?,
                 BlockE::load(vb.pp("Mixed_7c"), 2048)?,
             ],
-            fc: candle_nn::linear(2048, NUM_CLASSES, vb.pp("fc"))?,
+            fc: Classifier::load(2048, NUM_CLASSES, vb.pp("fc"))?,
         })
     }
 }

@@ -6,6 +6,7 @@
 //!   arbitrary rectangular kernels, per-side zero padding (fixed or TensorFlow
 //!   "SAME") and an optional depthwise mode. [`ConvBn::forward_with`] also
 //!   fuses the activation and a residual sum into the convolution's epilogue.
+//! * [`Classifier`]: the fully connected layer at a network's end.
 //! * Pooling helpers with PyTorch semantics.
 //!
 //! The arithmetic runs in [`super::kernels`]: depthwise convolutions in a
@@ -198,6 +199,71 @@ impl ConvBn {
 impl Module for ConvBn {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.forward_with(xs, None, Activation::Identity)
+    }
+}
+
+/// The fully connected classifier, `<prefix>.{weight,bias}` (`(classes, C)`, `(classes)`):
+/// `(N, C) -> (N, classes)`. On CPUs with AVX-512F it runs as a 1×1 convolution on `(N, C,
+/// 1, 1)` through the packed kernel, its weights packed once at load; candle's matmul (the
+/// `gemm` crate), which it used before, repacked the whole matrix on every call — 3 % of an
+/// EfficientNet-Lite0 pass at batch 1 — and read `/proc/cpuinfo` to choose its threads.
+/// Elsewhere it is candle's `Linear`.
+#[derive(Debug, Clone)]
+pub struct Classifier(ClassifierWeights);
+
+#[derive(Debug, Clone)]
+enum ClassifierWeights {
+    Packed(PackedFilter),
+    Linear(candle_nn::Linear),
+}
+
+impl Classifier {
+    /// Loads `c_in → classes` from `vb` (`weight`, `bias`).
+    pub fn load(c_in: usize, classes: usize, vb: VarBuilder) -> Result<Self> {
+        Self::load_for(c_in, classes, vb, packed_available())
+    }
+
+    /// [`Classifier::load`], packed for the AVX-512 kernel when `pack`.
+    fn load_for(c_in: usize, classes: usize, vb: VarBuilder, pack: bool) -> Result<Self> {
+        if !pack {
+            return Ok(Classifier(ClassifierWeights::Linear(candle_nn::linear(
+                c_in, classes, vb,
+            )?)));
+        }
+        let weight = vb.get((classes, c_in), "weight")?;
+        let bias = vb.get(classes, "bias")?;
+        Ok(Classifier(ClassifierWeights::Packed(PackedFilter::new(
+            &weight.flatten_all()?.to_vec1::<f32>()?,
+            &bias.to_vec1::<f32>()?,
+            classes,
+            c_in,
+            (1, 1),
+        )?)))
+    }
+}
+
+impl Module for Classifier {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match &self.0 {
+            ClassifierWeights::Linear(linear) => linear.forward(xs),
+            ClassifierWeights::Packed(filter) => {
+                let (n, c) = xs.dims2()?;
+                let win = Window {
+                    kernel: (1, 1),
+                    stride: 1,
+                    pad_before: (0, 0),
+                    out: (1, 1),
+                };
+                let y = packed_conv(
+                    &xs.reshape((n, c, 1, 1))?,
+                    filter,
+                    win,
+                    None,
+                    Activation::Identity,
+                )?;
+                y.reshape((n, filter.c_out()))
+            }
+        }
     }
 }
 
@@ -485,6 +551,39 @@ mod tests {
                         diff < 2e-4,
                         "{c_in}->{c_out} {kh}x{kw} s={s} {h}x{wd} n={n} {padding:?} \
                          {threads} threads: diff {diff}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The classifier gives candle's `Linear` logits whether it runs packed (one image: the
+    /// channel-major tiles, 1000 classes a partial tile; several: images sharing a panel)
+    /// or not, on one thread and on three.
+    #[test]
+    fn classifier_matches_candle_linear() -> Result<()> {
+        let (c_in, classes) = (300, 1000);
+        let mut map = HashMap::new();
+        map.insert("fc.weight".to_string(), wave(&[classes, c_in], 0.37, 0.2)?);
+        map.insert("fc.bias".to_string(), wave(&[classes], 0.9, 0.4)?);
+        let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+        let linear = candle_nn::linear(c_in, classes, vb.pp("fc"))?;
+        for pack in [false, packed_available()] {
+            let fc = Classifier::load_for(c_in, classes, vb.pp("fc"), pack)?;
+            for n in [1, 3] {
+                let x = wave(&[n, c_in], 0.031, 0.1)?;
+                let want = linear.forward(&x)?;
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .expect("pool");
+                    let got = pool.install(|| fc.forward(&x))?;
+                    let diff = max_diff(&got, &want)?;
+                    assert!(
+                        diff < 2e-4,
+                        "packed {pack}, {n} images, {threads} threads: {diff}"
                     );
                 }
             }

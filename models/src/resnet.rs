@@ -10,11 +10,11 @@
 //! epilogue (one pass over memory instead of four).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::kernels::max_pool;
 use super::labels::NUM_CLASSES;
-use super::layers::{global_avg_pool, Activation, ConvBn, Padding};
+use super::layers::{global_avg_pool, Activation, Classifier, ConvBn, Padding};
 use super::model::Network;
 use super::preprocess::Preprocess;
 
@@ -142,7 +142,7 @@ pub struct ResNet {
     blocks: Vec<Block>,
     /// The first block of the third stage: [`Network::late`] starts there.
     late_from: usize,
-    fc: Linear,
+    fc: Classifier,
 }
 
 impl ResNet {
@@ -177,7 +177,7 @@ impl ResNet {
                 c_in = c_out;
             }
         }
-        let fc = candle_nn::linear(c_in, NUM_CLASSES, vb.pp("fc"))?;
+        let fc = Classifier::load(c_in, NUM_CLASSES, vb.pp("fc"))?;
         Ok(ResNet {
             stem,
             blocks,
