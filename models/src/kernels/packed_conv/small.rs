@@ -33,7 +33,7 @@ const KB: usize = 128;
 const WEIGHTS_AHEAD: usize = 16;
 
 /// Whether one image's `plane`-pixel output goes through this path: where the pixel-major
-/// tiles would waste more than one lane in twelve (a 7×7 plane 23 %, 5×5 36 %). Below that
+/// tiles would waste more than one lane in twelve (a 7×7 plane 23 %, 5×5 22 %). Below that
 /// (a 14×14 plane wastes 6 %) they win: a row of weights serves 48 pixels there, 12 here,
 /// and measured one layer at a time this path lost on 14×14 planes.
 pub(super) fn fits(n: usize, plane: usize) -> bool {
