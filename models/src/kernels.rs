@@ -1160,27 +1160,23 @@ mod tests {
                 let want = x.max_pool2d_with_stride(3, 2)?;
                 assert_eq!(max_diff(&max_pool(&x, 3, 2, 0)?, &want)?, 0.0);
             }
-            let want = x
-                .pad_with_same(D::Minus1, 1, 1)?
-                .pad_with_same(D::Minus2, 1, 1)?
-                .max_pool2d_with_stride(3, 2)?;
-            assert_eq!(max_diff(&max_pool(&x, 3, 2, 1)?, &want)?, 0.0);
-            let want = x
-                .pad_with_zeros(D::Minus2, 1, 1)?
-                .pad_with_zeros(D::Minus1, 1, 1)?
-                .avg_pool2d_with_stride(3, 1)?;
-            assert!(max_diff(&avg_pool(&x, 3, 1, 1)?, &want)? < 1e-6);
+            // candle's max pool on `x` padded by copies of its edges, its average pool on
+            // `x` padded by zeros, both `pad` on every side.
+            let max_ref = |k, s, pad| {
+                x.pad_with_same(D::Minus1, pad, pad)?
+                    .pad_with_same(D::Minus2, pad, pad)?
+                    .max_pool2d_with_stride(k, s)
+            };
+            let avg_ref = |k, s, pad| {
+                x.pad_with_zeros(D::Minus2, pad, pad)?
+                    .pad_with_zeros(D::Minus1, pad, pad)?
+                    .avg_pool2d_with_stride(k, s)
+            };
+            assert_eq!(max_diff(&max_pool(&x, 3, 2, 1)?, &max_ref(3, 2, 1)?)?, 0.0);
+            assert!(max_diff(&avg_pool(&x, 3, 1, 1)?, &avg_ref(3, 1, 1)?)? < 1e-6);
             // Stride-1 windows that keep the plane's size run over whole planes.
-            let want = x
-                .pad_with_same(D::Minus1, 1, 1)?
-                .pad_with_same(D::Minus2, 1, 1)?
-                .max_pool2d_with_stride(3, 1)?;
-            assert_eq!(max_diff(&max_pool(&x, 3, 1, 1)?, &want)?, 0.0);
-            let want = x
-                .pad_with_zeros(D::Minus2, 2, 2)?
-                .pad_with_zeros(D::Minus1, 2, 2)?
-                .avg_pool2d_with_stride(5, 1)?;
-            assert!(max_diff(&avg_pool(&x, 5, 1, 2)?, &want)? < 1e-6);
+            assert_eq!(max_diff(&max_pool(&x, 3, 1, 1)?, &max_ref(3, 1, 1)?)?, 0.0);
+            assert!(max_diff(&avg_pool(&x, 5, 1, 2)?, &avg_ref(5, 1, 2)?)? < 1e-6);
         }
         assert!(max_pool(&wave(&[1, 1, 2, 2])?, 3, 2, 0).is_err());
         let err = max_pool(&wave(&[1, 1, 4, 4])?.to_dtype(DType::F64)?, 3, 2, 0).unwrap_err();

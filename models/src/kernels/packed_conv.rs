@@ -543,28 +543,22 @@ pub unsafe fn conv(
     // sums then go to a `(C_out, N·P)` buffer, and the epilogue moves them into place.
     // Larger images get panels of their own and are written in place.
     let merged = n > 1 && plane <= MC;
+    // Tiles written straight into the output; the merged mode's sums are set below.
+    let direct_sink = Sink {
+        out: out.as_mut_ptr().cast::<f32>(),
+        merged: None,
+        residual,
+        bias: &filter.bias,
+        act,
+    };
     if small::fits(n, plane) {
-        let sink = Sink {
-            out: out.as_mut_ptr().cast::<f32>(),
-            merged: None,
-            residual,
-            bias: &filter.bias,
-            act,
-        };
         // SAFETY: the caller's contract.
-        unsafe { small::conv(xs, &g, filter, &sink) };
+        unsafe { small::conv(xs, &g, filter, &direct_sink) };
         return;
     }
     if grid_fits(n, (h, w), win) {
-        let sink = Sink {
-            out: out.as_mut_ptr().cast::<f32>(),
-            merged: None,
-            residual,
-            bias: &filter.bias,
-            act,
-        };
         // SAFETY: the caller's contract.
-        unsafe { conv_grid(xs, n, &g, filter, &sink) };
+        unsafe { conv_grid(xs, n, &g, filter, &direct_sink) };
         return;
     }
     let panels = if merged {
@@ -637,11 +631,8 @@ pub unsafe fn conv(
         sums.reserve(n_panels * NR * columns);
     }
     let sink = Sink {
-        out: out.as_mut_ptr().cast::<f32>(),
         merged: merged.then_some((sums.as_mut_ptr(), columns)),
-        residual,
-        bias: &filter.bias,
-        act,
+        ..direct_sink
     };
     let run = |(b, channel_panels): &(usize, std::ops::Range<usize>)| {
         let block_panels = &panels[blocks[*b].clone()];
