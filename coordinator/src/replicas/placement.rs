@@ -9,7 +9,7 @@ pub fn choose_nodes(state: &State, count: usize, usable: impl Fn(&str) -> bool) 
     let mut candidates: Vec<(u64, String)> = state
         .alive_nodes()
         .filter(|n| usable(&n.id))
-        .map(|n| (stored_bytes(state, &n.id), n.id.clone()))
+        .map(|n| (state.stored_bytes(&n.id), n.id.clone()))
         .collect();
     candidates.sort();
     candidates
@@ -17,15 +17,6 @@ pub fn choose_nodes(state: &State, count: usize, usable: impl Fn(&str) -> bool) 
         .take(count)
         .map(|(_, id)| id)
         .collect()
-}
-
-/// Bytes of blobs the namespace places on a node.
-pub fn stored_bytes(state: &State, node: &str) -> u64 {
-    state
-        .blobs()
-        .filter(|b| b.replicas.contains(node))
-        .map(|b| b.size)
-        .sum()
 }
 
 /// (node id, address, alive) of a blob's replicas, live ones first.

@@ -279,7 +279,12 @@ impl State {
             });
         blob.refs += 1;
         blob.target = blob.target.max(target);
-        blob.replicas.extend(replicas);
+        let size = blob.size;
+        for node in replicas {
+            if blob.replicas.insert(node.clone()) {
+                *self.node_bytes.entry(node).or_default() += size;
+            }
+        }
         self.touch(Key::Blob(hash.clone()));
 
         let file = self
@@ -343,6 +348,9 @@ impl State {
             return None;
         }
         let blob = self.blobs.remove(hash)?;
+        for node in &blob.replicas {
+            self.unplace(node, blob.size);
+        }
         Some(FreedBlob {
             hash: blob.hash,
             replicas: blob.replicas.into_iter().collect(),
@@ -357,7 +365,11 @@ impl State {
             .collect();
         match self.blobs.get_mut(hash) {
             Some(blob) => {
-                blob.replicas.extend(known);
+                for node in known {
+                    if blob.replicas.insert(node.clone()) {
+                        *self.node_bytes.entry(node).or_default() += blob.size;
+                    }
+                }
                 self.touch(Key::Blob(hash.to_string()));
                 true
             }
@@ -369,13 +381,41 @@ impl State {
     pub(super) fn drop_replicas(&mut self, hash: &str, nodes: &[String]) -> bool {
         match self.blobs.get_mut(hash) {
             Some(blob) => {
-                for n in nodes {
-                    blob.replicas.remove(n);
+                let size = blob.size;
+                let dropped: Vec<&String> =
+                    nodes.iter().filter(|n| blob.replicas.remove(*n)).collect();
+                for node in dropped {
+                    self.unplace(node, size);
                 }
                 self.touch(Key::Blob(hash.to_string()));
                 true
             }
             None => false,
+        }
+    }
+
+    /// Bytes of the blobs whose replica sets name `node` (kept as the sets change).
+    pub fn stored_bytes(&self, node: &str) -> u64 {
+        self.node_bytes.get(node).copied().unwrap_or(0)
+    }
+
+    /// `node` no longer holds `size` bytes of some blob.
+    fn unplace(&mut self, node: &str, size: u64) {
+        if let Some(bytes) = self.node_bytes.get_mut(node) {
+            *bytes = bytes.saturating_sub(size);
+            if *bytes == 0 {
+                self.node_bytes.remove(node);
+            }
+        }
+    }
+
+    /// Derives [`State::stored_bytes`] from the blob records (on load).
+    pub(super) fn rebuild_node_bytes(&mut self) {
+        self.node_bytes.clear();
+        for blob in self.blobs.values() {
+            for node in &blob.replicas {
+                *self.node_bytes.entry(node.clone()).or_default() += blob.size;
+            }
         }
     }
 }

@@ -218,6 +218,9 @@ pub struct State {
     job_stats: BTreeMap<u64, JobStatsIndex>,
     /// Per model: the cost of its last completed batches.
     costs: BTreeMap<String, CostWindow>,
+    /// Per storage node: bytes of the blobs whose replica sets name it (placement fills the
+    /// emptiest node first; summing the blobs on every upload cost O(namespace)).
+    node_bytes: HashMap<String, u64>,
 
     /// Records changed since the last [`State::take_changes`].
     dirty: BTreeSet<Key>,
@@ -550,6 +553,7 @@ impl State {
             }
         }
         state.rebuild_stats();
+        state.rebuild_node_bytes();
         Ok(state)
     }
 

@@ -783,3 +783,72 @@ fn deleting_a_job_deletes_its_results() {
     }
     assert_eq!(s.files_under(""), vec!["images/keep.png".to_string()]);
 }
+
+#[test]
+fn each_nodes_stored_bytes_follow_puts_copies_drops_and_deletes() {
+    // What placement reads (kept up to date, not summed per upload) must equal the bytes the
+    // blob records place on each node, after any mix of commands and after a reload.
+    let nodes = ["s1", "s2", "s3"];
+    let summed = |s: &State, node: &str| -> u64 {
+        s.blobs()
+            .filter(|b| b.replicas.contains(node))
+            .map(|b| b.size)
+            .sum()
+    };
+    let mut s = State::default();
+    for n in nodes {
+        node(&mut s, n);
+    }
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for step in 0..400u64 {
+        let i = next(12) as u8;
+        let (path, h) = (format!("f{}", next(8)), hash(i));
+        let some = |k: u64| -> Vec<String> {
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| (k >> j) & 1 == 1)
+                .map(|(_, n)| n.to_string())
+                .collect()
+        };
+        let replicas = some(next(7) + 1);
+        let cmd = match next(4) {
+            0 => Command::PutVersion {
+                path,
+                hash: h,
+                size: 1000 + 37 * u64::from(i),
+                replicas,
+                target: 3,
+                keep: 2,
+            },
+            1 => Command::AddReplicas {
+                hash: h,
+                nodes: replicas,
+            },
+            2 => Command::DropReplicas {
+                hash: h,
+                nodes: replicas,
+            },
+            _ => Command::DeleteFile { path },
+        };
+        s.apply(req("", 10 + step, cmd));
+        for n in nodes {
+            assert_eq!(s.stored_bytes(n), summed(&s, n), "{n} after step {step}");
+        }
+    }
+    assert!(nodes.iter().any(|n| s.stored_bytes(n) > 0));
+    let restored = State::load(s.dump()).unwrap();
+    for n in nodes {
+        assert_eq!(
+            restored.stored_bytes(n),
+            summed(&s, n),
+            "{n} after a reload"
+        );
+    }
+}
