@@ -73,6 +73,13 @@ pub struct CoordinatorConfig {
     #[arg(long, default_value_t = 600_000)]
     pub max_batch_ms: u64,
 
+    /// Worker time a lease should be worth: a batch holds as many forward passes of its job's
+    /// batch size (up to 16) as its model's measured cost per query says make this much, so a
+    /// cheap model at a small batch size shares each lease's fixed cost (two commits, a
+    /// results object, the HTTP calls) among more queries. 0: one pass per lease.
+    #[arg(long, default_value_t = 100)]
+    pub lease_target_ms: u64,
+
     /// How often workers heartbeat (each coordinator): several times per lease timeout.
     #[arg(long, default_value_t = 300)]
     pub worker_heartbeat_ms: u64,
@@ -168,6 +175,7 @@ impl CoordinatorConfig {
             keep_logs: 1000,
             lease_timeout_ms: 1500,
             max_batch_ms: 600_000,
+            lease_target_ms: 100,
             worker_heartbeat_ms: 300,
             replication: 3,
             keep_versions: 5,

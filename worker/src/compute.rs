@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::lanes::Running;
 use crate::model_cache::ModelSpec;
-use crate::queue::{PreparedBatch, Work};
+use crate::queue::{pass_size, PreparedBatch, Work};
 use crate::release::release;
 use crate::results::{self, Finished, QueryOutcome};
 use crate::shared::Shared;
@@ -105,7 +105,7 @@ pub(crate) async fn compute_loop(shared: Arc<Shared>, reports: mpsc::Sender<Fini
         let Some(work) = shared.queue.take(&mut stop).await else {
             return;
         };
-        let lane = turn.start(work.images());
+        let lane = turn.start(work.pass_images());
         let batch = match work {
             Work::Online(batch) => {
                 crate::online::run(&shared, batch, lane).await;
@@ -172,20 +172,33 @@ async fn run_batch(
             Err(reason) => outcomes.push(Some(Err(reason))),
         }
     }
-    let started = Instant::now();
     lane.compute();
     let k = shared.config.top_k;
+    let pass = pass_size(&lease);
+    // The batch's forward passes, one after the other: each pass's results and wall time.
     let ranked = shared
         .pool
-        .run_pass(move || classify_images(&model, &decoded, k))
+        .run_pass(move || {
+            let mut ranked = Vec::with_capacity(decoded.len());
+            let mut passes = Vec::new();
+            for images in decoded.chunks(pass) {
+                let started = Instant::now();
+                ranked.extend(classify_images(&model, images, k));
+                passes.push((images.len(), started.elapsed()));
+            }
+            (ranked, passes)
+        })
         .await;
-    let took = started.elapsed();
     // The batch's share of the worker's time: its wall time when it ran alone.
     let share = lane.finish();
     let compute_ms = share.as_millis() as u64;
-    shared
-        .metrics
-        .ran(&lease.model, "job", lease.inputs.len(), took, share);
+    let ranked = ranked.map(|(ranked, passes)| {
+        for (images, took) in passes {
+            shared.metrics.pass(&lease.model, "job", images, took);
+        }
+        ranked
+    });
+    shared.metrics.busy(share);
     let mut ranked = match ranked {
         Ok(ranked) => ranked.into_iter(),
         Err(e) => {

@@ -49,7 +49,7 @@ impl Default for Metrics {
             forward: register(
                 &mut r,
                 "idunno_worker_forward_seconds",
-                "preprocessing and forward pass of a batch, by model and batch size",
+                "preprocessing and forward pass of one pass (a job batch may hold several), by model and batch size",
                 Family::new_with_constructor(seconds),
             ),
             decode: register(
@@ -61,13 +61,13 @@ impl Default for Metrics {
             batch_size: register(
                 &mut r,
                 "idunno_worker_batch_size",
-                "images per batch run, by model and kind",
+                "images per forward pass, by model and kind",
                 Family::new_with_constructor(batch_sizes),
             ),
             batches: register(
                 &mut r,
                 "idunno_worker_batches",
-                "batches run, by model and kind",
+                "forward passes run, by model and kind",
                 Family::default(),
             ),
             images: register(
@@ -99,6 +99,13 @@ impl Metrics {
     /// A batch of `images` images of `model` ran for `took` (`kind`: job or online), its
     /// share of the worker's time `share` (less than `took` when batches ran side by side).
     pub fn ran(&self, model: &str, kind: &str, images: usize, took: Duration, share: Duration) {
+        self.pass(model, kind, images, took);
+        self.busy(share);
+    }
+
+    /// One forward pass of `images` images of `model` ran for `took` (a job's batch may hold
+    /// several passes).
+    pub fn pass(&self, model: &str, kind: &str, images: usize, took: Duration) {
         let batch = BatchLabels {
             model: model.to_string(),
             batch_size: images.to_string(),
@@ -115,6 +122,10 @@ impl Metrics {
             .observe(images as f64);
         self.batches.get_or_create(&labels).inc();
         self.images.get_or_create(&labels).inc_by(images as u64);
+    }
+
+    /// The worker computed for `share` of its time (a batch's share, see `lanes`).
+    pub fn busy(&self, share: Duration) {
         self.busy_nanos
             .fetch_add(share.as_nanos() as u64, Ordering::Relaxed);
     }

@@ -55,13 +55,24 @@ pub(crate) enum Work {
 }
 
 impl Work {
-    /// The images the batch carries (decoded or not).
-    pub fn images(&self) -> usize {
+    /// The images one forward pass of it carries (what lanes admit): an online batch's all, a
+    /// job's batch its job's batch size (a batch may hold several passes, run one by one).
+    pub fn pass_images(&self) -> usize {
         match self {
             Work::Online(batch) => batch.images.len(),
-            Work::Batch(batch) => batch.images.len(),
+            Work::Batch(batch) => pass_size(&batch.lease),
         }
     }
+}
+
+/// Images per forward pass of a leased batch: its job's batch size, at most its inputs (a
+/// lease from a coordinator that does not say: all of them at once).
+pub fn pass_size(lease: &Lease) -> usize {
+    match lease.batch_size as usize {
+        0 => lease.inputs.len(),
+        size => size.min(lease.inputs.len()),
+    }
+    .max(1)
 }
 
 /// A batch in the queue.

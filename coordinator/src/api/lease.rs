@@ -33,7 +33,7 @@ use super::request_id;
 use super::worker_id::check_worker_id;
 use crate::app::{Coordinator, LeaderState};
 use crate::error::{ApiError, ApiJson, ApiPath};
-use crate::leader::scheduler::Prepared;
+use crate::leader::scheduler::{passes_per_lease, Prepared};
 use crate::leader::workers::Workers;
 use crate::online::{Batching, TakenBatch};
 use crate::state::command::{Command, LeaseGrant, Response};
@@ -123,10 +123,22 @@ pub(super) async fn lease(
         }
         let mut granted = None;
         if let Some(job) = decision.lease {
+            let passes = {
+                let applied = c.shared.read();
+                let state = &applied.state;
+                state.jobs.get(&job).map_or(1, |j| {
+                    passes_per_lease(
+                        state.cost_ms_per_query(&j.model),
+                        j.batch_size,
+                        c.config.lease_target_ms,
+                    )
+                })
+            };
             let cmd = Command::Lease {
                 worker: worker.clone(),
                 job,
                 lease_timeout_ms: c.config.max_batch_ms,
+                passes,
             };
             match c.write(request.clone(), cmd).await? {
                 Response::Leased(grant) => {
@@ -355,7 +367,7 @@ fn decide_in(
 }
 
 /// A prepared lease the worker should keep: still this worker's current lease of the batch,
-/// of a running job, no longer than the job's batch size. Returns the job and the batch's
+/// of a running job, no longer than [`JobRecord::max_batch_len`]. Returns the job and the batch's
 /// length.
 fn still_wanted<'a>(
     state: &'a Replicated,
@@ -373,7 +385,7 @@ fn still_wanted<'a>(
         _ => return None,
     }
     let job = state.jobs.get(&id.job)?;
-    (job.state == JobState::Running && batch.len <= job.batch_size)
+    (job.state == JobState::Running && batch.len <= job.max_batch_len())
         .then_some((job, u64::from(batch.len)))
 }
 
@@ -395,6 +407,7 @@ fn to_lease(c: &Coordinator, grant: LeaseGrant) -> Result<Lease, ApiError> {
         weights: model.weights.clone(),
         input_size: model.input_size,
         cost_ms: model.cost_ms.unwrap_or(0),
+        batch_size: job.batch_size,
         inputs: grant
             .inputs
             .into_iter()

@@ -32,7 +32,23 @@
 
 use std::collections::HashMap;
 
-use crate::state::jobs::{BatchId, JobRecord};
+use crate::state::jobs::{BatchId, JobRecord, MAX_PASSES};
+
+/// How many forward passes of `batch_size` a new lease holds: enough that the lease is worth
+/// about `target_ms` of worker time at `cost_ms_per_query` (the model's measured cost), from 1
+/// to [`MAX_PASSES`]. A lease has a fixed cost — its commit, the completion's commit, a
+/// results object, a few HTTP calls: ~3–4 ms of CPU on a 2-core machine that also runs the
+/// coordinator and a storage node — which a one-image pass of a cheap model (~8 ms) cannot
+/// hide. `target_ms` 0 keeps one pass per lease. Fairness is unchanged (the scheduler counts
+/// queries, not leases); a lease just grows from one pass to as many as fit the target.
+pub fn passes_per_lease(cost_ms_per_query: f64, batch_size: u32, target_ms: u64) -> u32 {
+    let pass_ms = cost_ms_per_query * f64::from(batch_size.max(1));
+    if target_ms == 0 || !pass_ms.is_finite() || pass_ms <= 0.0 {
+        return 1;
+    }
+    let passes = (target_ms as f64 / pass_ms).ceil();
+    passes.clamp(1.0, f64::from(MAX_PASSES)) as u32
+}
 
 /// A job's place in the queue.
 #[derive(Debug, Clone, Copy, PartialEq)]

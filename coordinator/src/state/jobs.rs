@@ -1,14 +1,17 @@
 //! Jobs and their batches in the replicated state.
 //!
 //! Batches are cut lazily: a job keeps a cursor into its input list and a lease takes the next
-//! `batch_size` inputs, so a batch-size change applies to the very next lease and a job of a
+//! `passes × batch_size` inputs (the leader chooses `passes`, 1 to [`MAX_PASSES`], so that a
+//! lease of a cheap model is worth its fixed cost; the worker runs the batch in forward passes
+//! of `batch_size`), so a batch-size change applies to the very next lease and a job of a
 //! million inputs costs one record until it runs. A batch that comes back (expired or given
 //! back) waits in the job's retry queue and is handed out before new inputs.
 //! A batch is done exactly once: the first completion for any lease ever issued for it wins.
 //!
-//! A batch given back after its job's batch size shrank is dissolved: its inputs go to the
-//! job's returned ranges and are cut again at the new size (a late completion of one of its
-//! old leases then finds no batch and is refused; its queries run again in the new batches).
+//! A batch given back that is longer than [`MAX_PASSES`] passes of its job's batch size (the
+//! batch size shrank) is dissolved: its inputs go to the job's returned ranges and are cut
+//! again at the new size (a late completion of one of its old leases then finds no batch and
+//! is refused; its queries run again in the new batches).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -26,6 +29,10 @@ use super::{Key, State};
 
 /// Largest batch a job may ask for.
 pub const MAX_BATCH_SIZE: u32 = 4096;
+/// Most forward passes one batch holds: a lease of a cheap model at a small batch size takes
+/// several passes' inputs, so the per-lease work (two commits, a results object, the HTTP
+/// calls) is shared by more queries.
+pub const MAX_PASSES: u32 = 16;
 /// Largest fair-share weight.
 pub const MAX_WEIGHT: u32 = 1000;
 /// Most inputs one job may list explicitly: the list travels in one Raft entry, which a follower
@@ -97,6 +104,12 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// The longest batch a lease of this job may hold now: [`MAX_PASSES`] passes of its batch
+    /// size. A batch given back that is longer (its batch size shrank) is cut again.
+    pub fn max_batch_len(&self) -> u32 {
+        self.batch_size.saturating_mul(MAX_PASSES)
+    }
+
     /// True if a lease for this job would hand something out now.
     pub fn has_work(&self) -> bool {
         self.state == JobState::Running
@@ -437,11 +450,13 @@ impl State {
         Ok(())
     }
 
-    /// Hands the next batch of `job` to `worker`: a returned batch first, then new inputs.
+    /// Hands the next batch of `job` to `worker`: a returned batch first, then new inputs —
+    /// `passes` forward passes' worth (at least one, at most [`MAX_PASSES`]).
     pub(super) fn lease(
         &mut self,
         worker: String,
         job: u64,
+        passes: u32,
         request: String,
         lease_timeout_ms: u64,
         now: Millis,
@@ -461,7 +476,7 @@ impl State {
         let id = if let Some(seq) = record.retry.pop_front() {
             BatchId { job, seq }
         } else {
-            let size = u64::from(record.batch_size);
+            let size = u64::from(record.batch_size) * u64::from(passes.clamp(1, MAX_PASSES));
             let (start, len) = match record.returned.pop_front() {
                 Some((start, len)) if len > size => {
                     record.returned.push_front((start + size, len - size));
@@ -743,7 +758,7 @@ impl State {
         let dissolve = self
             .jobs
             .get(&id.job)
-            .is_some_and(|job| batch.len > job.batch_size);
+            .is_some_and(|job| batch.len > job.max_batch_len());
         if dissolve {
             self.batches.remove(&id);
         } else if let Some(b) = self.batches.get_mut(&id) {

@@ -320,7 +320,15 @@ impl State {
                 worker,
                 job,
                 lease_timeout_ms,
-            } => self.lease(worker, job, request.to_string(), lease_timeout_ms, now),
+                passes,
+            } => self.lease(
+                worker,
+                job,
+                passes,
+                request.to_string(),
+                lease_timeout_ms,
+                now,
+            ),
             Command::Complete {
                 batch,
                 lease_id,
