@@ -182,6 +182,7 @@ mod tests {
             attempt: 1,
             deadline_ms: 0,
             cost_ms: 0,
+            batch_size: 0,
         }
     }
 

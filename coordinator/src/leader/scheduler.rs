@@ -262,6 +262,29 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_lease_holds_enough_passes_for_the_target_and_no_more_than_the_most() {
+        // (ms per query, batch size, target) → passes.
+        for (cost, batch, target, passes) in [
+            (8.0, 1, 100, 13), // a cheap model at batch 1: 13 passes of 8 ms
+            (21.0, 1, 100, 5), // ResNet-18-like
+            (46.0, 1, 100, 3), // ResNet-50-like
+            (8.0, 8, 100, 2),  // a pass of 64 ms: two
+            (21.0, 8, 100, 1), // a pass of 168 ms: one
+            (0.5, 1, 100, 16), // never more than the most
+            (8.0, 1, 0, 1),    // target 0: one pass
+            (0.0, 1, 100, 1),  // no usable cost: one pass
+            (f64::NAN, 4, 100, 1),
+            (5.0, 0, 100, 16), // batch size 0 counts as 1
+        ] {
+            assert_eq!(
+                passes_per_lease(cost, batch, target),
+                passes,
+                "{cost} ms/query, batch {batch}, target {target} ms"
+            );
+        }
+    }
+
     fn job(id: u64, weight: u32) -> JobRecord {
         JobRecord {
             id,

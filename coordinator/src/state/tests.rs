@@ -59,6 +59,7 @@ fn lease(state: &mut State, worker: &str, job: u64, t: u64) -> Option<super::com
             worker: worker.into(),
             job,
             lease_timeout_ms: 1000,
+            passes: 0,
         },
     )) {
         Response::Leased(g) => Some(g),
@@ -501,6 +502,7 @@ fn a_retried_lease_call_gets_the_same_lease() {
         worker: "w".into(),
         job: id,
         lease_timeout_ms: 1000,
+        passes: 0,
     };
     let a = s.apply(req("lease-1", 3, lease_cmd.clone()));
     let b = s.apply(req("lease-1", 4, lease_cmd));
@@ -850,5 +852,105 @@ fn each_nodes_stored_bytes_follow_puts_copies_drops_and_deletes() {
             summed(&s, n),
             "{n} after a reload"
         );
+    }
+}
+
+fn lease_passes(state: &mut State, job: u64, passes: u32, t: u64) -> super::command::LeaseGrant {
+    match state.apply(req(
+        "",
+        t,
+        Command::Lease {
+            worker: "w".into(),
+            job,
+            lease_timeout_ms: 1000,
+            passes,
+        },
+    )) {
+        Response::Leased(g) => g,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_lease_holds_its_passes_and_a_batch_too_long_for_a_smaller_size_is_cut_again() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 100, 2);
+    // Three passes of two; more than the most a batch holds is the most; the job's end.
+    let three = lease_passes(&mut s, id, 3, 3);
+    assert_eq!((three.start, three.inputs.len()), (0, 6));
+    let most = lease_passes(&mut s, id, 1000, 4);
+    assert_eq!((most.start, most.inputs.len()), (6, 32));
+    // A batch given back goes out again as it was, whatever passes the next lease asks for.
+    expire(&mut s, three.batch, three.lease_id, 5);
+    let again = lease_passes(&mut s, id, 1, 6);
+    assert_eq!((again.batch, again.inputs.len()), (three.batch, 6));
+    // The batch size drops to 1: a batch of 32 (more than 16 passes of 1) is cut again when
+    // it comes back; a batch of 6 (6 passes) is not.
+    s.apply(req(
+        "bs",
+        7,
+        Command::UpdateJob {
+            job: id,
+            batch_size: Some(1),
+            weight: None,
+        },
+    ));
+    expire(&mut s, most.batch, most.lease_id, 8);
+    expire(&mut s, again.batch, again.lease_id, 8);
+    let kept = lease_passes(&mut s, id, 1, 9);
+    assert_eq!((kept.batch, kept.inputs.len()), (three.batch, 6));
+    let recut = lease_passes(&mut s, id, 4, 10);
+    assert_ne!(recut.batch, most.batch, "the long batch was dissolved");
+    assert_eq!((recut.start, recut.inputs.len()), (6, 4));
+    assert!(matches!(
+        complete(&mut s, most.batch, most.lease_id),
+        Response::Failed(_)
+            | Response::Completed {
+                accepted: false,
+                ..
+            }
+    ));
+    // Every query is still done exactly once.
+    let mut done = 6 + 4;
+    assert_eq!(
+        complete(&mut s, kept.batch, kept.lease_id),
+        Response::Completed {
+            accepted: true,
+            freed: vec![]
+        }
+    );
+    complete(&mut s, recut.batch, recut.lease_id);
+    let mut t = 11;
+    while let Response::Leased(g) = s.apply(req(
+        "",
+        t,
+        Command::Lease {
+            worker: "w".into(),
+            job: id,
+            lease_timeout_ms: 1000,
+            passes: 16,
+        },
+    )) {
+        assert!(g.inputs.len() <= 16);
+        done += g.inputs.len();
+        complete(&mut s, g.batch, g.lease_id);
+        t += 1;
+    }
+    assert_eq!(done, 100);
+    assert_eq!(s.job(id).unwrap().done, 100);
+}
+
+#[test]
+fn a_lease_entry_from_before_passes_holds_one_pass() {
+    let entry = r#"{"op":"lease","worker":"w","job":1,"lease_timeout_ms":1000}"#;
+    let cmd: Command = serde_json::from_str(entry).unwrap();
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 10, 3);
+    assert_eq!(id, 1);
+    match s.apply(req("", 3, cmd)) {
+        Response::Leased(g) => assert_eq!(g.inputs.len(), 3),
+        other => panic!("{other:?}"),
     }
 }

@@ -645,7 +645,12 @@ async fn a_new_leader_learns_a_workers_name_and_models_from_its_heartbeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeating_worker_keeps_its_lease() {
-    let (group, _dir) = group(1, |c| c.lease_timeout_ms = 400).await;
+    // One pass per lease: the job's two inputs are two batches.
+    let (group, _dir) = group(1, |c| {
+        c.lease_timeout_ms = 400;
+        c.lease_target_ms = 0;
+    })
+    .await;
     let c = client(&group.addrs());
     add_model(&c).await;
     let w: WorkerRegistered = c
@@ -954,7 +959,12 @@ async fn a_new_leader_gives_a_worker_only_the_models_it_described() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeating_worker_keeps_its_lease_across_a_leader_failover() {
-    let (mut group, _dir) = group(3, |c| c.lease_timeout_ms = 1000).await;
+    // One pass per lease: the job's two inputs are two batches.
+    let (mut group, _dir) = group(3, |c| {
+        c.lease_timeout_ms = 1000;
+        c.lease_target_ms = 0;
+    })
+    .await;
     let c = client(&group.addrs());
     add_model(&c).await;
     let register = || async {
