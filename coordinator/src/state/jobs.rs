@@ -31,7 +31,7 @@ use super::{Key, State};
 pub const MAX_BATCH_SIZE: u32 = 4096;
 /// Most forward passes one batch holds: a lease of a cheap model at a small batch size takes
 /// several passes' inputs, so the per-lease work (two commits, a results object, the HTTP
-/// calls) is shared by more queries.
+/// calls) is shared by more queries. A batch never holds more than [`MAX_BATCH_SIZE`] inputs.
 pub const MAX_PASSES: u32 = 16;
 /// Largest fair-share weight.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -107,7 +107,13 @@ impl JobRecord {
     /// The longest batch a lease of this job may hold now: [`MAX_PASSES`] passes of its batch
     /// size. A batch given back that is longer (its batch size shrank) is cut again.
     pub fn max_batch_len(&self) -> u32 {
-        self.batch_size.saturating_mul(MAX_PASSES)
+        self.batch_size * self.most_passes()
+    }
+
+    /// The most passes of its batch size one of this job's batches holds: [`MAX_PASSES`], and
+    /// no more than [`MAX_BATCH_SIZE`] inputs in all (what a results object may hold).
+    fn most_passes(&self) -> u32 {
+        (MAX_BATCH_SIZE / self.batch_size.max(1)).clamp(1, MAX_PASSES)
     }
 
     /// True if a lease for this job would hand something out now.
@@ -476,7 +482,8 @@ impl State {
         let id = if let Some(seq) = record.retry.pop_front() {
             BatchId { job, seq }
         } else {
-            let size = u64::from(record.batch_size) * u64::from(passes.clamp(1, MAX_PASSES));
+            let passes = passes.clamp(1, record.most_passes());
+            let size = u64::from(record.batch_size) * u64::from(passes);
             let (start, len) = match record.returned.pop_front() {
                 Some((start, len)) if len > size => {
                     record.returned.push_front((start + size, len - size));

@@ -942,6 +942,15 @@ fn a_lease_holds_its_passes_and_a_batch_too_long_for_a_smaller_size_is_cut_again
 }
 
 #[test]
+fn a_batch_of_several_passes_holds_no_more_inputs_than_a_results_object_may() {
+    let mut s = State::default();
+    model(&mut s);
+    let id = job(&mut s, 10_000, 1000);
+    let g = lease_passes(&mut s, id, 16, 3);
+    assert_eq!(g.inputs.len(), 4000, "four passes of 1000, not sixteen");
+}
+
+#[test]
 fn a_lease_entry_from_before_passes_holds_one_pass() {
     let entry = r#"{"op":"lease","worker":"w","job":1,"lease_timeout_ms":1000}"#;
     let cmd: Command = serde_json::from_str(entry).unwrap();
