@@ -5,7 +5,8 @@
 //! (one image's layers split their work only so far): on 2 threads two batches of one at once
 //! run 4–23 % more images/s than one at a time (`docs/BENCHMARKS.md`, workers, sixth pass).
 //! So a compute slot may start a batch while the batches running hold fewer images than the
-//! pool has threads, or fewer batches than the configured capacity: batches of one run two at
+//! pool has threads (counted per pass: a job's batch may hold several passes of its batch
+//! size, run one after the other), or fewer batches than the configured capacity: batches of one run two at
 //! a time on two threads, batches as large as the pool one at a time (a second would only
 //! hold more memory).
 //!
@@ -133,7 +134,7 @@ impl Lanes {
 }
 
 impl<'a> Turn<'a> {
-    /// The batch taken has `images` images: it holds a lane now.
+    /// The batch taken runs passes of `images` images: it holds a lane now.
     pub fn start(mut self, images: usize) -> Running<'a> {
         self.started = true;
         let lanes = self.lanes;

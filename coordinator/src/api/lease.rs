@@ -367,7 +367,7 @@ fn decide_in(
 }
 
 /// A prepared lease the worker should keep: still this worker's current lease of the batch,
-/// of a running job, no longer than [`JobRecord::max_batch_len`]. Returns the job and the batch's
+/// of a running job, cut at no larger a batch size than the job's now. Returns the job and the batch's
 /// length.
 fn still_wanted<'a>(
     state: &'a Replicated,
@@ -385,8 +385,7 @@ fn still_wanted<'a>(
         _ => return None,
     }
     let job = state.jobs.get(&id.job)?;
-    (job.state == JobState::Running && batch.len <= job.max_batch_len())
-        .then_some((job, u64::from(batch.len)))
+    (job.state == JobState::Running && batch.fits(job)).then_some((job, u64::from(batch.len)))
 }
 
 /// Everything a worker needs for a granted batch: the model, and where each input is.
@@ -407,7 +406,10 @@ fn to_lease(c: &Coordinator, grant: LeaseGrant) -> Result<Lease, ApiError> {
         weights: model.weights.clone(),
         input_size: model.input_size,
         cost_ms: model.cost_ms.unwrap_or(0),
-        batch_size: job.batch_size,
+        batch_size: state
+            .batches
+            .get(&grant.batch)
+            .map_or(job.batch_size, |b| b.pass_size()),
         inputs: grant
             .inputs
             .into_iter()

@@ -8,8 +8,8 @@
 //! back) waits in the job's retry queue and is handed out before new inputs.
 //! A batch is done exactly once: the first completion for any lease ever issued for it wins.
 //!
-//! A batch given back that is longer than [`MAX_PASSES`] passes of its job's batch size (the
-//! batch size shrank) is dissolved: its inputs go to the job's returned ranges and are cut
+//! A batch given back whose passes are larger than its job's batch size now (the batch size
+//! shrank) is dissolved: its inputs go to the job's returned ranges and are cut
 //! again at the new size (a late completion of one of its old leases then finds no batch and
 //! is refused; its queries run again in the new batches).
 
@@ -104,12 +104,6 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    /// The longest batch a lease of this job may hold now: [`MAX_PASSES`] passes of its batch
-    /// size. A batch given back that is longer (its batch size shrank) is cut again.
-    pub fn max_batch_len(&self) -> u32 {
-        self.batch_size * self.most_passes()
-    }
-
     /// The most passes of its batch size one of this job's batches holds: [`MAX_PASSES`], and
     /// no more than [`MAX_BATCH_SIZE`] inputs in all (what a results object may hold).
     fn most_passes(&self) -> u32 {
@@ -167,7 +161,15 @@ pub struct BatchRecord {
     /// When each of `leases` was granted (same order; shorter in records of earlier versions).
     #[serde(default)]
     pub lease_times: Vec<Millis>,
+    /// Images per forward pass: its job's batch size when it was cut (the batch holds one or
+    /// more passes). 0 in records of earlier versions: the whole batch is one pass.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pass: u32,
     pub state: BatchState,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// pending → leased → done.
@@ -196,6 +198,20 @@ pub enum BatchState {
 }
 
 impl BatchRecord {
+    /// Images per forward pass of this batch.
+    pub fn pass_size(&self) -> u32 {
+        match self.pass {
+            0 => self.len,
+            pass => pass,
+        }
+    }
+
+    /// Whether the batch may run as it was cut: its passes are no larger than its job's batch
+    /// size now (a batch cut before the batch size shrank is cut again instead).
+    pub fn fits(&self, job: &JobRecord) -> bool {
+        self.pass_size() <= job.batch_size
+    }
+
     pub fn to_api(&self) -> BatchInfo {
         let state = match &self.state {
             BatchState::Pending => BatchStateInfo::Pending,
@@ -511,6 +527,7 @@ impl State {
                     attempts: 0,
                     leases: Vec::new(),
                     lease_times: Vec::new(),
+                    pass: record.batch_size,
                     state: BatchState::Pending,
                 },
             );
@@ -762,10 +779,7 @@ impl State {
         }
         self.touch(Key::Batch(id));
         self.touch(Key::Job(id.job));
-        let dissolve = self
-            .jobs
-            .get(&id.job)
-            .is_some_and(|job| batch.len > job.max_batch_len());
+        let dissolve = self.jobs.get(&id.job).is_some_and(|job| !batch.fits(job));
         if dissolve {
             self.batches.remove(&id);
         } else if let Some(b) = self.batches.get_mut(&id) {

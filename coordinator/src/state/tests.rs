@@ -872,56 +872,60 @@ fn lease_passes(state: &mut State, job: u64, passes: u32, t: u64) -> super::comm
 }
 
 #[test]
-fn a_lease_holds_its_passes_and_a_batch_too_long_for_a_smaller_size_is_cut_again() {
+fn a_lease_holds_its_passes_and_a_batch_cut_at_a_larger_size_is_cut_again() {
     let mut s = State::default();
     model(&mut s);
     let id = job(&mut s, 100, 2);
-    // Three passes of two; more than the most a batch holds is the most; the job's end.
+    let pass = |s: &State, b: BatchId| s.batches[&b].pass_size();
+    // Three passes of two; more than the most a batch holds is the most.
     let three = lease_passes(&mut s, id, 3, 3);
     assert_eq!((three.start, three.inputs.len()), (0, 6));
+    assert_eq!(pass(&s, three.batch), 2);
     let most = lease_passes(&mut s, id, 1000, 4);
     assert_eq!((most.start, most.inputs.len()), (6, 32));
     // A batch given back goes out again as it was, whatever passes the next lease asks for.
     expire(&mut s, three.batch, three.lease_id, 5);
     let again = lease_passes(&mut s, id, 1, 6);
     assert_eq!((again.batch, again.inputs.len()), (three.batch, 6));
-    // The batch size drops to 1: a batch of 32 (more than 16 passes of 1) is cut again when
-    // it comes back; a batch of 6 (6 passes) is not.
-    s.apply(req(
-        "bs",
-        7,
-        Command::UpdateJob {
-            job: id,
-            batch_size: Some(1),
-            weight: None,
-        },
-    ));
-    expire(&mut s, most.batch, most.lease_id, 8);
+    // The batch size grows to 4: a batch cut at 2 still runs as it was (passes of 2).
+    let resize = |s: &mut State, size: u32, t: u64| {
+        s.apply(req(
+            "",
+            t,
+            Command::UpdateJob {
+                job: id,
+                batch_size: Some(size),
+                weight: None,
+            },
+        ));
+    };
+    resize(&mut s, 4, 7);
     expire(&mut s, again.batch, again.lease_id, 8);
     let kept = lease_passes(&mut s, id, 1, 9);
     assert_eq!((kept.batch, kept.inputs.len()), (three.batch, 6));
-    let recut = lease_passes(&mut s, id, 4, 10);
-    assert_ne!(recut.batch, most.batch, "the long batch was dissolved");
+    assert_eq!(pass(&s, kept.batch), 2);
+    // It shrinks to 1: a batch cut at 4 or 2 that comes back is dissolved and its inputs cut
+    // again in passes of 1 (a late completion of the old lease is refused).
+    resize(&mut s, 1, 10);
+    expire(&mut s, most.batch, most.lease_id, 11);
+    let recut = lease_passes(&mut s, id, 4, 12);
+    assert_ne!(recut.batch, most.batch, "the batch was dissolved");
     assert_eq!((recut.start, recut.inputs.len()), (6, 4));
-    assert!(matches!(
+    assert_eq!(pass(&s, recut.batch), 1);
+    assert!(!matches!(
         complete(&mut s, most.batch, most.lease_id),
-        Response::Failed(_)
-            | Response::Completed {
-                accepted: false,
-                ..
-            }
+        Response::Completed { accepted: true, .. }
     ));
     // Every query is still done exactly once.
-    let mut done = 6 + 4;
-    assert_eq!(
-        complete(&mut s, kept.batch, kept.lease_id),
-        Response::Completed {
-            accepted: true,
-            freed: vec![]
-        }
-    );
-    complete(&mut s, recut.batch, recut.lease_id);
-    let mut t = 11;
+    let mut done = 0;
+    for g in [kept, recut] {
+        assert!(matches!(
+            complete(&mut s, g.batch, g.lease_id),
+            Response::Completed { accepted: true, .. }
+        ));
+        done += g.inputs.len();
+    }
+    let mut t = 13;
     while let Response::Leased(g) = s.apply(req(
         "",
         t,
