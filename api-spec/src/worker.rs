@@ -166,9 +166,11 @@ pub struct Lease {
     /// The declared CPU time per query of a `synthetic` model (0 for real architectures).
     #[serde(default)]
     pub cost_ms: u32,
-    /// Images per forward pass: the job's batch size. A batch may hold several passes' inputs
-    /// (a cheap model's lease is sized to be worth its fixed cost); the worker runs them
-    /// `batch_size` at a time. 0 (a coordinator from before) means all inputs in one pass.
+    /// Images per forward pass: the job's batch size when the batch was cut (a batch cut
+    /// before the batch size shrank is given back and cut again). A batch may hold several
+    /// passes' inputs (a cheap model's lease is sized to be worth its fixed cost); the worker
+    /// runs them `batch_size` at a time. 0 (a coordinator from before) means all inputs in
+    /// one pass.
     #[serde(default)]
     pub batch_size: u32,
 }
