@@ -367,8 +367,8 @@ fn decide_in(
 }
 
 /// A prepared lease the worker should keep: still this worker's current lease of the batch,
-/// of a running job, cut at no larger a batch size than the job's now. Returns the job and the batch's
-/// length.
+/// of a running job, cut at no larger a batch size than the job's now. Returns the job and
+/// the batch's length.
 fn still_wanted<'a>(
     state: &'a Replicated,
     worker: &str,

@@ -77,7 +77,7 @@ pub enum Command {
         /// Forward passes of the job's batch size the new batch holds (the leader sizes a
         /// lease to its model's cost, see `leader::scheduler::passes_per_lease`); 0 (entries
         /// written before there was a choice) is one. A returned batch goes out as it is.
-        #[serde(default, skip_serializing_if = "is_zero")]
+        #[serde(default, skip_serializing_if = "super::jobs::is_zero")]
         passes: u32,
     },
     /// A worker finished a batch.
@@ -228,8 +228,4 @@ pub enum CommandError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }

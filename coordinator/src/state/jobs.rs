@@ -168,7 +168,8 @@ pub struct BatchRecord {
     pub state: BatchState,
 }
 
-fn is_zero(n: &u32) -> bool {
+/// For `skip_serializing_if`: a count that is 0 is left out of the stored form.
+pub(super) fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
