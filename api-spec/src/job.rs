@@ -168,6 +168,10 @@ pub struct BatchInfo {
     pub start: u64,
     /// Number of inputs.
     pub len: u32,
+    /// Images per forward pass: the job's batch size when the batch was cut. A batch holds
+    /// one or more passes (a cheap model's lease is sized to its measured cost).
+    #[serde(default)]
+    pub pass_size: u32,
     pub state: BatchStateInfo,
 }
 

@@ -156,7 +156,7 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
             outln!(
                 "{}",
                 render(
-                    &["batch", "start", "len", "state", "worker", "detail"],
+                    &["batch", "start", "len", "pass", "state", "worker", "detail"],
                     &rows
                 )
             );
@@ -449,6 +449,7 @@ fn batch_row(b: &BatchInfo) -> Vec<String> {
         b.id.clone(),
         b.start.to_string(),
         b.len.to_string(),
+        b.pass_size.to_string(),
         state,
         worker,
         detail,

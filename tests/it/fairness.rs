@@ -419,6 +419,9 @@ async fn a_batch_size_change_shows_in_the_next_lease() {
         };
         if leased_at_ms > after_change {
             assert!(b.len <= 2, "a lease after the change is cut at 2: {b:?}");
+            assert_eq!(b.pass_size, 2, "{b:?}");
+        } else if b.len == 8 {
+            assert_eq!(b.pass_size, 8, "{b:?}");
         }
         if b.len == 8 && completed_at_ms > after_change {
             big_after += 1;

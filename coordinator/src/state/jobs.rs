@@ -249,6 +249,7 @@ impl BatchRecord {
             id: self.id.to_string(),
             start: self.start,
             len: self.len,
+            pass_size: self.pass_size(),
             state,
         }
     }
