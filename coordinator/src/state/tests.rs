@@ -52,6 +52,17 @@ fn job(state: &mut State, inputs: usize, batch_size: u32) -> u64 {
 }
 
 fn lease(state: &mut State, worker: &str, job: u64, t: u64) -> Option<super::command::LeaseGrant> {
+    lease_with(state, worker, job, 0, t)
+}
+
+/// A lease of `passes` passes (0: as entries from before there was a choice).
+fn lease_with(
+    state: &mut State,
+    worker: &str,
+    job: u64,
+    passes: u32,
+    t: u64,
+) -> Option<super::command::LeaseGrant> {
     match state.apply(req(
         "",
         t,
@@ -59,7 +70,7 @@ fn lease(state: &mut State, worker: &str, job: u64, t: u64) -> Option<super::com
             worker: worker.into(),
             job,
             lease_timeout_ms: 1000,
-            passes: 0,
+            passes,
         },
     )) {
         Response::Leased(g) => Some(g),
@@ -856,19 +867,7 @@ fn each_nodes_stored_bytes_follow_puts_copies_drops_and_deletes() {
 }
 
 fn lease_passes(state: &mut State, job: u64, passes: u32, t: u64) -> super::command::LeaseGrant {
-    match state.apply(req(
-        "",
-        t,
-        Command::Lease {
-            worker: "w".into(),
-            job,
-            lease_timeout_ms: 1000,
-            passes,
-        },
-    )) {
-        Response::Leased(g) => g,
-        other => panic!("{other:?}"),
-    }
+    lease_with(state, "w", job, passes, t).expect("a lease")
 }
 
 #[test]
@@ -926,16 +925,7 @@ fn a_lease_holds_its_passes_and_a_batch_cut_at_a_larger_size_is_cut_again() {
         done += g.inputs.len();
     }
     let mut t = 13;
-    while let Response::Leased(g) = s.apply(req(
-        "",
-        t,
-        Command::Lease {
-            worker: "w".into(),
-            job: id,
-            lease_timeout_ms: 1000,
-            passes: 16,
-        },
-    )) {
+    while let Some(g) = lease_with(&mut s, "w", id, 16, t) {
         assert!(g.inputs.len() <= 16);
         done += g.inputs.len();
         complete(&mut s, g.batch, g.lease_id);
