@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::lanes::Running;
 use crate::model_cache::ModelSpec;
-use crate::queue::{pass_size, passes_at_once, PreparedBatch, Work};
+use crate::queue::{pass_size, PreparedBatch, Work};
 use crate::release::release;
 use crate::results::{self, Finished, QueryOutcome};
 use crate::shared::Shared;
@@ -69,39 +69,6 @@ pub fn classify_images(model: &Model, images: &[DynamicImage], k: usize) -> Vec<
         .collect()
 }
 
-/// Classifies `images` in forward passes of `pass` images: one after the other, or —
-/// `side_by_side`, for passes smaller than the pool — as many at once as the pool has threads
-/// (each pass's layers then run on the thread that took it, and a thread with no pass left
-/// helps the others'; two batches of one at once ran 4–23 % more images/s than one at a
-/// time on two threads, `docs/BENCHMARKS.md`). Returns every image's outcome in order, and
-/// each pass's image count and wall time.
-pub fn classify_passes(
-    model: &Model,
-    images: &[DynamicImage],
-    pass: usize,
-    side_by_side: bool,
-    k: usize,
-) -> (Vec<QueryOutcome>, Vec<(usize, Duration)>) {
-    let run = |images: &[DynamicImage]| {
-        let started = Instant::now();
-        let ranked = classify_images(model, images, k);
-        (ranked, (images.len(), started.elapsed()))
-    };
-    let pass = pass.max(1);
-    let done: Vec<(Vec<QueryOutcome>, (usize, Duration))> = if side_by_side {
-        images.par_chunks(pass).with_max_len(1).map(run).collect()
-    } else {
-        images.chunks(pass).map(run).collect()
-    };
-    let mut ranked = Vec::with_capacity(images.len());
-    let mut passes = Vec::with_capacity(done.len());
-    for (outcomes, took) in done {
-        ranked.extend(outcomes);
-        passes.push(took);
-    }
-    (ranked, passes)
-}
-
 /// Stack, forward, softmax, top-k.
 fn top_classes(
     model: &Model,
@@ -138,7 +105,7 @@ pub(crate) async fn compute_loop(shared: Arc<Shared>, reports: mpsc::Sender<Fini
         let Some(work) = shared.queue.take(&mut stop).await else {
             return;
         };
-        let lane = turn.start(work.images_at_once(shared.pool.threads()));
+        let lane = turn.start(work.pass_images());
         let batch = match work {
             Work::Online(batch) => {
                 crate::online::run(&shared, batch, lane).await;
@@ -208,10 +175,19 @@ async fn run_batch(
     lane.compute();
     let k = shared.config.top_k;
     let pass = pass_size(&lease);
-    let side_by_side = passes_at_once(&lease, shared.pool.threads()) > 1;
+    // The batch's forward passes, one after the other: each pass's results and wall time.
     let ranked = shared
         .pool
-        .run_pass(move || classify_passes(&model, &decoded, pass, side_by_side, k))
+        .run_pass(move || {
+            let mut ranked = Vec::with_capacity(decoded.len());
+            let mut passes = Vec::new();
+            for images in decoded.chunks(pass) {
+                let started = Instant::now();
+                ranked.extend(classify_images(&model, images, k));
+                passes.push((images.len(), started.elapsed()));
+            }
+            (ranked, passes)
+        })
         .await;
     // The batch's share of the worker's time: its wall time when it ran alone.
     let share = lane.finish();
@@ -268,45 +244,6 @@ mod tests {
         assert_eq!(top_k(&p, 10).len(), 5);
         assert!(top_k(&p, 0).is_empty());
         assert_eq!(top_k(&p, 5)[3].index, 2); // ties: lower index first
-    }
-
-    #[test]
-    fn passes_side_by_side_give_every_image_its_own_result_in_order() {
-        let bytes = weights::generate_to_bytes(Arch::EfficientNetLite0, 1).unwrap();
-        let model =
-            Model::from_safetensors_bytes(Arch::EfficientNetLite0, bytes, &LoadOptions::default())
-                .unwrap();
-        let names = ["chelsea.png", "rocket.jpg", "coffee.png", "astronaut.png"];
-        // Seven images, so the last pass of two is a short one.
-        let images: Vec<DynamicImage> = (0..7).map(|i| sample(names[i % 4])).collect();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        let top = |outcomes: Vec<QueryOutcome>| -> Vec<Vec<usize>> {
-            outcomes
-                .into_iter()
-                .map(|o| o.unwrap().iter().map(|c| c.index).collect())
-                .collect()
-        };
-        // Each image alone, in order: what every way of running the batch must give.
-        let alone: Vec<Vec<usize>> = images
-            .iter()
-            .map(|image| top(classify_images(&model, std::slice::from_ref(image), 5)).remove(0))
-            .collect();
-        assert_ne!(alone[0], alone[1], "the samples must classify differently");
-        for (pass, side_by_side) in [(1, true), (1, false), (2, true), (7, false)] {
-            let (outcomes, passes) =
-                pool.install(|| classify_passes(&model, &images, pass, side_by_side, 5));
-            assert_eq!(
-                top(outcomes),
-                alone,
-                "passes of {pass}, side by side {side_by_side}"
-            );
-            let sizes: Vec<usize> = passes.iter().map(|(n, _)| *n).collect();
-            let expected: Vec<usize> = images.chunks(pass).map(|c| c.len()).collect();
-            assert_eq!(sizes, expected);
-        }
     }
 
     #[test]

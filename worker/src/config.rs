@@ -39,9 +39,8 @@ pub struct WorkerConfig {
     pub name: Option<String>,
 
     /// Batches computed at the same time whatever their size (they share the compute
-    /// threads). More run while the running ones hold fewer images at once than there are
-    /// compute threads: two one-pass batches of one on two threads, where one leaves a thread
-    /// idle.
+    /// threads). More run while the running ones hold fewer images than there are compute
+    /// threads: two batches of one on two threads, where one leaves a thread idle.
     #[arg(long, default_value_t = 1)]
     pub capacity: u32,
 

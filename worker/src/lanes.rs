@@ -4,10 +4,9 @@
 //! A pass over fewer images than there are compute threads leaves threads idle at its joins
 //! (one image's layers split their work only so far): on 2 threads two batches of one at once
 //! run 4–23 % more images/s than one at a time (`docs/BENCHMARKS.md`, workers, sixth pass).
-//! So a compute slot may start a batch while the batches running hold fewer images at once
-//! than the pool has threads (a job's batch of several small passes runs as many of them at
-//! once as there are threads, [`crate::compute::classify_passes`], and so fills the pool
-//! alone), or fewer batches than the configured capacity: one-pass batches of one run two at
+//! So a compute slot may start a batch while the batches running hold fewer images than the
+//! pool has threads (counted per pass: a job's batch may hold several passes of its batch
+//! size, run one after the other), or fewer batches than the configured capacity: batches of one run two at
 //! a time on two threads, batches as large as the pool one at a time (a second would only
 //! hold more memory).
 //!

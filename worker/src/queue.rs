@@ -55,13 +55,12 @@ pub(crate) enum Work {
 }
 
 impl Work {
-    /// The images it computes at once on a pool of `threads` (what lanes admit): an online
-    /// batch's all; a job's batch its passes' images times the passes it runs side by side
-    /// ([`passes_at_once`]).
-    pub fn images_at_once(&self, threads: usize) -> usize {
+    /// The images one forward pass of it carries (what lanes admit): an online batch's all, a
+    /// job's batch its job's batch size (a batch may hold several passes, run one by one).
+    pub fn pass_images(&self) -> usize {
         match self {
             Work::Online(batch) => batch.images.len(),
-            Work::Batch(batch) => pass_size(&batch.lease) * passes_at_once(&batch.lease, threads),
+            Work::Batch(batch) => pass_size(&batch.lease),
         }
     }
 }
@@ -74,15 +73,6 @@ pub fn pass_size(lease: &Lease) -> usize {
         size => size.min(lease.inputs.len()),
     }
     .max(1)
-}
-
-/// How many of a leased batch's forward passes run side by side on a pool of `threads`: as
-/// many as there are threads for passes smaller than the pool (a pass of one image on two
-/// threads leaves one idle at its joins), one otherwise; never more than the batch has.
-pub fn passes_at_once(lease: &Lease, threads: usize) -> usize {
-    let pass = pass_size(lease);
-    let passes = lease.inputs.len().div_ceil(pass).max(1);
-    (threads / pass).clamp(1, passes)
 }
 
 /// A batch in the queue.
@@ -294,50 +284,5 @@ impl Holding {
             .collect();
         ids.sort_unstable();
         ids
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lease(batch_size: u32, inputs: usize) -> Lease {
-        serde_json::from_value(serde_json::json!({
-            "lease_id": 1,
-            "batch_id": "1-0",
-            "job_id": 1,
-            "model": "m",
-            "arch": "resnet18",
-            "weights": "models/m.safetensors",
-            "input_size": 224,
-            "batch_size": batch_size,
-            "inputs": (0..inputs)
-                .map(|i| serde_json::json!({"index": i, "name": format!("in/{i}")}))
-                .collect::<Vec<_>>(),
-            "attempt": 1,
-            "deadline_ms": 0,
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn passes_smaller_than_the_pool_run_side_by_side_and_no_more_than_the_batch_has() {
-        // (batch size, inputs, threads) → passes at once.
-        for (batch, inputs, threads, at_once) in [
-            (1, 10, 2, 2), // batch 1 on two threads: two passes at once
-            (1, 10, 4, 4),
-            (2, 10, 4, 2), // passes of two on four threads
-            (3, 10, 4, 1), // a pass of three fills four threads as well as it can
-            (8, 16, 2, 1), // passes as large as the pool: one after the other
-            (1, 1, 2, 1),  // one pass only
-            (1, 3, 8, 3),  // never more passes than the batch has
-            (0, 10, 2, 1), // a coordinator that does not say: one pass of everything
-        ] {
-            assert_eq!(
-                passes_at_once(&lease(batch, inputs), threads),
-                at_once,
-                "batch size {batch}, {inputs} inputs, {threads} threads"
-            );
-        }
     }
 }
