@@ -6,7 +6,8 @@
 # `resnet50 batch 8 vs onnxruntime: <ratio>`.
 # Installs PyTorch (CPU), torchvision, ONNX Runtime, onnx and onnxscript from PyPI into
 # target/bench-venv if missing, and builds target/release/idunno. ARGS go to
-# scripts/models/bench_vs_onnx.py (--archs, --batch-sizes, --threads, --runs,
+# scripts/models/bench_vs_onnx.py (--archs, --batch-sizes, --threads, --runs, --repeats: every
+# figure is the median of that many rounds measuring the three frameworks in turn, default 3,
 # --no-end-to-end). A measuring tool, not a test: `cargo test` never runs it.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -10,8 +10,12 @@ environment and builds the binary). For each architecture it
    optimisations), IDunno (its models' forward pass),
    each the median of at least RUNS runs after a warm-up (IDunno's from the models crate's
    forward benchmark, `cargo bench -p idunno-models --bench forward`, which loads the same
-   seed-1 weights; at least 5 runs there, within a 3 s budget), and IDunno's end-to-end figure
-   (`idunno bench worker --standalone-only`: decoding the sample photos included),
+   seed-1 weights; at least 5 runs there, within a 3 s budget), in REPEATS rounds that
+   measure the three in turn, and the median over the rounds — a virtual machine's CPU can
+   run for seconds in a slow mode (docs/BENCHMARKS.md, seventh pass), which one measurement
+   alone would take for the framework's speed —, and IDunno's end-to-end figure (`idunno
+   bench worker --standalone-only --rounds REPEATS`, its median: decoding the sample photos
+   included),
 4. prints the table with the ratios, and last `resnet50 batch 8 vs onnxruntime: <ratio>`.
 
 What it is not: a test. Nothing is asserted; figures go to docs/BENCHMARKS.md by hand.
@@ -42,9 +46,15 @@ import make_fidelity_fixtures as fixtures  # noqa: E402
 import st_io  # noqa: E402
 
 SIDES = {"inception_v3": 299}
+SETTLE_S = 0.5
 
 
 def median_images_per_s(batch, runs, forward):
+    # A framework's worker threads spin for a while after its last call (OpenMP's wait
+    # policy, ONNX Runtime's spinning): let the previous measurement's settle first, or they
+    # take the cores from this one (ONNX Runtime's Lite0 at batch 1 measured 43–73 images/s
+    # right after PyTorch's, ~118 alone).
+    time.sleep(SETTLE_S)
     forward()
     seconds = []
     for _ in range(runs):
@@ -59,14 +69,21 @@ def idunno(binary, *args):
     return out
 
 
-def idunno_forward(arch, batches, threads):
-    """images/s by batch size: the models crate's forward benchmark, median run."""
-    out = subprocess.run(
-        ["cargo", "bench", "--quiet", "-p", "idunno-models", "--bench", "forward", "--",
-         arch, batches, str(threads)],
-        check=True, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "FORWARD_BENCH_JSON": "1"}).stdout
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return {row["batch"]: row["images_per_s"] for row in rows}
+def idunno_forward(arch, batches, threads, repeats):
+    """images/s by batch size: the models crate's forward benchmark (its median run), run in
+    `repeats` processes one after the other, and the median of theirs."""
+    per_batch = {}
+    for _ in range(repeats):
+        out = subprocess.run(
+            ["cargo", "bench", "--quiet", "-p", "idunno-models", "--bench", "forward", "--",
+             arch, batches, str(threads)],
+            check=True, capture_output=True, text=True, cwd=ROOT,
+            env={**os.environ, "FORWARD_BENCH_JSON": "1"}).stdout
+        for line in out.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                per_batch.setdefault(row["batch"], []).append(row["images_per_s"])
+    return {batch: statistics.median(rates) for batch, rates in per_batch.items()}
 
 
 def main():
@@ -76,6 +93,10 @@ def main():
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds: every figure is the median over this many, the three frameworks "
+                        "measured in turn within a round (IDunno's forward pass in a process of "
+                        "its own each time; its end-to-end figure over as many rounds)")
     p.add_argument("--no-end-to-end", action="store_true", help="skip `idunno bench worker`")
     a = p.parse_args()
     archs = a.archs.split(",")
@@ -106,12 +127,26 @@ def main():
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
 
-            ours = idunno_forward(arch, a.batch_sizes, a.threads)
+            # Each framework's figure per batch size: the median over `repeats` rounds, the
+            # three frameworks measured in turn within a round (a slow phase of the machine
+            # then lands on all three, not on one).
+            ours, pts, onnxs = {}, {}, {}
+            inputs = {b: torch.randn(b, 3, side, side) for b in batches}
+            for _ in range(a.repeats):
+                for b, rate in idunno_forward(arch, a.batch_sizes, a.threads, 1).items():
+                    ours.setdefault(b, []).append(rate)
+                for b in batches:
+                    x = inputs[b]
+                    xn = x.numpy()
+                    with torch.inference_mode():
+                        pts.setdefault(b, []).append(median_images_per_s(b, a.runs, lambda: model(x)))
+                    onnxs.setdefault(b, []).append(
+                        median_images_per_s(b, a.runs, lambda: session.run(None, {"input": xn})))
             end_to_end = {}
             if not a.no_end_to_end:
                 for line in idunno(a.binary, "worker", "--standalone-only", "--models", arch,
                                    "--batch-sizes", a.batch_sizes, "--threads", str(a.threads),
-                                   "--json").splitlines():
+                                   "--rounds", str(a.repeats), "--json").splitlines():
                     row = json.loads(line)
                     end_to_end[row["batch"]] = row["standalone"]
 
@@ -119,12 +154,9 @@ def main():
             print("| batch | IDunno | IDunno end to end | PyTorch | ONNX Runtime | IDunno/PyTorch | IDunno/ORT | end to end/ORT |")
             print("|---|---|---|---|---|---|---|---|")
             for b in batches:
-                x = torch.randn(b, 3, side, side)
-                xn = x.numpy()
-                with torch.inference_mode():
-                    pt = median_images_per_s(b, a.runs, lambda: model(x))
-                onnx = median_images_per_s(b, a.runs, lambda: session.run(None, {"input": xn}))
-                mine = ours[b]
+                pt = statistics.median(pts[b])
+                onnx = statistics.median(onnxs[b])
+                mine = statistics.median(ours[b])
                 e2e = end_to_end.get(b)
                 e2e_text = f"{e2e:.1f}" if e2e else "-"
                 e2e_ratio = f"{e2e / onnx:.2f}" if e2e else "-"
