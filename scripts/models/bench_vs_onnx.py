@@ -50,10 +50,9 @@ SETTLE_S = 0.5
 
 
 def median_images_per_s(batch, runs, forward):
-    # A framework's worker threads spin for a while after its last call (OpenMP's wait
-    # policy, ONNX Runtime's spinning): let the previous measurement's settle first, or they
-    # take the cores from this one (ONNX Runtime's Lite0 at batch 1 measured 43–73 images/s
-    # right after PyTorch's, ~118 alone).
+    # A framework's worker threads may spin for a while after its last call (OpenMP's wait
+    # policy, ONNX Runtime's spinning threads): a precaution, so the previous measurement's
+    # threads are at rest before this one starts.
     time.sleep(SETTLE_S)
     forward()
     seconds = []
@@ -69,21 +68,16 @@ def idunno(binary, *args):
     return out
 
 
-def idunno_forward(arch, batches, threads, repeats):
-    """images/s by batch size: the models crate's forward benchmark (its median run), run in
-    `repeats` processes one after the other, and the median of theirs."""
-    per_batch = {}
-    for _ in range(repeats):
-        out = subprocess.run(
-            ["cargo", "bench", "--quiet", "-p", "idunno-models", "--bench", "forward", "--",
-             arch, batches, str(threads)],
-            check=True, capture_output=True, text=True, cwd=ROOT,
-            env={**os.environ, "FORWARD_BENCH_JSON": "1"}).stdout
-        for line in out.splitlines():
-            if line.startswith("{"):
-                row = json.loads(line)
-                per_batch.setdefault(row["batch"], []).append(row["images_per_s"])
-    return {batch: statistics.median(rates) for batch, rates in per_batch.items()}
+def idunno_forward(arch, batches, threads):
+    """images/s by batch size: the models crate's forward benchmark (its median run), in a
+    process of its own."""
+    out = subprocess.run(
+        ["cargo", "bench", "--quiet", "-p", "idunno-models", "--bench", "forward", "--",
+         arch, batches, str(threads)],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "FORWARD_BENCH_JSON": "1"}).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {row["batch"]: row["images_per_s"] for row in rows}
 
 
 def main():
@@ -133,7 +127,7 @@ def main():
             ours, pts, onnxs = {}, {}, {}
             inputs = {b: torch.randn(b, 3, side, side) for b in batches}
             for _ in range(a.repeats):
-                for b, rate in idunno_forward(arch, a.batch_sizes, a.threads, 1).items():
+                for b, rate in idunno_forward(arch, a.batch_sizes, a.threads).items():
                     ours.setdefault(b, []).append(rate)
                 for b in batches:
                     x = inputs[b]
