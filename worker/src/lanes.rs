@@ -6,9 +6,9 @@
 //! run 4–23 % more images/s than one at a time (`docs/BENCHMARKS.md`, workers, sixth pass).
 //! So a compute slot may start a batch while the batches running hold fewer images than the
 //! pool has threads (counted per pass: a job's batch may hold several passes of its batch
-//! size, run one after the other), or fewer batches than the configured capacity: batches of one run two at
-//! a time on two threads, batches as large as the pool one at a time (a second would only
-//! hold more memory).
+//! size, run one after the other), or fewer batches than the configured capacity: batches of
+//! one run two at a time on two threads, batches as large as the pool one at a time (a second
+//! would only hold more memory).
 //!
 //! Batches that run together share the threads, so a batch's wall time is not the worker time
 //! it took. [`Lanes`] keeps a processor-sharing clock that advances at `1 / computing` of real
