@@ -517,6 +517,9 @@ mod tests {
             (9, 16, (3, 3), 1, (11, 12), 1, Padding::Fixed(0, 2)),
             (10, 24, (7, 1), 1, (17, 17), 1, Padding::Fixed(3, 0)),
             (7, 11, (3, 3), 1, (24, 24), 2, Padding::Fixed(1, 1)),
+            // An even kernel: more padding on the right than on the left (the rows' pitch
+            // set by the right side).
+            (6, 16, (4, 4), 1, (20, 30), 1, Padding::Same),
             // One image's small planes with the channels as the lanes (`small.rs`; the
             // 25-, 36-, 49- and 50-pixel cases above go there too): gathered with stride 2
             // (a 3×3 and a 1×1 layer), 70 channels (a partial channel tile), 64 channels on

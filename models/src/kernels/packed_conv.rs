@@ -56,8 +56,8 @@ const MC: usize = 480;
 const SHARED_MAX: usize = 16 << 20;
 /// Rows of `k` ahead the microkernel asks for its pixels.
 const PIXEL_AHEAD: usize = 8;
-/// The grid path computes `kw − 1` dropped positions per output row: taken while they
-/// are at most one in this many of a row's positions.
+/// The grid path computes dropped positions at the end of each output row (a row's pitch
+/// less its width, [`grid_pitch`]): taken while they are at most one in this many.
 const GRID_WASTE: usize = 5;
 
 /// Whether this CPU runs the packed kernel (AVX-512F).
@@ -781,23 +781,41 @@ unsafe fn finish_plane_avx512(
 /// on images with panels of their own (small images of a batch share panels instead).
 fn grid_fits(n: usize, (h, w): (usize, usize), win: Window) -> bool {
     let plane = win.out.0 * win.out.1;
-    let wp = win.out.1 + win.kernel.1 - 1;
+    let pitch = grid_pitch(w, win);
     win.stride == 1
         && win.kernel.0 * win.kernel.1 > 1
         && !(n > 1 && plane <= MC)
         && plane > 0
         && h > 0
         && w > 0
-        && (win.kernel.1 - 1) * GRID_WASTE <= wp
+        && (pitch - win.out.1) * GRID_WASTE <= pitch
+}
+
+/// The row pitch of the grid path's padded planes for input rows `w` wide: the least that
+/// keeps every column a tap reads (`ow + kw − 1` of them, the input's columns from
+/// `left`) either its input float or a zero. A row's right padding and the next row's
+/// left padding are then the same floats (a 3×3 layer's rows are `w + 1` apart, not
+/// `w + 2`): the grid drops one position per row instead of two.
+fn grid_pitch(w: usize, win: Window) -> usize {
+    let ow = win.out.1;
+    // The columns the taps read, and which of them hold the input's.
+    let read = ow + win.kernel.1 - 1;
+    let lo = win.pad_before.1.min(read);
+    let hi = (win.pad_before.1 + w).min(read);
+    // Past the pitch a row's columns are the next row's first `read − pitch`: zeros on
+    // both sides when the pitch is at least `hi` (no input there in this row) and at
+    // least `read − lo` (none there in the next).
+    ow.max(hi).max(read - lo)
 }
 
 /// A stride-1 convolution with no gathering: the input is copied once into zero-padded
-/// planes (`oh + kh − 1` rows of `ow + kw − 1`), and output pixel `(y, x)` is computed at
-/// grid position `y·wp + x` of such a plane. Tap `(i, j)`'s pixels for a run of grid
-/// positions are then the padded plane's floats from `i·wp + j` on, contiguous: a panel of
-/// 48 positions is read in place, one segment of the microkernel's rows per tap, with
-/// every input channel's plane one stride apart. The `kw − 1` extra positions at the end
-/// of each row are computed and dropped (their lanes are compressed out on the store).
+/// planes (`oh + kh − 1` rows, `wp` apart — [`grid_pitch`]: the padding between two rows
+/// is shared), and output pixel `(y, x)` is computed at grid position `y·wp + x` of such a
+/// plane. Tap `(i, j)`'s pixels for a run of grid positions are then the padded plane's
+/// floats from `i·wp + j` on, contiguous: a panel of 48 positions is read in place, one
+/// segment of the microkernel's rows per tap, with every input channel's plane one stride
+/// apart. The `wp − ow` extra positions at the end of each row are computed and dropped
+/// (their lanes are compressed out on the store).
 ///
 /// # Safety
 /// As [`conv`]: `sink` writes to its `out`, without merged sums.
@@ -805,11 +823,14 @@ unsafe fn conv_grid(xs: &[f32], n: usize, g: &Geometry, filter: &PackedFilter, s
     let (c, h, w, win) = (g.c, g.h, g.w, g.win);
     let (kh, kw) = win.kernel;
     let (oh, ow) = win.out;
-    let (hp, wp) = (oh + kh - 1, ow + kw - 1);
+    let (hp, wp) = (oh + kh - 1, grid_pitch(w, win));
     let (top, left) = win.pad_before;
+    // The last row's taps read `ow + kw − 1` columns from its start, past `hp·wp` when
+    // the pitch shares padding: zeros there.
+    let extent = (hp * wp).max((hp - 1) * wp + ow + kw - 1);
     // Planes an odd number of cache lines apart: rows of `k` (one plane apart) then fall
     // in every set of the L1 cache instead of a few (a 16×16 plane is exactly 1 KiB).
-    let padded_plane = (hp * wp).next_multiple_of(16) | 16;
+    let padded_plane = extent.next_multiple_of(16) | 16;
     let plane = g.plane();
     // The last panel's lanes past the grid read up to 15 floats past the last plane's rows
     // (`hp·wp`), dropped lanes all: zeros are there to read.
@@ -829,8 +850,8 @@ unsafe fn conv_grid(xs: &[f32], n: usize, g: &Geometry, filter: &PackedFilter, s
                     row.fill(0.0);
                     continue;
                 };
-                let lo = left.min(wp);
-                let hi = (left + w).min(wp);
+                let lo = left.min(ow + kw - 1);
+                let hi = (left + w).min(ow + kw - 1);
                 row[..lo].fill(0.0);
                 row[lo..hi].copy_from_slice(&src[iy * w..iy * w + hi - lo]);
                 row[hi..].fill(0.0);
@@ -1265,4 +1286,69 @@ unsafe fn micro<const V: usize>(
     _epilogue: Option<Epilogue>,
 ) {
     unreachable!("the packed kernel is only chosen on x86-64 with AVX-512F")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What every tap of the grid path reads at padded row `r`, column `c` (a column of the
+    /// taps' span, `0..ow + kw − 1`): the input's column `c − left` of that row, or a zero.
+    /// Laid out at `r·pitch + c` as [`conv_grid`] lays the rows out, each float must be
+    /// what every read of its place expects.
+    #[test]
+    fn the_grid_pitch_shares_padding_and_keeps_every_read_right() {
+        // (input width, kernel width, left padding, output width)
+        let cases = [
+            (56, 3, 1, 56),
+            (14, 3, 1, 14),
+            (17, 7, 3, 17),
+            (23, 5, 2, 23),
+            (12, 3, 2, 14),
+            (12, 3, 0, 10),
+            (9, 1, 0, 9),
+            (10, 4, 2, 9),
+            (8, 3, 3, 8),
+            // More padding on the right than on the left; more padding than kernel.
+            (10, 4, 1, 10),
+            (9, 1, 1, 11),
+        ];
+        for (w, kw, left, ow) in cases {
+            let win = Window {
+                kernel: (3, kw),
+                stride: 1,
+                pad_before: (1, left),
+                out: (4, ow),
+            };
+            let pitch = grid_pitch(w, win);
+            assert!(pitch >= ow, "{w} {kw} {left} {ow}: pitch {pitch}");
+            let read = ow + kw - 1;
+            let rows = 4 + 3 - 1;
+            // What each place of the padded plane holds: `Some((row, column))` of the input.
+            let mut plane: Vec<Option<Option<(usize, usize)>>> = vec![None; rows * pitch + read];
+            for r in 0..rows {
+                for c in 0..read {
+                    let want = c.checked_sub(left).filter(|&x| x < w).map(|x| (r, x));
+                    let place = &mut plane[r * pitch + c];
+                    match place {
+                        None => *place = Some(want),
+                        Some(held) => assert_eq!(
+                            *held, want,
+                            "{w} {kw} {left} {ow}: pitch {pitch} row {r} column {c}"
+                        ),
+                    }
+                }
+            }
+        }
+        // Shared padding: a 3×3 layer's rows one position longer than the output, not two.
+        let win = |w: usize, kw: usize, left: usize| Window {
+            kernel: (kw, kw),
+            stride: 1,
+            pad_before: (left, left),
+            out: (w, w),
+        };
+        assert_eq!(grid_pitch(56, win(56, 3, 1)), 57);
+        assert_eq!(grid_pitch(35, win(35, 5, 2)), 37);
+        assert_eq!(grid_pitch(17, win(17, 7, 3)), 20);
+    }
 }
