@@ -520,6 +520,15 @@ mod tests {
             // An even kernel: more padding on the right than on the left (the rows' pitch
             // set by the right side).
             (6, 16, (4, 4), 1, (20, 30), 1, Padding::Same),
+            // Strided layers on the grid path (the input split into its stride phases): 3×3
+            // stride 2 padded on both sides, padded on one side only ("same") on two
+            // images, 1×1 stride 2, stride 3 with an uneven kernel and padding, channels
+            // split in parts of `k` per tap.
+            (24, 20, (3, 3), 2, (50, 47), 1, Padding::Fixed(1, 1)),
+            (16, 16, (3, 3), 2, (49, 52), 2, Padding::Same),
+            (20, 24, (1, 1), 2, (45, 44), 1, Padding::Fixed(0, 0)),
+            (17, 8, (5, 4), 3, (40, 41), 1, Padding::Fixed(2, 1)),
+            (600, 13, (3, 3), 2, (26, 26), 1, Padding::Fixed(1, 1)),
             // One image's small planes with the channels as the lanes (`small.rs`; the
             // 25-, 36-, 49- and 50-pixel cases above go there too): gathered with stride 2
             // (a 3×3 and a 1×1 layer), 70 channels (a partial channel tile), 64 channels on

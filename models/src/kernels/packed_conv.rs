@@ -13,10 +13,11 @@
 //! tile gets the bias, the residual and the activation while it is still in L1, so the
 //! output is written once and never revisited.
 //!
-//! A stride-1 layer with a larger kernel on images of their own (not sharing panels) is not
-//! gathered either ([`conv_grid`]): its input is copied once into zero-padded planes, where
-//! every tap's pixels for a run of output positions are contiguous, and the microkernel
-//! reads them in place, one segment of rows per tap (the filter's `k` is tap-major for it).
+//! A layer with a larger kernel or a stride on images of their own (not sharing panels) is
+//! not gathered either ([`grid`]): its input is copied once into zero-padded planes (split
+//! into its stride phases when strided), where every tap's pixels for a run of output
+//! positions are contiguous, and the microkernel reads them in place, one segment of rows
+//! per tap (the filter's `k` is tap-major for it).
 //!
 //! Small images (a plane of at most [`MC`] pixels, the late layers of a batched pass)
 //! share panels across image boundaries, so a 7×7 plane does not waste most of a panel;
@@ -37,6 +38,7 @@ use rayon::prelude::*;
 
 use super::{Activation, Window};
 
+mod grid;
 mod small;
 
 /// Output channels per microkernel tile (broadcast operand).
@@ -56,9 +58,6 @@ const MC: usize = 480;
 const SHARED_MAX: usize = 16 << 20;
 /// Rows of `k` ahead the microkernel asks for its pixels.
 const PIXEL_AHEAD: usize = 8;
-/// The grid path computes dropped positions at the end of each output row (a row's pitch
-/// less its width, [`grid_pitch`]): taken while they are at most one in this many.
-const GRID_WASTE: usize = 5;
 
 /// Whether this CPU runs the packed kernel (AVX-512F).
 pub fn available() -> bool {
@@ -215,22 +214,6 @@ fn panels(total: usize) -> Vec<Panel> {
         q0 += valid;
     }
     out
-}
-
-/// A grid's positions as panels: full 48-wide ones, then one 16, 32 or 48 wide for the
-/// rest (its lanes past the end are dropped on the store like the rows' extra columns).
-fn grid_panels(total: usize) -> Vec<Panel> {
-    (0..total)
-        .step_by(MR)
-        .map(|q0| {
-            let valid = (total - q0).min(MR);
-            Panel {
-                q0,
-                valid,
-                width: valid.next_multiple_of(16),
-            }
-        })
-        .collect()
 }
 
 /// Part of one panel row for one kernel tap: `len` pixels from `dst` in the panel, either
@@ -482,8 +465,6 @@ thread_local! {
     static SHARED: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
     /// The `(C_out, N·P)` sums of a call on small images, kept by the calling thread.
     static SUMS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-    /// A grid call's zero-padded input planes, kept by the calling thread.
-    static PADDED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// A panel's pixels for the microkernel: segments of `rows` rows of the panel's width,
@@ -556,9 +537,9 @@ pub unsafe fn conv(
         unsafe { small::conv(xs, &g, filter, &direct_sink) };
         return;
     }
-    if grid_fits(n, (h, w), win) {
+    if grid::fits(n, c, (h, w), win) {
         // SAFETY: the caller's contract.
-        unsafe { conv_grid(xs, n, &g, filter, &direct_sink) };
+        unsafe { grid::conv(xs, n, &g, filter, &direct_sink) };
         return;
     }
     let panels = if merged {
@@ -775,188 +756,6 @@ unsafe fn finish_plane_avx512(
         _mm512_mask_storeu_ps(out.add(i), mask, activate(act, x));
         i += 16;
     }
-}
-
-/// Whether a call takes the grid path ([`conv_grid`]): a stride-1 kernel larger than 1×1,
-/// on images with panels of their own (small images of a batch share panels instead).
-fn grid_fits(n: usize, (h, w): (usize, usize), win: Window) -> bool {
-    let plane = win.out.0 * win.out.1;
-    let pitch = grid_pitch(w, win);
-    win.stride == 1
-        && win.kernel.0 * win.kernel.1 > 1
-        && !(n > 1 && plane <= MC)
-        && plane > 0
-        && h > 0
-        && w > 0
-        && (pitch - win.out.1) * GRID_WASTE <= pitch
-}
-
-/// The row pitch of the grid path's padded planes for input rows `w` wide: the least that
-/// keeps every column a tap reads (`ow + kw − 1` of them, the input's columns from
-/// `left`) either its input float or a zero. A row's right padding and the next row's
-/// left padding are then the same floats (a 3×3 layer's rows are `w + 1` apart, not
-/// `w + 2`): the grid drops one position per row instead of two.
-fn grid_pitch(w: usize, win: Window) -> usize {
-    let ow = win.out.1;
-    // The columns the taps read, and which of them hold the input's.
-    let read = ow + win.kernel.1 - 1;
-    let lo = win.pad_before.1.min(read);
-    let hi = (win.pad_before.1 + w).min(read);
-    // Past the pitch a row's columns are the next row's first `read − pitch`: zeros on
-    // both sides when the pitch is at least `hi` (no input there in this row) and at
-    // least `read − lo` (none there in the next).
-    ow.max(hi).max(read - lo)
-}
-
-/// A stride-1 convolution with no gathering: the input is copied once into zero-padded
-/// planes (`oh + kh − 1` rows, `wp` apart — [`grid_pitch`]: the padding between two rows
-/// is shared), and output pixel `(y, x)` is computed at grid position `y·wp + x` of such a
-/// plane. Tap `(i, j)`'s pixels for a run of grid positions are then the padded plane's
-/// floats from `i·wp + j` on, contiguous: a panel of 48 positions is read in place, one
-/// segment of the microkernel's rows per tap, with every input channel's plane one stride
-/// apart. The `wp − ow` extra positions at the end of each row are computed and dropped
-/// (their lanes are compressed out on the store).
-///
-/// # Safety
-/// As [`conv`]: `sink` writes to its `out`, without merged sums.
-unsafe fn conv_grid(xs: &[f32], n: usize, g: &Geometry, filter: &PackedFilter, sink: &Sink) {
-    let (c, h, w, win) = (g.c, g.h, g.w, g.win);
-    let (kh, kw) = win.kernel;
-    let (oh, ow) = win.out;
-    let (hp, wp) = (oh + kh - 1, grid_pitch(w, win));
-    let (top, left) = win.pad_before;
-    // The last row's taps read `ow + kw − 1` columns from its start, past `hp·wp` when
-    // the pitch shares padding: zeros there.
-    let extent = (hp * wp).max((hp - 1) * wp + ow + kw - 1);
-    // Planes an odd number of cache lines apart: rows of `k` (one plane apart) then fall
-    // in every set of the L1 cache instead of a few (a 16×16 plane is exactly 1 KiB).
-    let padded_plane = extent.next_multiple_of(16) | 16;
-    let plane = g.plane();
-    // The last panel's lanes past the grid read up to 15 floats past the last plane's rows
-    // (`hp·wp`), dropped lanes all: zeros are there to read.
-    let len = n * c * padded_plane + MR;
-    let mut padded = PADDED.with(|p| p.take());
-    if padded.len() < len {
-        padded.resize(len, 0.0);
-    }
-    padded[n * c * padded_plane..len].fill(0.0);
-    padded[..n * c * padded_plane]
-        .par_chunks_mut(padded_plane)
-        .zip(xs.par_chunks(h * w))
-        .for_each(|(dst, src)| {
-            dst[hp * wp..].fill(0.0);
-            for (y, row) in dst[..hp * wp].chunks_exact_mut(wp).enumerate() {
-                let Some(iy) = y.checked_sub(top).filter(|&iy| iy < h) else {
-                    row.fill(0.0);
-                    continue;
-                };
-                let lo = left.min(ow + kw - 1);
-                let hi = (left + w).min(ow + kw - 1);
-                row[..lo].fill(0.0);
-                row[lo..hi].copy_from_slice(&src[iy * w..iy * w + hi - lo]);
-                row[hi..].fill(0.0);
-            }
-        });
-    // Grid positions per image: the last row's extra positions are not needed.
-    let positions = (oh - 1) * wp + ow;
-    let panels: Vec<Panel> = (0..n)
-        .flat_map(|image| {
-            grid_panels(positions).into_iter().map(move |p| Panel {
-                q0: image * positions + p.q0,
-                ..p
-            })
-        })
-        .collect();
-    let threads = rayon::current_num_threads().max(1);
-    let n_panels = filter.c_out.div_ceil(NR);
-    let plan = Plan::new(&panels, filter.c_out, n * plane, threads);
-    let items = plan.items(n_panels, threads, plan.split);
-    // Blocks of `k` (tap-major, as the filter is packed): whole taps of all channels up to
-    // KC rows, or one tap's channels in parts of at most KC. Each block lists where its
-    // segments start from an image's first padded plane.
-    let taps = kh * kw;
-    let tap_at = |t: usize| (t / kw) * wp + t % kw;
-    let mut k_blocks: Vec<(usize, usize, Vec<usize>)> = Vec::new();
-    if c <= KC {
-        let n_blocks = taps.div_ceil((KC / c).max(1));
-        let per = taps.div_ceil(n_blocks);
-        for t0 in (0..taps).step_by(per) {
-            let starts = (t0..(t0 + per).min(taps)).map(tap_at).collect();
-            k_blocks.push((t0 * c, c, starts));
-        }
-    } else {
-        let size = c.div_ceil(c.div_ceil(KC));
-        for t in 0..taps {
-            for c0 in (0..c).step_by(size) {
-                let rows = size.min(c - c0);
-                k_blocks.push((t * c + c0, rows, vec![c0 * padded_plane + tap_at(t)]));
-            }
-        }
-    }
-    let k = filter.k();
-    let input: &[f32] = &padded;
-    let run = |(b, channel_panels): &(usize, std::ops::Range<usize>)| {
-        let block_panels = &panels[plan.blocks[*b].clone()];
-        // Each panel's image and, per vector, where its kept lanes go in an output plane.
-        let places: Vec<(usize, [(usize, u16); 3])> = block_panels
-            .iter()
-            .map(|panel| {
-                let (image, p0) = (panel.q0 / positions, panel.q0 % positions);
-                let mut lanes = [(0, 0u16); 3];
-                for (v, (at, mask)) in lanes.iter_mut().enumerate().take(panel.width / 16) {
-                    for l in (0..16).rev() {
-                        let x = 16 * v + l;
-                        let q = p0 + x;
-                        if x < panel.valid && q % wp < ow {
-                            *mask |= 1 << l;
-                            *at = q / wp * ow + q % wp;
-                        }
-                    }
-                }
-                (image, lanes)
-            })
-            .collect();
-        for (i, (k0, rows, starts)) in k_blocks.iter().enumerate() {
-            let (first, last) = (i == 0, i + 1 == k_blocks.len());
-            let all_rows = rows * starts.len();
-            for cp in channel_panels.clone() {
-                let ch0 = cp * NR;
-                let weights = &filter.panels[(cp * k + k0) * NR..(cp * k + k0 + all_rows) * NR];
-                for (panel, &(image, lanes)) in block_panels.iter().zip(&places) {
-                    let p0 = panel.q0 % positions;
-                    let pixels = Pixels {
-                        at: input.as_ptr().wrapping_add(image * c * padded_plane + p0),
-                        stride: padded_plane,
-                        rows: *rows,
-                        starts,
-                    };
-                    let at = (image * filter.c_out + ch0) * plane;
-                    let dest = Dest {
-                        c: sink.out.wrapping_add(at),
-                        ldc: plane,
-                        rows: NR.min(filter.c_out - ch0),
-                        lanes: Some(lanes),
-                    };
-                    let epilogue = last.then(|| Epilogue {
-                        bias: sink.bias[ch0..ch0 + NR].as_ptr(),
-                        residual: sink.residual.map(|res| res.as_ptr().wrapping_add(at)),
-                        act: sink.act,
-                    });
-                    // SAFETY: AVX-512F is present (the caller's contract); every segment's
-                    // rows lie in the padded buffer (with its tail), the kept lanes of the
-                    // tile's rows are output pixels of this image and channel range, which
-                    // no other task writes.
-                    unsafe { micro_for(panel.width, pixels, weights, dest, !first, epilogue) };
-                }
-            }
-        }
-    };
-    if items.len() == 1 || threads == 1 {
-        items.iter().for_each(run);
-    } else {
-        items.par_iter().for_each(run);
-    }
-    PADDED.with(|p| p.set(padded));
 }
 
 /// How a call's panels are dealt out: blocks of consecutive panels, and whether the output
@@ -1286,69 +1085,4 @@ unsafe fn micro<const V: usize>(
     _epilogue: Option<Epilogue>,
 ) {
     unreachable!("the packed kernel is only chosen on x86-64 with AVX-512F")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What every tap of the grid path reads at padded row `r`, column `c` (a column of the
-    /// taps' span, `0..ow + kw − 1`): the input's column `c − left` of that row, or a zero.
-    /// Laid out at `r·pitch + c` as [`conv_grid`] lays the rows out, each float must be
-    /// what every read of its place expects.
-    #[test]
-    fn the_grid_pitch_shares_padding_and_keeps_every_read_right() {
-        // (input width, kernel width, left padding, output width)
-        let cases = [
-            (56, 3, 1, 56),
-            (14, 3, 1, 14),
-            (17, 7, 3, 17),
-            (23, 5, 2, 23),
-            (12, 3, 2, 14),
-            (12, 3, 0, 10),
-            (9, 1, 0, 9),
-            (10, 4, 2, 9),
-            (8, 3, 3, 8),
-            // More padding on the right than on the left; more padding than kernel.
-            (10, 4, 1, 10),
-            (9, 1, 1, 11),
-        ];
-        for (w, kw, left, ow) in cases {
-            let win = Window {
-                kernel: (3, kw),
-                stride: 1,
-                pad_before: (1, left),
-                out: (4, ow),
-            };
-            let pitch = grid_pitch(w, win);
-            assert!(pitch >= ow, "{w} {kw} {left} {ow}: pitch {pitch}");
-            let read = ow + kw - 1;
-            let rows = 4 + 3 - 1;
-            // What each place of the padded plane holds: `Some((row, column))` of the input.
-            let mut plane: Vec<Option<Option<(usize, usize)>>> = vec![None; rows * pitch + read];
-            for r in 0..rows {
-                for c in 0..read {
-                    let want = c.checked_sub(left).filter(|&x| x < w).map(|x| (r, x));
-                    let place = &mut plane[r * pitch + c];
-                    match place {
-                        None => *place = Some(want),
-                        Some(held) => assert_eq!(
-                            *held, want,
-                            "{w} {kw} {left} {ow}: pitch {pitch} row {r} column {c}"
-                        ),
-                    }
-                }
-            }
-        }
-        // Shared padding: a 3×3 layer's rows one position longer than the output, not two.
-        let win = |w: usize, kw: usize, left: usize| Window {
-            kernel: (kw, kw),
-            stride: 1,
-            pad_before: (left, left),
-            out: (w, w),
-        };
-        assert_eq!(grid_pitch(56, win(56, 3, 1)), 57);
-        assert_eq!(grid_pitch(35, win(35, 5, 2)), 37);
-        assert_eq!(grid_pitch(17, win(17, 7, 3)), 20);
-    }
 }

@@ -1,0 +1,395 @@
+//! Convolutions with no gathering: the input copied once into zero-padded planes that the
+//! microkernel reads in place, for stride-1 kernels larger than 1×1 and for strided ones.
+//!
+//! Output pixel `(y, x)` is computed at grid position `y·pitch + x`. At stride 1 the input
+//! is one zero-padded plane per channel, and tap `(i, j)`'s pixels for a run of grid
+//! positions are that plane's floats from `i·pitch + j` on, contiguous. At stride `s` the
+//! padded input is split into its stride phases first — phase `(a, b)` holds the padded
+//! rows `≡ a` and columns `≡ b` (mod `s`) — and tap `(i, j)` reads phase `(i mod s, j mod
+//! s)` from `(i div s)·pitch + j div s` on: contiguous again, every output's tap one float
+//! after its left neighbour's. Either way a panel of 48 positions is read in place, one
+//! segment of the microkernel's rows per tap (the filter's `k` is tap-major), every input
+//! channel's plane one stride apart; nothing is gathered per panel, and each input float
+//! is copied once per call.
+//!
+//! A row's right padding and the next row's left padding are the same zeros ([`Layout`]),
+//! so a 3×3 layer's rows are `w + 1` apart; the `pitch − ow` positions at the end of each
+//! row are computed and dropped (their lanes are compressed out on the store).
+
+use std::cell::Cell;
+
+use rayon::prelude::*;
+
+use super::{
+    copy_stride2, micro_for, Dest, Epilogue, Geometry, PackedFilter, Panel, Pixels, Plan, Sink, KC,
+    MC, MR, NR,
+};
+use crate::kernels::Window;
+
+/// The grid computes dropped positions at the end of each output row (its pitch less its
+/// width): taken while, with the last panel's, they leave at most this many vector lanes
+/// (21/20) for each the gathered path computes. Measured one layer at a time here (one
+/// thread, GFLOP/s gathered → grid): 1.026 times the lanes (35×35, 3×3) 91.6 → 103.7,
+/// 1.041 (28×28) 97.6 → 105.1, 1.053 (17×17) 94.8 → 93.3, 1.077 (14×14) 94.9 → 90.4, 1.25
+/// (8×8) 101.4 → 84.7: gathering costs ~5–10 % of a layer, the lanes the rest.
+const LANES_MORE: (usize, usize) = (21, 20);
+
+/// Fewest input channels of a strided layer on the grid: a tap's segment is one row per
+/// channel, and the microkernel's turn per segment costs more than gathering saves on a
+/// few (a 7×7 stride-2 layer on RGB measured 62–67 GFLOP/s here against 63–78 gathered).
+const STRIDED_MIN_CHANNELS: usize = 16;
+
+thread_local! {
+    /// A grid call's zero-padded input planes, kept by the calling thread.
+    static PADDED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Whether a call takes the grid path: a stride-1 kernel larger than 1×1 (a 1×1 one reads
+/// its input in place as it is) or a strided kernel on at least [`STRIDED_MIN_CHANNELS`]
+/// channels, on images with panels of their own (small images of a batch share panels
+/// instead), while the rows' dropped positions are few ([`LANES_MORE`]).
+pub(super) fn fits(n: usize, c: usize, (h, w): (usize, usize), win: Window) -> bool {
+    let plane = win.out.0 * win.out.1;
+    if plane == 0 || h == 0 || w == 0 || win.stride == 0 || (n > 1 && plane <= MC) {
+        return false;
+    }
+    if win.stride == 1 && win.kernel.0 * win.kernel.1 == 1
+        || win.stride > 1 && c < STRIDED_MIN_CHANNELS
+    {
+        return false;
+    }
+    // The grid's panels cover `positions` per image, the gathered ones `plane`: both in
+    // whole vectors.
+    let positions = (win.out.0 - 1) * Layout::new((h, w), win).pitch + win.out.1;
+    positions.next_multiple_of(16) * LANES_MORE.1 <= plane.next_multiple_of(16) * LANES_MORE.0
+}
+
+/// How a call's input is laid out: per stride phase `(a, b)` — `a < phases.0`, `b <
+/// phases.1` — one plane per channel, of `rows` rows `pitch` apart. Phase row `ρ` of phase
+/// `a` is the padded input's row `a + s·ρ`; phase column `χ` of phase `b` its column
+/// `b + s·χ`, which holds the input's column `b + s·χ − left` for `χ` in `columns[b]` and
+/// a zero elsewhere.
+#[derive(Debug, PartialEq)]
+struct Layout {
+    phases: (usize, usize),
+    rows: usize,
+    pitch: usize,
+    columns: Vec<(usize, usize)>,
+    /// Floats from one plane to the next: at least the last row's reads, an odd number of
+    /// cache lines (rows of `k`, one plane apart, then fall in every set of the L1 cache
+    /// instead of a few — a 16×16 plane is exactly 1 KiB).
+    plane: usize,
+}
+
+impl Layout {
+    fn new((_h, w): (usize, usize), win: Window) -> Layout {
+        let s = win.stride;
+        let (kh, kw) = win.kernel;
+        let (oh, ow) = win.out;
+        let left = win.pad_before.1;
+        let phases = (s.min(kh), s.min(kw));
+        let rows = oh + (kh - 1) / s;
+        // Phase `b`'s columns that its taps (`j ≡ b`) read, and which of them hold input.
+        let read = |b: usize| ow + (kw - 1 - b) / s;
+        let columns: Vec<(usize, usize)> = (0..phases.1)
+            .map(|b| {
+                let lo = left.saturating_sub(b).div_ceil(s).min(read(b));
+                let hi = (w + left).saturating_sub(b).div_ceil(s).min(read(b));
+                (lo, hi.max(lo))
+            })
+            .collect();
+        // Past the pitch a row's reads are the next row's first columns: zeros on both
+        // sides when the pitch is at least `hi` (no input there in this row) and at least
+        // `read − lo` (none there in the next). A 3×3 stride-1 layer: `w + 1`, not `w + 2`.
+        let pitch = columns
+            .iter()
+            .enumerate()
+            .map(|(b, &(lo, hi))| hi.max(read(b) - lo))
+            .fold(ow, usize::max);
+        // The last row's taps read `read(0)` columns from its start, past `rows·pitch` when
+        // rows share their padding: zeros there.
+        let extent = (rows * pitch).max((rows - 1) * pitch + read(0));
+        Layout {
+            phases,
+            rows,
+            pitch,
+            columns,
+            plane: extent.next_multiple_of(16) | 16,
+        }
+    }
+
+    /// Planes per image: one per phase and channel.
+    fn planes(&self, c: usize) -> usize {
+        self.phases.0 * self.phases.1 * c
+    }
+
+    /// Where tap `(i, j)` of channel 0 starts, from an image's first plane.
+    fn tap(&self, (i, j): (usize, usize), s: usize, c: usize) -> usize {
+        let phase = (i % s) * self.phases.1 + j % s;
+        phase * c * self.plane + (i / s) * self.pitch + j / s
+    }
+
+    /// Fills `dst` (one plane) with phase `(a, b)` of `src`, one channel's `h × w` input.
+    fn fill(
+        &self,
+        dst: &mut [f32],
+        src: &[f32],
+        (a, b): (usize, usize),
+        (h, w): (usize, usize),
+        win: Window,
+    ) {
+        let s = win.stride;
+        let (top, left) = win.pad_before;
+        let (lo, hi) = self.columns[b];
+        let (rows, tail) = dst.split_at_mut(self.rows * self.pitch);
+        tail.fill(0.0);
+        for (r, row) in rows.chunks_exact_mut(self.pitch).enumerate() {
+            let Some(iy) = (a + s * r).checked_sub(top).filter(|&iy| iy < h) else {
+                row.fill(0.0);
+                continue;
+            };
+            let src = &src[iy * w..(iy + 1) * w];
+            // The input column of phase column `lo` (at least 0 by `lo`'s bound).
+            let x0 = b + s * lo - left;
+            row[..lo].fill(0.0);
+            match s {
+                1 => row[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]),
+                2 => copy_stride2(&mut row[lo..hi], &src[x0..]),
+                _ => {
+                    for (m, o) in row[lo..hi].iter_mut().enumerate() {
+                        *o = src[x0 + s * m];
+                    }
+                }
+            }
+            row[hi..].fill(0.0);
+        }
+    }
+}
+
+/// A grid's positions as panels: full 48-wide ones, then one 16, 32 or 48 wide for the
+/// rest (its lanes past the end are dropped on the store like the rows' extra columns).
+fn grid_panels(total: usize) -> Vec<Panel> {
+    (0..total)
+        .step_by(MR)
+        .map(|q0| {
+            let valid = (total - q0).min(MR);
+            Panel {
+                q0,
+                valid,
+                width: valid.next_multiple_of(16),
+            }
+        })
+        .collect()
+}
+
+/// The convolution on the grid (see the module's comment).
+///
+/// # Safety
+/// As [`super::conv`]: `sink` writes to its `out`, without merged sums; the call [`fits`].
+pub(super) unsafe fn conv(xs: &[f32], n: usize, g: &Geometry, filter: &PackedFilter, sink: &Sink) {
+    let (c, h, w, win) = (g.c, g.h, g.w, g.win);
+    let s = win.stride;
+    let (kh, kw) = win.kernel;
+    let (oh, ow) = win.out;
+    let layout = Layout::new((h, w), win);
+    let (wp, padded_plane) = (layout.pitch, layout.plane);
+    let per_image = layout.planes(c) * padded_plane;
+    let plane = g.plane();
+    // The last panel's lanes past the grid read up to 15 floats past the last plane's
+    // reads, dropped lanes all: zeros are there to read.
+    let len = n * per_image + MR;
+    let mut padded = PADDED.with(|p| p.take());
+    if padded.len() < len {
+        padded.resize(len, 0.0);
+    }
+    padded[n * per_image..len].fill(0.0);
+    let phases = layout.phases.0 * layout.phases.1;
+    padded[..n * per_image]
+        .par_chunks_mut(padded_plane)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            // Planes are `[image][phase][channel]`.
+            let (image, phase, channel) = (i / (phases * c), i / c % phases, i % c);
+            let src = &xs[(image * c + channel) * h * w..][..h * w];
+            let ab = (phase / layout.phases.1, phase % layout.phases.1);
+            layout.fill(dst, src, ab, (h, w), win);
+        });
+    // Grid positions per image: the last row's extra positions are not needed.
+    let positions = (oh - 1) * wp + ow;
+    let panels: Vec<Panel> = (0..n)
+        .flat_map(|image| {
+            grid_panels(positions).into_iter().map(move |p| Panel {
+                q0: image * positions + p.q0,
+                ..p
+            })
+        })
+        .collect();
+    let threads = rayon::current_num_threads().max(1);
+    let n_panels = filter.c_out.div_ceil(NR);
+    let plan = Plan::new(&panels, filter.c_out, n * plane, threads);
+    let items = plan.items(n_panels, threads, plan.split);
+    // Blocks of `k` (tap-major, as the filter is packed): whole taps of all channels up to
+    // KC rows, or one tap's channels in parts of at most KC. Each block lists where its
+    // segments start from an image's first plane.
+    let taps = kh * kw;
+    let tap_at = |t: usize| layout.tap((t / kw, t % kw), s, c);
+    let mut k_blocks: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    if c <= KC {
+        let n_blocks = taps.div_ceil((KC / c).max(1));
+        let per = taps.div_ceil(n_blocks);
+        for t0 in (0..taps).step_by(per) {
+            let starts = (t0..(t0 + per).min(taps)).map(tap_at).collect();
+            k_blocks.push((t0 * c, c, starts));
+        }
+    } else {
+        let size = c.div_ceil(c.div_ceil(KC));
+        for t in 0..taps {
+            for c0 in (0..c).step_by(size) {
+                let rows = size.min(c - c0);
+                k_blocks.push((t * c + c0, rows, vec![c0 * padded_plane + tap_at(t)]));
+            }
+        }
+    }
+    let k = filter.k();
+    let input: &[f32] = &padded;
+    let run = |(b, channel_panels): &(usize, std::ops::Range<usize>)| {
+        let block_panels = &panels[plan.blocks[*b].clone()];
+        // Each panel's image and, per vector, where its kept lanes go in an output plane.
+        let places: Vec<(usize, [(usize, u16); 3])> = block_panels
+            .iter()
+            .map(|panel| {
+                let (image, p0) = (panel.q0 / positions, panel.q0 % positions);
+                let mut lanes = [(0, 0u16); 3];
+                for (v, (at, mask)) in lanes.iter_mut().enumerate().take(panel.width / 16) {
+                    for l in (0..16).rev() {
+                        let x = 16 * v + l;
+                        let q = p0 + x;
+                        if x < panel.valid && q % wp < ow {
+                            *mask |= 1 << l;
+                            *at = q / wp * ow + q % wp;
+                        }
+                    }
+                }
+                (image, lanes)
+            })
+            .collect();
+        for (i, (k0, rows, starts)) in k_blocks.iter().enumerate() {
+            let (first, last) = (i == 0, i + 1 == k_blocks.len());
+            let all_rows = rows * starts.len();
+            for cp in channel_panels.clone() {
+                let ch0 = cp * NR;
+                let weights = &filter.panels[(cp * k + k0) * NR..(cp * k + k0 + all_rows) * NR];
+                for (panel, &(image, lanes)) in block_panels.iter().zip(&places) {
+                    let p0 = panel.q0 % positions;
+                    let pixels = Pixels {
+                        at: input.as_ptr().wrapping_add(image * per_image + p0),
+                        stride: padded_plane,
+                        rows: *rows,
+                        starts,
+                    };
+                    let at = (image * filter.c_out + ch0) * plane;
+                    let dest = Dest {
+                        c: sink.out.wrapping_add(at),
+                        ldc: plane,
+                        rows: NR.min(filter.c_out - ch0),
+                        lanes: Some(lanes),
+                    };
+                    let epilogue = last.then(|| Epilogue {
+                        bias: sink.bias[ch0..ch0 + NR].as_ptr(),
+                        residual: sink.residual.map(|res| res.as_ptr().wrapping_add(at)),
+                        act: sink.act,
+                    });
+                    // SAFETY: AVX-512F is present (the caller's contract); every segment's
+                    // rows lie in the padded buffer (with its tail), the kept lanes of the
+                    // tile's rows are output pixels of this image and channel range, which
+                    // no other task writes.
+                    unsafe { micro_for(panel.width, pixels, weights, dest, !first, epilogue) };
+                }
+            }
+        }
+    };
+    if items.len() == 1 || threads == 1 {
+        items.iter().for_each(run);
+    } else {
+        items.par_iter().for_each(run);
+    }
+    PADDED.with(|p| p.set(padded));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every read of the grid — tap `(i, j)` of output `(y, x)`, at `tap(i, j) + y·pitch +
+    /// x` from an image's first plane — finds the padded input's float there: the input's
+    /// `(y·s + i − top, x·s + j − left)` when inside it, else a zero. Filled as
+    /// [`Layout::fill`] fills the planes (one channel), each place checked against every
+    /// read of it, for strides 1, 2 and 3, padding on either side or none, more padding
+    /// than kernel.
+    #[test]
+    fn every_read_of_the_grid_finds_its_input_or_a_zero() {
+        // (input h × w, kernel, stride, padding (top, left), output)
+        let cases = [
+            ((6, 56), (3, 3), 1, (1, 1), (6, 56)),
+            ((5, 17), (1, 7), 1, (0, 3), (5, 17)),
+            ((7, 7), (7, 1), 1, (3, 0), (7, 7)),
+            ((6, 12), (3, 3), 1, (0, 2), (4, 14)),
+            ((6, 12), (3, 3), 1, (0, 0), (4, 10)),
+            ((8, 10), (4, 4), 1, (1, 1), (7, 9)),
+            ((9, 9), (1, 1), 1, (1, 1), (11, 11)),
+            ((20, 20), (7, 7), 2, (3, 3), (10, 10)),
+            ((14, 15), (3, 3), 2, (1, 1), (7, 8)),
+            ((13, 13), (3, 3), 2, (0, 0), (6, 6)),
+            ((12, 12), (3, 3), 2, (0, 0), (6, 6)),
+            ((12, 13), (1, 1), 2, (0, 0), (6, 7)),
+            ((10, 11), (5, 4), 3, (2, 1), (4, 4)),
+        ];
+        for ((h, w), (kh, kw), s, (top, left), (oh, ow)) in cases {
+            let win = Window {
+                kernel: (kh, kw),
+                stride: s,
+                pad_before: (top, left),
+                out: (oh, ow),
+            };
+            let layout = Layout::new((h, w), win);
+            assert!(layout.pitch >= ow, "{win:?}: pitch {}", layout.pitch);
+            // The input's floats are their own index + 1: never zero.
+            let src: Vec<f32> = (0..h * w).map(|i| (i + 1) as f32).collect();
+            let phases = layout.phases.0 * layout.phases.1;
+            let mut planes = vec![f32::NAN; phases * layout.plane + MR];
+            for (phase, dst) in planes.chunks_exact_mut(layout.plane).enumerate() {
+                let ab = (phase / layout.phases.1, phase % layout.phases.1);
+                layout.fill(dst, &src, ab, (h, w), win);
+            }
+            for (y, x, i, j) in (0..oh * ow * kh * kw)
+                .map(|q| (q / (ow * kh * kw), q / (kh * kw) % ow, q / kw % kh, q % kw))
+            {
+                let iy = (y * s + i).checked_sub(top).filter(|&iy| iy < h);
+                let ix = (x * s + j).checked_sub(left).filter(|&ix| ix < w);
+                let want = iy.zip(ix).map_or(0.0, |(iy, ix)| src[iy * w + ix]);
+                let got = planes[layout.tap((i, j), s, 1) + y * layout.pitch + x];
+                assert_eq!(
+                    got, want,
+                    "{win:?}: output ({y}, {x}) tap ({i}, {j}), pitch {}",
+                    layout.pitch
+                );
+            }
+        }
+        // Shared padding: a 3×3 layer's rows one position longer than its output, not two.
+        let same = |w: usize, k: usize, s: usize, pad: usize| {
+            let out = (w + 2 * pad - k) / s + 1;
+            let win = Window {
+                kernel: (k, k),
+                stride: s,
+                pad_before: (pad, pad),
+                out: (out, out),
+            };
+            Layout::new((w, w), win).pitch
+        };
+        assert_eq!(same(56, 3, 1, 1), 57);
+        assert_eq!(same(35, 5, 1, 2), 37);
+        assert_eq!(same(224, 7, 2, 3), 114);
+        assert_eq!(same(56, 3, 2, 1), 29);
+        assert_eq!(same(56, 1, 2, 0), 28);
+    }
+}
