@@ -686,6 +686,9 @@ impl PackedConv<'_> {
         let (n, c, h, w) = xs_l.shape().dims4()?;
         let win = self.window;
         win.check(op)?;
+        if !packed_conv::image_fits(c, h, w, win) {
+            bail!("{op}: a {c}x{h}x{w} image is more than the 2^30 floats it takes padded")
+        }
         let (oh, ow) = win.out;
         let c_out = self.filter.c_out();
         if c != self.filter.c_in() || win.kernel != self.filter.kernel() {

@@ -4,10 +4,13 @@
 //! of [`NR`] output channels (`[panel][k][NR]`, the channels of one `k` side by side), so
 //! no call repacks it. A call computes `out (N, C_out, OH, OW)` as that matrix times the
 //! input's im2col matrix, but the im2col matrix is never built whole: a block of output
-//! pixels (up to [`MC`]) is gathered for [`KC`] rows of `k` at a time straight from the
-//! input into a cache-sized buffer, as pixel panels of 48 (16 for the tail) side by side per
-//! `k`. A 1×1 stride-1 layer is not gathered at all: its rows are the input's channel
-//! planes, read in place. The microkernel keeps an [`NR`] channels × 48 pixels tile of sums
+//! pixels (up to [`MC`]) is gathered for [`KC`] rows of `k` at a time into a cache-sized
+//! buffer, as pixel panels of 48 (16 for the tail) side by side per `k` — from the input
+//! laid out once per call as [`grid`] lays it out (zero-padded, split into stride phases),
+//! where each lane of a panel is a fixed offset from every row's start: one masked load, or
+//! two loads and a permute, per 16 lanes and row. A 1×1 stride-1 layer's panels that lie
+//! in one image are not gathered at all: their rows are the input's channel planes, read
+//! in place. The microkernel keeps an [`NR`] channels × 48 pixels tile of sums
 //! in 24 zmm registers: per `k` it loads three vectors of pixels (asked for 8 rows ahead)
 //! and broadcasts eight weights, four `k` per loop turn. After the last block of `k` the
 //! tile gets the bias, the residual and the activation while it is still in L1, so the
@@ -69,6 +72,12 @@ pub fn available() -> bool {
     {
         false
     }
+}
+
+/// Whether [`conv`] takes one image of `c × h × w` under `win`: at most 2³⁰ floats once
+/// laid out for gathering (zero-padded, split into stride phases).
+pub fn image_fits(c: usize, h: usize, w: usize, win: Window) -> bool {
+    grid::image_fits(c, (h, w), win)
 }
 
 /// A dense convolution's weights in the microkernel's layout, with the layer's bias.
@@ -216,94 +225,6 @@ fn panels(total: usize) -> Vec<Panel> {
     out
 }
 
-/// Part of one panel row for one kernel tap: `len` pixels from `dst` in the panel, either
-/// zeros (`src == None`) or the input floats of image `image` from plane offset `src`,
-/// the layer's stride apart.
-#[derive(Clone, Copy)]
-struct Run {
-    dst: usize,
-    len: usize,
-    image: usize,
-    src: Option<usize>,
-}
-
-/// The runs of `panel` for every tap `(i, j)`, tap-major; `starts[t]..starts[t + 1]` are tap
-/// `t`'s. The same for every input channel, so computed once per panel.
-fn panel_runs(g: &Geometry, panel: Panel, runs: &mut Vec<Run>, starts: &mut Vec<usize>) {
-    let (kh, kw) = g.win.kernel;
-    let (_, ow) = g.win.out;
-    let s = g.win.stride;
-    let plane = g.plane();
-    runs.clear();
-    starts.clear();
-    for tap in 0..kh * kw {
-        starts.push(runs.len());
-        let (i, j) = (tap / kw, tap % kw);
-        let (lo, hi, ix_lo) = g.win.valid_cols(j, g.w);
-        let mut x = 0;
-        while x < panel.valid {
-            let q = panel.q0 + x;
-            let (image, p) = (q / plane, q % plane);
-            let (oy, ox) = (p / ow, p % ow);
-            // This segment: the rest of output row `oy`, or of the panel.
-            let len = (ow - ox).min(panel.valid - x);
-            let (a, b) = (ox, ox + len);
-            match g.win.input_row(oy, i, g.h) {
-                None => runs.push(Run {
-                    dst: x,
-                    len,
-                    image,
-                    src: None,
-                }),
-                Some(iy) => {
-                    let (c0, c1) = (a.max(lo), b.min(hi));
-                    if c0 >= c1 {
-                        runs.push(Run {
-                            dst: x,
-                            len,
-                            image,
-                            src: None,
-                        });
-                    } else {
-                        if c0 > a {
-                            runs.push(Run {
-                                dst: x,
-                                len: c0 - a,
-                                image,
-                                src: None,
-                            });
-                        }
-                        runs.push(Run {
-                            dst: x + (c0 - a),
-                            len: c1 - c0,
-                            image,
-                            src: Some(iy * g.w + ix_lo + (c0 - lo) * s),
-                        });
-                        if b > c1 {
-                            runs.push(Run {
-                                dst: x + (c1 - a),
-                                len: b - c1,
-                                image,
-                                src: None,
-                            });
-                        }
-                    }
-                }
-            }
-            x += len;
-        }
-        if panel.width > panel.valid {
-            runs.push(Run {
-                dst: panel.valid,
-                len: panel.width - panel.valid,
-                image: 0,
-                src: None,
-            });
-        }
-    }
-    starts.push(runs.len());
-}
-
 /// The lanes of a 16-float vector that `left` more floats fill: all 16 when `left ≥ 16`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -327,23 +248,6 @@ pub(super) fn activate(act: Activation, x: std::arch::x86_64::__m512) -> std::ar
         Activation::Relu6 => {
             _mm512_min_ps(_mm512_max_ps(x, _mm512_setzero_ps()), _mm512_set1_ps(6.0))
         }
-    }
-}
-
-/// `dst = src` for the short runs of a panel (≤ 48 floats): masked vector moves, not a
-/// call to `memcpy`, which cost more than the copy.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn copy(dst: &mut [f32], src: &[f32]) {
-    use std::arch::x86_64::*;
-    let n = dst.len().min(src.len());
-    let mut i = 0;
-    while i < n {
-        let mask = lanes(n - i);
-        let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
-        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, v);
-        i += 16;
     }
 }
 
@@ -389,67 +293,6 @@ unsafe fn copy_even(dst: &mut [f32], src: &[f32]) {
 unsafe fn copy_even(dst: &mut [f32], src: &[f32]) {
     for (o, x) in dst.iter_mut().zip(src.iter().step_by(2)) {
         *o = *x;
-    }
-}
-
-/// `dst = 0` for the short runs of a panel.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn fill_zero(dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = dst.len();
-    let mut i = 0;
-    while i < n {
-        let mask = lanes(n - i);
-        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, _mm512_setzero_ps());
-        i += 16;
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn copy(dst: &mut [f32], src: &[f32]) {
-    dst.copy_from_slice(src)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn fill_zero(dst: &mut [f32]) {
-    dst.fill(0.0)
-}
-
-/// Gathers rows `k0..k0 + rows` of `panel`'s im2col columns into `dst` (`rows × width`).
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-unsafe fn pack_panel(
-    xs: &[f32],
-    g: &Geometry,
-    panel: Panel,
-    (k0, rows): (usize, usize),
-    (runs, starts): (&[Run], &[usize]),
-    dst: &mut [f32],
-) {
-    let hw = g.h * g.w;
-    let s = g.win.stride;
-    for (row, k) in dst.chunks_exact_mut(panel.width).zip(k0..k0 + rows) {
-        let (tap, c) = (k / g.c, k % g.c);
-        for run in &runs[starts[tap]..starts[tap + 1]] {
-            let out = &mut row[run.dst..run.dst + run.len];
-            match run.src {
-                // SAFETY (both): AVX-512F is present (the caller's contract).
-                None => unsafe { fill_zero(out) },
-                Some(off) => {
-                    let base = (run.image * g.c + c) * hw + off;
-                    if s == 1 {
-                        unsafe { copy(out, &xs[base..base + run.len]) };
-                    } else if s == 2 {
-                        unsafe { copy_even(out, &xs[base..base + 2 * run.len - 1]) };
-                    } else {
-                        for (o, x) in out.iter_mut().zip(xs[base..].iter().step_by(s)) {
-                            *o = *x;
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -566,6 +409,13 @@ pub unsafe fn conv(
     let shared_pack = plan.split && k * columns <= SHARED_MAX;
     let items = plan.items(n_panels, threads, shared_pack);
     let needs_pack = |panel: &Panel| !(direct && panel.whole(plane));
+    // Panels are gathered from the input laid out as the grid lays it out: each lane a
+    // fixed offset per row of `k` (a 1×1 stride-1 layer's input is that layout already).
+    let padded = grid::Padded::new(xs, n, &g);
+    let gather = |panel: Panel, rows: (usize, usize), dst: &mut [f32]| {
+        // SAFETY: AVX-512F is present (the caller's contract); the lanes are `padded`'s.
+        unsafe { padded.gather(&padded.lanes(panel), rows, dst) }
+    };
     // Shared packing: every panel's `k × width` rows, panel after panel.
     let mut shared = Vec::new();
     let mut shared_at = Vec::new();
@@ -597,12 +447,7 @@ pub unsafe fn conv(
         parts
             .into_par_iter()
             .filter(|(_, part)| !part.is_empty())
-            .for_each(|(panel, part)| {
-                let (mut runs, mut starts) = (Vec::new(), Vec::new());
-                panel_runs(&g, panel, &mut runs, &mut starts);
-                // SAFETY: AVX-512F is present (the caller's contract).
-                unsafe { pack_panel(xs, &g, panel, (0, k), (&runs, &starts), part) };
-            });
+            .for_each(|(panel, part)| gather(panel, (0, k), part));
     }
     let shared_floats: &[f32] = lines_as_floats(&mut shared);
     let mut sums = Vec::new();
@@ -626,7 +471,6 @@ pub unsafe fn conv(
             }
         }
         let buf = lines_as_floats(&mut own);
-        let (mut runs, mut starts) = (Vec::new(), Vec::new());
         let mut k0 = 0;
         while k0 < k {
             let rows = KC.min(k - k0);
@@ -654,9 +498,7 @@ pub unsafe fn conv(
                     let len = rows * panel.width;
                     let part = &mut buf[offset..offset + len];
                     offset += len;
-                    panel_runs(&g, *panel, &mut runs, &mut starts);
-                    // SAFETY: AVX-512F is present (the caller's contract).
-                    unsafe { pack_panel(xs, &g, *panel, (k0, rows), (&runs, &starts), part) };
+                    gather(*panel, (k0, rows), part);
                     Pixels {
                         at: part.as_ptr(),
                         stride: panel.width,
@@ -690,6 +532,7 @@ pub unsafe fn conv(
     if shared_pack {
         SHARED.with(|s| s.set(shared));
     }
+    padded.finish();
     if merged {
         // SAFETY: the tiles wrote every `(channel < n_panels·NR, column)` sum.
         unsafe { sums.set_len(n_panels * NR * columns) };

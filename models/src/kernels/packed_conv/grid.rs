@@ -1,5 +1,6 @@
 //! Convolutions with no gathering: the input copied once into zero-padded planes that the
-//! microkernel reads in place, for stride-1 kernels larger than 1×1 and for strided ones.
+//! microkernel reads in place, for stride-1 kernels larger than 1×1 and for strided ones;
+//! and the same layout as what the other paths gather their panels from ([`Padded`]).
 //!
 //! Output pixel `(y, x)` is computed at grid position `y·pitch + x`. At stride 1 the input
 //! is one zero-padded plane per channel, and tap `(i, j)`'s pixels for a run of grid
@@ -62,6 +63,21 @@ pub(super) fn fits(n: usize, c: usize, (h, w): (usize, usize), win: Window) -> b
     // whole vectors.
     let positions = (win.out.0 - 1) * Layout::new((h, w), win).pitch + win.out.1;
     positions.next_multiple_of(16) * LANES_MORE.1 <= plane.next_multiple_of(16) * LANES_MORE.0
+}
+
+/// Most floats of one image laid out ([`Padded`]): a panel's lanes are `i32` offsets, and
+/// a vector's lanes lie in at most two images.
+const MAX_IMAGE: usize = 1 << 30;
+
+/// Whether one image of `c × h × w` under `win` is at most [`MAX_IMAGE`] floats laid out.
+pub(super) fn image_fits(c: usize, (h, w): (usize, usize), win: Window) -> bool {
+    let floats = if win.is_pointwise(h, w) {
+        c.checked_mul(h * w)
+    } else {
+        let layout = Layout::new((h, w), win);
+        layout.planes(c).checked_mul(layout.plane)
+    };
+    floats.is_some_and(|f| f <= MAX_IMAGE)
 }
 
 /// How a call's input is laid out: per stride phase `(a, b)` — `a < phases.0`, `b <
@@ -182,38 +198,214 @@ fn grid_panels(total: usize) -> Vec<Panel> {
         .collect()
 }
 
+/// A call's input laid out as the grid lays it out: what the grid path reads in place,
+/// and what the gathered paths gather their panels from ([`Padded::gather`]) — every tap
+/// of every output pixel a fixed offset from its channel's plane, so a panel's lanes need
+/// no per-row bookkeeping. A 1×1 stride-1 layer's input is that layout already (planes
+/// `h·w` apart, rows `w`): it is borrowed, not copied; any other is copied into the
+/// calling thread's buffer, given back by [`Padded::finish`].
+pub(super) struct Padded<'a> {
+    layout: Layout,
+    floats: Floats<'a>,
+    /// Floats per image: a plane per phase and channel.
+    per_image: usize,
+    g: Geometry,
+}
+
+/// Where a [`Padded`] input's floats are.
+enum Floats<'a> {
+    Input(&'a [f32]),
+    /// The calling thread's buffer: the planes, then [`MR`] zeros.
+    Copied(Vec<f32>),
+}
+
+/// How one vector of a panel's 16 lanes is fetched from a [`Padded`] input per row of `k`.
+#[derive(Clone, Copy)]
+enum Fetch {
+    /// Lanes `0..n` are the `n` floats from the vector's first one: one masked load.
+    Run,
+    /// Every lane lies in the 32 floats from the first one (a panel's vector across a row
+    /// end of the padded planes): two loads and a permute.
+    Near,
+    /// Anything else (a vector across two images): a gather.
+    Far,
+}
+
+/// Where one panel's lanes are in a [`Padded`] input, per vector of 16: its first lane's
+/// offset (from a row of `k`'s start), how it is fetched, the lanes' offsets from the
+/// first, and the panel's real lanes (the rest come out zero).
+pub(super) struct PanelLanes {
+    vectors: Vec<(usize, Fetch, [i32; 16], u16)>,
+}
+
+impl<'a> Padded<'a> {
+    /// `xs`, `n` images of `g`'s input, laid out (copied in parallel unless 1×1
+    /// stride 1). An image must be at most [`MAX_IMAGE`] floats laid out ([`image_fits`]).
+    pub(super) fn new(xs: &'a [f32], n: usize, g: &Geometry) -> Padded<'a> {
+        let (c, h, w, win) = (g.c, g.h, g.w, g.win);
+        debug_assert!(image_fits(c, (h, w), win));
+        if win.is_pointwise(h, w) {
+            return Padded {
+                layout: Layout {
+                    phases: (1, 1),
+                    rows: h,
+                    pitch: w,
+                    columns: vec![(0, w)],
+                    plane: h * w,
+                },
+                floats: Floats::Input(xs),
+                per_image: c * h * w,
+                g: *g,
+            };
+        }
+        let layout = Layout::new((h, w), win);
+        let per_image = layout.planes(c) * layout.plane;
+        // Past the last plane: what a panel's last vector reads past its reads (up to 31
+        // floats when permuting, dropped lanes all), zeros.
+        let len = n * per_image + MR;
+        let mut buf = PADDED.with(|p| p.take());
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        buf[n * per_image..len].fill(0.0);
+        let phases = layout.phases.0 * layout.phases.1;
+        buf[..n * per_image]
+            .par_chunks_mut(layout.plane)
+            .enumerate()
+            .for_each(|(i, dst)| {
+                // Planes are `[image][phase][channel]`.
+                let (image, phase, channel) = (i / (phases * c), i / c % phases, i % c);
+                let src = &xs[(image * c + channel) * h * w..][..h * w];
+                let ab = (phase / layout.phases.1, phase % layout.phases.1);
+                layout.fill(dst, src, ab, (h, w), win);
+            });
+        Padded {
+            layout,
+            floats: Floats::Copied(buf),
+            per_image,
+            g: *g,
+        }
+    }
+
+    /// Gives a copy's buffer back to the calling thread.
+    pub(super) fn finish(self) {
+        if let Floats::Copied(buf) = self.floats {
+            PADDED.with(|p| p.set(buf));
+        }
+    }
+
+    fn floats(&self) -> &[f32] {
+        match &self.floats {
+            Floats::Input(xs) => xs,
+            Floats::Copied(buf) => buf,
+        }
+    }
+
+    /// Where output pixel `q` (`image·P + p`) reads its tap `(0, 0)` of channel 0.
+    fn position(&self, q: usize) -> usize {
+        let (ow, plane) = (self.g.win.out.1, self.g.plane());
+        let (image, p) = (q / plane, q % plane);
+        image * self.per_image + p / ow * self.layout.pitch + p % ow
+    }
+
+    /// Where row `k` of the im2col matrix (tap-major: tap `k / C`, channel `k mod C`)
+    /// starts, for output pixel 0.
+    fn row(&self, k: usize) -> usize {
+        let (c, kw) = (self.g.c, self.g.win.kernel.1);
+        let t = k / c;
+        self.layout.tap((t / kw, t % kw), self.g.win.stride, c) + k % c * self.layout.plane
+    }
+
+    /// `panel`'s lanes in this input.
+    pub(super) fn lanes(&self, panel: Panel) -> PanelLanes {
+        let mut vectors = vec![(0, Fetch::Run, [0i32; 16], 0u16); panel.width / 16];
+        for (v, (first, fetch, idx, mask)) in vectors.iter_mut().enumerate() {
+            let offsets: Vec<usize> = (16 * v..panel.valid.min(16 * v + 16))
+                .map(|x| self.position(panel.q0 + x))
+                .collect();
+            let Some(&start) = offsets.first() else {
+                continue;
+            };
+            *first = start;
+            // Offsets only grow along a panel (pixels in order, images in order), and two
+            // images are at most `2 · per_image < 2³¹` floats apart: `i32` holds them.
+            let from = |o: usize| (o - start) as i32;
+            *fetch = if offsets.iter().enumerate().all(|(l, &o)| o - start == l) {
+                Fetch::Run
+            } else if offsets.iter().all(|&o| o - start < 32)
+                && matches!(self.floats, Floats::Copied(_))
+            {
+                // (Its second load may pass the planes' end: only a copy has zeros there.)
+                Fetch::Near
+            } else {
+                Fetch::Far
+            };
+            for (l, &o) in offsets.iter().enumerate() {
+                idx[l] = from(o);
+                *mask |= 1 << l;
+            }
+        }
+        PanelLanes { vectors }
+    }
+
+    /// Rows `k0..k0 + rows` of `lanes`' panel into `dst` (`rows × width`), zeros in the
+    /// lanes past the panel's pixels.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `lanes` is of this input, `k0 + rows` at most the layer's `k`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather(
+        &self,
+        lanes: &PanelLanes,
+        (k0, rows): (usize, usize),
+        dst: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let width = lanes.vectors.len() * 16;
+        let base = self.floats().as_ptr();
+        for (row, k) in dst.chunks_exact_mut(width).zip(k0..k0 + rows) {
+            let at = base.add(self.row(k));
+            for (v, (first, fetch, idx, mask)) in lanes.vectors.iter().enumerate() {
+                let (from, mask) = (at.add(*first), *mask);
+                // SAFETY: every real lane's float is in the planes; a run's load is masked
+                // to them, a near vector's second load stays within a copy's zero tail.
+                let x = match fetch {
+                    Fetch::Run => _mm512_maskz_loadu_ps(mask, from),
+                    Fetch::Near => {
+                        let idx = _mm512_loadu_si512(idx.as_ptr().cast());
+                        let (lo, hi) = (_mm512_loadu_ps(from), _mm512_loadu_ps(from.add(16)));
+                        _mm512_maskz_permutex2var_ps(mask, lo, idx, hi)
+                    }
+                    Fetch::Far => {
+                        let idx = _mm512_loadu_si512(idx.as_ptr().cast());
+                        _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, from)
+                    }
+                };
+                _mm512_storeu_ps(row.as_mut_ptr().add(16 * v), x);
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn gather(&self, _: &PanelLanes, _: (usize, usize), _: &mut [f32]) {
+        unreachable!("the packed kernel is only chosen on x86-64 with AVX-512F")
+    }
+}
+
 /// The convolution on the grid (see the module's comment).
 ///
 /// # Safety
 /// As [`super::conv`]: `sink` writes to its `out`, without merged sums; the call [`fits`].
 pub(super) unsafe fn conv(xs: &[f32], n: usize, g: &Geometry, filter: &PackedFilter, sink: &Sink) {
-    let (c, h, w, win) = (g.c, g.h, g.w, g.win);
+    let (c, win) = (g.c, g.win);
     let s = win.stride;
     let (kh, kw) = win.kernel;
     let (oh, ow) = win.out;
-    let layout = Layout::new((h, w), win);
-    let (wp, padded_plane) = (layout.pitch, layout.plane);
-    let per_image = layout.planes(c) * padded_plane;
+    let padded = Padded::new(xs, n, g);
+    let layout = &padded.layout;
+    let (wp, padded_plane, per_image) = (layout.pitch, layout.plane, padded.per_image);
     let plane = g.plane();
-    // The last panel's lanes past the grid read up to 15 floats past the last plane's
-    // reads, dropped lanes all: zeros are there to read.
-    let len = n * per_image + MR;
-    let mut padded = PADDED.with(|p| p.take());
-    if padded.len() < len {
-        padded.resize(len, 0.0);
-    }
-    padded[n * per_image..len].fill(0.0);
-    let phases = layout.phases.0 * layout.phases.1;
-    padded[..n * per_image]
-        .par_chunks_mut(padded_plane)
-        .enumerate()
-        .for_each(|(i, dst)| {
-            // Planes are `[image][phase][channel]`.
-            let (image, phase, channel) = (i / (phases * c), i / c % phases, i % c);
-            let src = &xs[(image * c + channel) * h * w..][..h * w];
-            let ab = (phase / layout.phases.1, phase % layout.phases.1);
-            layout.fill(dst, src, ab, (h, w), win);
-        });
     // Grid positions per image: the last row's extra positions are not needed.
     let positions = (oh - 1) * wp + ow;
     let panels: Vec<Panel> = (0..n)
@@ -251,7 +443,7 @@ pub(super) unsafe fn conv(xs: &[f32], n: usize, g: &Geometry, filter: &PackedFil
         }
     }
     let k = filter.k();
-    let input: &[f32] = &padded;
+    let input: &[f32] = padded.floats();
     let run = |(b, channel_panels): &(usize, std::ops::Range<usize>)| {
         let block_panels = &panels[plan.blocks[*b].clone()];
         // Each panel's image and, per vector, where its kept lanes go in an output plane.
@@ -313,7 +505,7 @@ pub(super) unsafe fn conv(xs: &[f32], n: usize, g: &Geometry, filter: &PackedFil
     } else {
         items.par_iter().for_each(run);
     }
-    PADDED.with(|p| p.set(padded));
+    padded.finish();
 }
 
 #[cfg(test)]

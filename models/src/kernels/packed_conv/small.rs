@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{pack_panel, panel_runs, Geometry, Line, PackedFilter, Panel, Sink, NR};
+use super::grid::Padded;
+use super::{Geometry, Line, PackedFilter, Panel, Sink, NR};
 
 /// Output channels per tile: two vectors.
 pub(super) const CW: usize = 32;
@@ -107,19 +108,20 @@ pub(super) unsafe fn conv(xs: &[f32], g: &Geometry, filter: &PackedFilter, sink:
             valid: plane,
             width: stride,
         };
-        let (mut runs, mut starts) = (Vec::new(), Vec::new());
-        panel_runs(g, panel, &mut runs, &mut starts);
-        // Rows in parallel chunks; every chunk walks the same runs.
+        // Rows in parallel chunks, gathered from the input laid out as the grid lays it
+        // out (each lane a fixed offset per row of `k`).
         let rows_per = k.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
+        let padded = Padded::new(xs, 1, g);
+        let lanes = padded.lanes(panel);
         buf.par_chunks_mut(rows_per * stride)
             .enumerate()
             .for_each(|(i, part)| {
-                let k0 = i * rows_per;
-                let rows = part.len() / stride;
-                // SAFETY: AVX-512F is present (the caller's contract); `part` is `rows`
-                // rows of the panel's width.
-                unsafe { pack_panel(xs, g, panel, (k0, rows), (&runs, &starts), part) };
+                let rows = (i * rows_per, part.len() / stride);
+                // SAFETY: AVX-512F is present (the caller's contract); `lanes` are
+                // `padded`'s, `part` is `rows` rows of the panel's width.
+                unsafe { padded.gather(&lanes, rows, part) };
             });
+        padded.finish();
         (&super::lines_as_floats(&mut gathered)[..k * stride], stride)
     };
     // Pixel tiles of at most PX, as even as they come.
