@@ -209,6 +209,9 @@ pub(super) struct Padded<'a> {
     floats: Floats<'a>,
     /// Floats per image: a plane per phase and channel.
     per_image: usize,
+    /// Where each row of the im2col matrix (tap-major: tap `k / C`, channel `k mod C`)
+    /// starts, for output pixel 0.
+    rows: Vec<usize>,
     g: Geometry,
 }
 
@@ -255,6 +258,7 @@ impl<'a> Padded<'a> {
                 },
                 floats: Floats::Input(xs),
                 per_image: c * h * w,
+                rows: (0..c).map(|k| k * h * w).collect(),
                 g: *g,
             };
         }
@@ -279,10 +283,18 @@ impl<'a> Padded<'a> {
                 let ab = (phase / layout.phases.1, phase % layout.phases.1);
                 layout.fill(dst, src, ab, (h, w), win);
             });
+        let (kh, kw) = win.kernel;
+        let rows = (0..kh * kw)
+            .flat_map(|t| {
+                let tap = layout.tap((t / kw, t % kw), win.stride, c);
+                (0..c).map(move |ch| tap + ch * layout.plane)
+            })
+            .collect();
         Padded {
             layout,
             floats: Floats::Copied(buf),
             per_image,
+            rows,
             g: *g,
         }
     }
@@ -301,28 +313,28 @@ impl<'a> Padded<'a> {
         }
     }
 
-    /// Where output pixel `q` (`image·P + p`) reads its tap `(0, 0)` of channel 0.
-    fn position(&self, q: usize) -> usize {
-        let (ow, plane) = (self.g.win.out.1, self.g.plane());
-        let (image, p) = (q / plane, q % plane);
-        image * self.per_image + p / ow * self.layout.pitch + p % ow
-    }
-
-    /// Where row `k` of the im2col matrix (tap-major: tap `k / C`, channel `k mod C`)
-    /// starts, for output pixel 0.
-    fn row(&self, k: usize) -> usize {
-        let (c, kw) = (self.g.c, self.g.win.kernel.1);
-        let t = k / c;
-        self.layout.tap((t / kw, t % kw), self.g.win.stride, c) + k % c * self.layout.plane
-    }
-
     /// `panel`'s lanes in this input.
     pub(super) fn lanes(&self, panel: Panel) -> PanelLanes {
+        let (ow, plane) = (self.g.win.out.1, self.g.plane());
         let mut vectors = vec![(0, Fetch::Run, [0i32; 16], 0u16); panel.width / 16];
+        // Where output pixel `q0` (`image·P + p`) reads its tap `(0, 0)` of channel 0; then
+        // pixel by pixel.
+        let (mut image, p) = (panel.q0 / plane, panel.q0 % plane);
+        let (mut p, mut oy, mut ox) = (p, p / ow, p % ow);
+        let mut offsets = [0usize; 16];
         for (v, (first, fetch, idx, mask)) in vectors.iter_mut().enumerate() {
-            let offsets: Vec<usize> = (16 * v..panel.valid.min(16 * v + 16))
-                .map(|x| self.position(panel.q0 + x))
-                .collect();
+            let real = panel.valid.saturating_sub(16 * v).min(16);
+            for o in &mut offsets[..real] {
+                *o = image * self.per_image + oy * self.layout.pitch + ox;
+                (p, ox) = (p + 1, ox + 1);
+                if ox == ow {
+                    (oy, ox) = (oy + 1, 0);
+                }
+                if p == plane {
+                    (image, p, oy, ox) = (image + 1, 0, 0, 0);
+                }
+            }
+            let offsets = &offsets[..real];
             let Some(&start) = offsets.first() else {
                 continue;
             };
@@ -365,7 +377,7 @@ impl<'a> Padded<'a> {
         let width = lanes.vectors.len() * 16;
         let base = self.floats().as_ptr();
         for (row, k) in dst.chunks_exact_mut(width).zip(k0..k0 + rows) {
-            let at = base.add(self.row(k));
+            let at = base.add(self.rows[k]);
             for (v, (first, fetch, idx, mask)) in lanes.vectors.iter().enumerate() {
                 let (from, mask) = (at.add(*first), *mask);
                 // SAFETY: every real lane's float is in the planes; a run's load is masked
