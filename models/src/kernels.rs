@@ -687,7 +687,7 @@ impl PackedConv<'_> {
         let win = self.window;
         win.check(op)?;
         if !packed_conv::image_fits(c, h, w, win) {
-            bail!("{op}: a {c}x{h}x{w} image is more than the 2^30 floats it takes padded")
+            bail!("{op}: a {c}x{h}x{w} image is more than the 2^27 floats it takes padded")
         }
         let (oh, ow) = win.out;
         let c_out = self.filter.c_out();

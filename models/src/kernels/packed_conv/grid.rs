@@ -41,7 +41,7 @@ const LANES_MORE: (usize, usize) = (21, 20);
 const STRIDED_MIN_CHANNELS: usize = 16;
 
 thread_local! {
-    /// A grid call's zero-padded input planes, kept by the calling thread.
+    /// A call's input laid out ([`Padded`]), kept by the calling thread.
     static PADDED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
@@ -65,9 +65,9 @@ pub(super) fn fits(n: usize, c: usize, (h, w): (usize, usize), win: Window) -> b
     positions.next_multiple_of(16) * LANES_MORE.1 <= plane.next_multiple_of(16) * LANES_MORE.0
 }
 
-/// Most floats of one image laid out ([`Padded`]): a panel's lanes are `i32` offsets, and
-/// a vector's lanes lie in at most two images.
-const MAX_IMAGE: usize = 1 << 30;
+/// Most floats of one image laid out ([`Padded`]): a vector's lanes are `i32` offsets from
+/// its first, and its 16 pixels lie in at most 16 images (`16 · 2²⁷ = 2³¹`).
+const MAX_IMAGE: usize = 1 << 27;
 
 /// Whether one image of `c × h × w` under `win` is at most [`MAX_IMAGE`] floats laid out.
 pub(super) fn image_fits(c: usize, (h, w): (usize, usize), win: Window) -> bool {
@@ -339,8 +339,9 @@ impl<'a> Padded<'a> {
                 continue;
             };
             *first = start;
-            // Offsets only grow along a panel (pixels in order, images in order), and two
-            // images are at most `2 · per_image < 2³¹` floats apart: `i32` holds them.
+            // Offsets only grow along a panel (pixels in order, images in order), and the
+            // vector's pixels lie in at most 16 images of at most `MAX_IMAGE` floats:
+            // `i32` holds them.
             let from = |o: usize| (o - start) as i32;
             *fetch = if offsets.iter().enumerate().all(|(l, &o)| o - start == l) {
                 Fetch::Run
@@ -595,5 +596,24 @@ mod tests {
         assert_eq!(same(224, 7, 2, 3), 114);
         assert_eq!(same(56, 3, 2, 1), 29);
         assert_eq!(same(56, 1, 2, 0), 28);
+    }
+
+    /// An image whose laid-out floats a vector's `i32` offsets could not reach is refused
+    /// (the convolution then errs instead of reading astray); the models' layers are taken.
+    #[test]
+    fn images_past_the_offsets_reach_are_refused() {
+        let win = |k: usize, s: usize, out: usize| Window {
+            kernel: (k, k),
+            stride: s,
+            pad_before: (k / 2, k / 2),
+            out: (out, out),
+        };
+        assert!(image_fits(3, (224, 224), win(7, 2, 112)));
+        assert!(image_fits(2048, (7, 7), win(1, 1, 7)));
+        assert!(image_fits(512, (14, 14), win(3, 2, 7)));
+        // 2²⁷ floats exactly as a 1×1 layer's input; one channel more is past it.
+        assert!(image_fits(1 << 11, (256, 256), win(1, 1, 256)));
+        assert!(!image_fits((1 << 11) + 1, (256, 256), win(1, 1, 256)));
+        assert!(!image_fits(64, (2048, 2048), win(3, 1, 2048)));
     }
 }
