@@ -165,9 +165,14 @@ impl Layout {
                 continue;
             };
             let src = &src[iy * w..(iy + 1) * w];
-            // The input column of phase column `lo` (at least 0 by `lo`'s bound).
-            let x0 = b + s * lo - left;
             row[..lo].fill(0.0);
+            row[hi..].fill(0.0);
+            if hi == lo {
+                continue;
+            }
+            // The input column of phase column `lo` (at least 0 by `lo`'s bound, which only
+            // the columns read can cut short, and then `hi = lo`).
+            let x0 = b + s * lo - left;
             match s {
                 1 => row[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]),
                 2 => copy_stride2(&mut row[lo..hi], &src[x0..]),
@@ -177,7 +182,6 @@ impl Layout {
                     }
                 }
             }
-            row[hi..].fill(0.0);
         }
     }
 }
@@ -542,6 +546,8 @@ mod tests {
             ((6, 12), (3, 3), 1, (0, 0), (4, 10)),
             ((8, 10), (4, 4), 1, (1, 1), (7, 9)),
             ((9, 9), (1, 1), 1, (1, 1), (11, 11)),
+            // Padding past every column read: no input in any row.
+            ((4, 4), (3, 3), 1, (1, 9), (4, 2)),
             ((20, 20), (7, 7), 2, (3, 3), (10, 10)),
             ((14, 15), (3, 3), 2, (1, 1), (7, 8)),
             ((13, 13), (3, 3), 2, (0, 0), (6, 6)),
