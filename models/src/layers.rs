@@ -528,10 +528,10 @@ mod tests {
             (16, 16, (3, 3), 2, (49, 52), 2, Padding::Same),
             (20, 24, (1, 1), 2, (45, 44), 1, Padding::Fixed(0, 0)),
             (17, 8, (5, 4), 3, (40, 41), 1, Padding::Fixed(2, 1)),
+            (600, 13, (3, 3), 2, (26, 26), 1, Padding::Fixed(1, 1)),
             // Planes of 9 and 6 pixels sharing panels: a vector across three images or more.
             (6, 20, (3, 3), 1, (3, 3), 4, Padding::Fixed(1, 1)),
             (12, 16, (1, 1), 1, (2, 3), 7, Padding::Fixed(0, 0)),
-            (600, 13, (3, 3), 2, (26, 26), 1, Padding::Fixed(1, 1)),
             // One image's small planes with the channels as the lanes (`small.rs`; the
             // 25-, 36-, 49- and 50-pixel cases above go there too): gathered with stride 2
             // (a 3×3 and a 1×1 layer), 70 channels (a partial channel tile), 64 channels on
