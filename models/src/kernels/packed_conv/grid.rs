@@ -416,7 +416,6 @@ impl<'a> Padded<'a> {
 /// As [`super::conv`]: `sink` writes to its `out`, without merged sums; the call [`fits`].
 pub(super) unsafe fn conv(xs: &[f32], n: usize, g: &Geometry, filter: &PackedFilter, sink: &Sink) {
     let (c, win) = (g.c, g.win);
-    let s = win.stride;
     let (kh, kw) = win.kernel;
     let (oh, ow) = win.out;
     let padded = Padded::new(xs, n, g);
@@ -439,15 +438,16 @@ pub(super) unsafe fn conv(xs: &[f32], n: usize, g: &Geometry, filter: &PackedFil
     let items = plan.items(n_panels, threads, plan.split);
     // Blocks of `k` (tap-major, as the filter is packed): whole taps of all channels up to
     // KC rows, or one tap's channels in parts of at most KC. Each block lists where its
-    // segments start from an image's first plane.
+    // segments start from an image's first plane: where their first rows of `k` start.
     let taps = kh * kw;
-    let tap_at = |t: usize| layout.tap((t / kw, t % kw), s, c);
     let mut k_blocks: Vec<(usize, usize, Vec<usize>)> = Vec::new();
     if c <= KC {
         let n_blocks = taps.div_ceil((KC / c).max(1));
         let per = taps.div_ceil(n_blocks);
         for t0 in (0..taps).step_by(per) {
-            let starts = (t0..(t0 + per).min(taps)).map(tap_at).collect();
+            let starts = (t0..(t0 + per).min(taps))
+                .map(|t| padded.rows[t * c])
+                .collect();
             k_blocks.push((t0 * c, c, starts));
         }
     } else {
@@ -455,7 +455,7 @@ pub(super) unsafe fn conv(xs: &[f32], n: usize, g: &Geometry, filter: &PackedFil
         for t in 0..taps {
             for c0 in (0..c).step_by(size) {
                 let rows = size.min(c - c0);
-                k_blocks.push((t * c + c0, rows, vec![c0 * padded_plane + tap_at(t)]));
+                k_blocks.push((t * c + c0, rows, vec![padded.rows[t * c + c0]]));
             }
         }
     }
