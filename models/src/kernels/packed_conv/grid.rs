@@ -61,7 +61,7 @@ pub(super) fn fits(n: usize, c: usize, (h, w): (usize, usize), win: Window) -> b
     }
     // The grid's panels cover `positions` per image, the gathered ones `plane`: both in
     // whole vectors.
-    let positions = (win.out.0 - 1) * Layout::new((h, w), win).pitch + win.out.1;
+    let positions = (win.out.0 - 1) * Layout::new(w, win).pitch + win.out.1;
     positions.next_multiple_of(16) * LANES_MORE.1 <= plane.next_multiple_of(16) * LANES_MORE.0
 }
 
@@ -74,7 +74,7 @@ pub(super) fn image_fits(c: usize, (h, w): (usize, usize), win: Window) -> bool 
     let floats = if win.is_pointwise(h, w) {
         c.checked_mul(h * w)
     } else {
-        let layout = Layout::new((h, w), win);
+        let layout = Layout::new(w, win);
         layout.planes(c).checked_mul(layout.plane)
     };
     floats.is_some_and(|f| f <= MAX_IMAGE)
@@ -85,7 +85,7 @@ pub(super) fn image_fits(c: usize, (h, w): (usize, usize), win: Window) -> bool 
 /// `a` is the padded input's row `a + s·ρ`; phase column `χ` of phase `b` its column
 /// `b + s·χ`, which holds the input's column `b + s·χ − left` for `χ` in `columns[b]` and
 /// a zero elsewhere.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 struct Layout {
     phases: (usize, usize),
     rows: usize,
@@ -98,7 +98,8 @@ struct Layout {
 }
 
 impl Layout {
-    fn new((_h, w): (usize, usize), win: Window) -> Layout {
+    /// The layout of inputs `w` columns wide under `win`.
+    fn new(w: usize, win: Window) -> Layout {
         let s = win.stride;
         let (kh, kw) = win.kernel;
         let (oh, ow) = win.out;
@@ -266,7 +267,7 @@ impl<'a> Padded<'a> {
                 g: *g,
             };
         }
-        let layout = Layout::new((h, w), win);
+        let layout = Layout::new(w, win);
         let per_image = layout.planes(c) * layout.plane;
         // Past the last plane: what a panel's last vector reads past its reads (up to 31
         // floats when permuting, dropped lanes all), zeros.
@@ -562,7 +563,7 @@ mod tests {
                 pad_before: (top, left),
                 out: (oh, ow),
             };
-            let layout = Layout::new((h, w), win);
+            let layout = Layout::new(w, win);
             assert!(layout.pitch >= ow, "{win:?}: pitch {}", layout.pitch);
             // The input's floats are their own index + 1: never zero.
             let src: Vec<f32> = (0..h * w).map(|i| (i + 1) as f32).collect();
@@ -595,7 +596,7 @@ mod tests {
                 pad_before: (pad, pad),
                 out: (out, out),
             };
-            Layout::new((w, w), win).pitch
+            Layout::new(w, win).pitch
         };
         assert_eq!(same(56, 3, 1, 1), 57);
         assert_eq!(same(35, 5, 1, 2), 37);
