@@ -30,7 +30,8 @@ const MAX_PLANE: usize = 480;
 /// Rows of `k` per block: a tile's block of weights (16 KiB) stays in L1 while every pixel
 /// tile uses it, so each weight comes from memory once per call.
 const KB: usize = 128;
-/// Rows of `k` ahead the kernel asks for its weights.
+/// Rows of `k` ahead the kernel asks for its weights in L1 (it asks for the next block's,
+/// [`KB`] rows ahead, in L2).
 const WEIGHTS_AHEAD: usize = 16;
 
 /// Whether one image's `plane`-pixel output goes through this path: where the pixel-major
@@ -304,6 +305,12 @@ unsafe fn micro<const P: usize>(
     for _ in 0..k {
         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(WEIGHTS_AHEAD * CW).cast());
         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(WEIGHTS_AHEAD * CW + 16).cast());
+        // The next block's row into L2: a pass at batch 1 reads these weights once, from
+        // memory, and a row serves at most 12 pixels — too little work to wait out memory's
+        // latency at 16 rows ahead (cold 1×1 layers on 7×7 planes ran 10–15 % slower).
+        // Past the tile's last block it fetches the next tile's first rows, or nothing.
+        _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(KB * CW).cast());
+        _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(KB * CW + 16).cast());
         let w0 = _mm512_loadu_ps(w);
         let w1 = _mm512_loadu_ps(w.add(16));
         for (x, acc) in acc.iter_mut().enumerate() {
