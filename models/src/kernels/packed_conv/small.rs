@@ -308,7 +308,8 @@ unsafe fn micro<const P: usize>(
         // The next block's row into L2: a pass at batch 1 reads these weights once, from
         // memory, and a row serves at most 12 pixels — too little work to wait out memory's
         // latency at 16 rows ahead (cold 1×1 layers on 7×7 planes ran 10–15 % slower).
-        // Past the tile's last block it fetches the next tile's first rows, or nothing.
+        // Past a channel tile's last block it fetches the next channel tile's first rows, or
+        // nothing (past the weights' end).
         _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(KB * CW).cast());
         _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(KB * CW + 16).cast());
         let w0 = _mm512_loadu_ps(w);
