@@ -138,10 +138,11 @@ impl Block {
 
 /// Images per group in a bottleneck ResNet's late part. Its 1×1 layers on 14×14 planes
 /// (1024 channels) ran 5–15 % slower on 32 images than on 8 — the activations, 25 MB,
-/// outgrow the caches — while the 7×7 stage gains little from more images; whole passes
-/// at batch 32 measured ResNet-50 +2.5 % (one thread) and +3.5 % (two), ResNet-101 +3.4 %
-/// and +1.1 %, in groups of 8. ResNet-18's late layers are 3×3 and lost 2.9 % on two
-/// threads in groups, so basic-block networks take the whole batch.
+/// outgrow the caches — while the 7×7 stage gains little from more images. Whole passes at
+/// batch 32 in groups of 8: one thread ResNet-50 +1.4 to +2.5 %, ResNet-101 +2.1 to +3.4 %;
+/// two threads within noise (−3.5 to +3.5 %); peak memory lower (the late activations of 8
+/// images, not 32). ResNet-18's late layers are 3×3 and lost 2.9 % on two threads in
+/// groups, so basic-block networks take the whole batch.
 const LATE_GROUP: usize = 8;
 
 /// A loaded ResNet classifier (`(N, 3, H, W) -> (N, 1000)` logits).
