@@ -687,7 +687,10 @@ impl PackedConv<'_> {
         let win = self.window;
         win.check(op)?;
         if !packed_conv::image_fits(c, h, w, win) {
-            bail!("{op}: a {c}x{h}x{w} image is more than the 2^27 floats it takes padded")
+            bail!(
+                "{op}: a {c}x{h}x{w} image is more than the {} floats it takes padded",
+                packed_conv::MAX_IMAGE
+            )
         }
         let (oh, ow) = win.out;
         let c_out = self.filter.c_out();

@@ -74,8 +74,11 @@ pub fn available() -> bool {
     }
 }
 
-/// Whether [`conv`] takes one image of `c × h × w` under `win`: at most 2²⁷ floats (512
-/// MiB) once laid out for gathering (zero-padded, split into stride phases).
+/// Most floats one image may take laid out for gathering (2²⁷, 512 MiB).
+pub const MAX_IMAGE: usize = grid::MAX_IMAGE;
+
+/// Whether [`conv`] takes one image of `c × h × w` under `win`: at most [`MAX_IMAGE`]
+/// floats once laid out for gathering (zero-padded, split into stride phases).
 pub fn image_fits(c: usize, h: usize, w: usize, win: Window) -> bool {
     grid::image_fits(c, (h, w), win)
 }

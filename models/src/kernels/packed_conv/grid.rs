@@ -67,7 +67,7 @@ pub(super) fn fits(n: usize, c: usize, (h, w): (usize, usize), win: Window) -> b
 
 /// Most floats of one image laid out ([`Padded`]): a vector's lanes are `i32` offsets from
 /// its first, and its 16 pixels lie in at most 16 images (`16 · 2²⁷ = 2³¹`).
-const MAX_IMAGE: usize = 1 << 27;
+pub(super) const MAX_IMAGE: usize = 1 << 27;
 
 /// Whether one image of `c × h × w` under `win` is at most [`MAX_IMAGE`] floats laid out.
 pub(super) fn image_fits(c: usize, (h, w): (usize, usize), win: Window) -> bool {
