@@ -315,16 +315,23 @@ async fn loaded_on(client: &Client, model: &str) -> usize {
         .count()
 }
 
-/// Registers synthetic model `name` (`cost_ms` of CPU per image, served one image per batch
-/// with no queue delay) and loads it on one worker: one request, then that worker's
-/// heartbeat lists it.
-async fn one_image_batches_loaded_once(client: &Client, addr: &str, name: &str, cost_ms: u64) {
+/// Registers synthetic model `name` (`cost_ms` of CPU per image, served one image per batch,
+/// a request's queue delay `delay_ms`; with one image per batch every request is due at once,
+/// so the delay only sets when a request spills to a worker without the model) and loads it
+/// on one worker: one request, then that worker's heartbeat lists it.
+async fn one_image_batches_loaded_once(
+    client: &Client,
+    addr: &str,
+    name: &str,
+    cost_ms: u64,
+    delay_ms: u64,
+) {
     common::synthetic_models(client, addr, &[]).await;
     let _: Value = client
         .post(
             "/v1/models",
             &json!({"name": name, "arch": "synthetic", "weights": "models/syn.safetensors",
-                    "cost_ms": cost_ms, "online": {"max_batch_size": 1, "max_queue_delay_ms": 0}}),
+                    "cost_ms": cost_ms, "online": {"max_batch_size": 1, "max_queue_delay_ms": delay_ms}}),
         )
         .await
         .unwrap();
@@ -356,7 +363,7 @@ async fn a_burst_spills_to_a_second_worker_when_the_loaded_one_cannot_keep_up() 
     let addr = c.coordinator_addrs()[0].clone();
     let client = c.client();
     // 150 ms of CPU per image, one image per batch: one worker serves ~6 requests/s.
-    one_image_batches_loaded_once(&client, &addr, "slow", 150).await;
+    one_image_batches_loaded_once(&client, &addr, "slow", 150, 0).await;
     // Twelve at once would take that worker ~1.8 s; the oldest waits past the spill limit
     // within a few of them, so the other worker loads the model and serves too.
     futures::future::join_all((1..=12).map(|i| infer_tiny(&addr, "slow", i))).await;
@@ -374,20 +381,15 @@ async fn a_second_worker_takes_a_due_batch_while_the_loaded_one_is_busy() {
     let (c, _dir) = cluster(1, 1, 2, |_| {}).await;
     let addr = c.coordinator_addrs()[0].clone();
     let client = c.client();
-    // 60 ms of CPU per image, one image per batch, no queue delay.
-    one_image_batches_loaded_once(&client, &addr, "steady", 60).await;
-    // Three clients, three requests each: the loaded worker runs one and holds the next, so
-    // the third is due while it is busy. No request waits the 100 ms spill limit (each waits
-    // at most one 60 ms image), so only "every loaded worker is busy" hands it to the other.
-    let client_run = |k: usize| {
-        let addr = &addr;
-        async move {
-            for round in 0..3 {
-                infer_tiny(addr, "steady", 1 + k * 3 + round).await;
-            }
-        }
-    };
-    futures::future::join_all((0..3).map(client_run)).await;
+    // 400 ms of CPU per image, one image per batch. The 10 s queue delay (the most a model
+    // may set) puts the spill limit past the whole test: only "every worker with the model
+    // is busy" can hand a request to the other worker.
+    one_image_batches_loaded_once(&client, &addr, "steady", 400, 10_000).await;
+    // Six at once: the loaded worker (two threads) runs two one-image batches at a time and
+    // holds one more, asking for no further until it starts that, so the rest are due while
+    // it is busy and go to the other worker at once. Were they left to the loaded worker, it
+    // would answer all six within ~2 s, well before any spill.
+    futures::future::join_all((1..=6).map(|i| infer_tiny(&addr, "steady", i))).await;
     eventually("the second worker to have loaded the model", || async {
         (loaded_on(&client, "steady").await == 2).then_some(())
     })

@@ -219,7 +219,7 @@ impl Online {
 
     /// Takes the next batch of `model` for `worker` (answering lease call `request`): whole
     /// requests from the head of the queue, as many as fit in `max_batch` images (at least
-    /// one).
+    /// one). Wakes the waiting lease calls if requests are left.
     pub fn take(
         &self,
         model: &str,
@@ -264,6 +264,13 @@ impl Online {
                 leased: Instant::now(),
             },
         );
+        // `worker` is busy now: a waiting lease call of another worker may take what is left
+        // (the rule that hands a due batch on when every worker with its model is busy).
+        let left = !inner.queues.is_empty();
+        drop(inner);
+        if left {
+            self.wake.notify_waiters();
+        }
         Some(TakenBatch {
             batch_id,
             inputs,
@@ -495,6 +502,30 @@ mod tests {
             .unwrap());
         assert_eq!(c.await.unwrap().unwrap(), vec![output(4), output(5)]);
         assert!(online.is_empty());
+    }
+
+    #[test]
+    fn taking_a_batch_wakes_the_waiting_lease_calls_only_while_requests_are_left() {
+        use futures::FutureExt;
+        let online = Online::default();
+        let _a = online
+            .submit("m", vec![image(1)], 0, later(10_000))
+            .unwrap();
+        let _b = online
+            .submit("m", vec![image(2)], 0, later(10_000))
+            .unwrap();
+        // A lease call waiting (as `lease` waits) while another worker takes the first: the
+        // second request is left, and the taker is busy now, so the call looks again.
+        let waiting = online.wake.notified();
+        futures::pin_mut!(waiting);
+        waiting.as_mut().enable();
+        online.take("m", 1, "w1", "r1").unwrap();
+        assert!(waiting.now_or_never().is_some(), "woken: a request is left");
+        let waiting = online.wake.notified();
+        futures::pin_mut!(waiting);
+        waiting.as_mut().enable();
+        online.take("m", 1, "w1", "r2").unwrap();
+        assert!(waiting.now_or_never().is_none(), "nothing left to take");
     }
 
     #[tokio::test]
