@@ -398,6 +398,33 @@ async fn a_second_worker_takes_a_due_batch_while_the_loaded_one_is_busy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_worker_with_room_keeps_its_models_requests() {
+    common::init_log();
+    let (c, _dir) = cluster(1, 1, 2, |_| {}).await;
+    let addr = c.coordinator_addrs()[0].clone();
+    let client = c.client();
+    one_image_batches_loaded_once(&client, &addr, "steady", 400, 10_000).await;
+    // A worker is ready once it has a model loaded: only the one that served so far.
+    let ready = || async {
+        let mut ready = Vec::new();
+        for i in 0..2 {
+            let worker = c.worker(i).unwrap().listen_addr();
+            let (code, _) = http(Method::GET, &format!("http://{worker}/readyz"), &[], None).await;
+            ready.push(code == StatusCode::OK);
+        }
+        ready
+    };
+    let before = ready().await;
+    assert_eq!(before.iter().filter(|r| **r).count(), 1, "{before:?}");
+    // Two at once: the loaded worker runs them side by side (two threads), asking again as
+    // soon as it starts the first, so the other worker is not given the second (it would
+    // load the model for it: ready then, before answering).
+    futures::future::join_all((1..=2).map(|i| infer_tiny(&addr, "steady", i))).await;
+    assert_eq!(ready().await, before);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_survives_its_worker_being_killed_and_is_answered_once() {
     let (mut c, _dir) = cluster(1, 1, 1, |_| {}).await;
     let addr = c.coordinator_addrs()[0].clone();

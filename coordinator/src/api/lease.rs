@@ -77,6 +77,8 @@ pub(super) async fn lease(
         )));
     }
     let request = request_id(&headers);
+    // Open until this call returns (or its client goes away): the worker is asking.
+    let _asking = c.online.asking(&worker);
     let called = Instant::now();
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms).min(MAX_WAIT);
     let mut shutdown = c.shutdown.clone();
@@ -248,8 +250,9 @@ fn decide(c: &Coordinator, worker: &str, prepared: &[LeaseRef]) -> Decision {
 
 /// How long past its batching delay an online request may wait for the workers that have its
 /// model loaded, while one of them is free, before another worker is given its batch (and
-/// loads the model). While every one of them has an online batch in hand, another worker is
-/// given the batch as soon as it is due.
+/// loads the model). While every one of them is occupied (see
+/// [`crate::online::Online::all_occupied`]), another worker is given the batch as soon as it
+/// is due.
 const SPILL_AFTER: Duration = Duration::from_millis(100);
 
 /// The model whose online batch `worker` should run now (due, and the worker runs it,
@@ -265,7 +268,6 @@ fn due_online(
     let alive = c.config.lease_timeout();
     let mut best: Option<(Instant, String, Batching)> = None;
     let mut next: Option<Instant> = None;
-    let busy = c.online.running_workers();
     for (model, oldest) in c.online.waiting() {
         let Some(record) = state.models.get(&model) else {
             continue;
@@ -287,13 +289,18 @@ fn due_online(
         };
         let loaded = workers.with_model(&model, alive);
         if !loaded.is_empty() && !loaded.iter().any(|w| w == worker) {
-            // Every worker with the model has an online batch in hand: the batch would wait
-            // for one of them to finish, so this one takes it (and loads the model) now.
-            let all_busy = loaded.iter().all(|w| busy.contains(w));
+            // Every worker with the model is occupied (an online batch in hand, and not back
+            // for more): the batch would wait for one of them to finish, so this one takes it
+            // (and loads the model) now. A worker with the model that is asking takes it.
             let spill_at = oldest + batching.max_delay + SPILL_AFTER;
-            if !all_busy && now < spill_at {
-                next = Some(next.map_or(spill_at, |n| n.min(spill_at)));
-                continue;
+            match c.online.all_occupied(&loaded, now) {
+                Ok(()) => {}
+                Err(_) if now >= spill_at => {}
+                Err(recheck) => {
+                    let at = recheck.map_or(spill_at, |r| r.min(spill_at));
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    continue;
+                }
             }
         }
         match c.online.due(&model, batching, now) {

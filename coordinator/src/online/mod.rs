@@ -29,6 +29,11 @@ use tokio::sync::{oneshot, Notify};
 /// Requests a leader holds at most (queued and running); more are refused with 503.
 pub const MAX_PENDING: usize = 4096;
 
+/// How long after its lease call ended a worker holding an online batch may still be on its
+/// way back for another (it asks again as soon as a compute slot starts the one it got, which
+/// on a worker with a free slot takes a few milliseconds): until then it is not occupied.
+pub const RETURN_GRACE: Duration = Duration::from_millis(50);
+
 /// Why an online request got no outputs: no answer can come now (deadline, leadership lost,
 /// a full queue) — a 503. (An input the worker could not use is in its output instead.)
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +77,16 @@ struct Inner {
     next_batch: u64,
     /// Images handed out (less those put back): what the scheduler charges online traffic.
     served: u64,
+    /// Workers with a lease call open, or whose last one ended within [`RETURN_GRACE`].
+    asking: HashMap<String, Asking>,
+}
+
+/// A worker's lease calls on this leader.
+#[derive(Debug, Clone, Copy)]
+struct Asking {
+    open: usize,
+    /// When the last one ended (`None` while the first is open).
+    ended: Option<Instant>,
 }
 
 impl Inner {
@@ -123,6 +138,30 @@ pub struct TakenBatch {
     pub top_k: u32,
     /// How long each of its requests waited in the queue.
     pub waited: Vec<Duration>,
+}
+
+/// An open lease call (see [`Online::asking`]). Dropping it closes the call; if requests are
+/// waiting then, the other lease calls look again: the worker may have left with the batch
+/// that leaves every worker with that model occupied.
+pub struct AskingGuard<'a> {
+    online: &'a Online,
+    worker: String,
+}
+
+impl Drop for AskingGuard<'_> {
+    fn drop(&mut self) {
+        let waiting = {
+            let mut inner = self.online.lock();
+            if let Some(a) = inner.asking.get_mut(&self.worker) {
+                a.open = a.open.saturating_sub(1);
+                a.ended = Some(Instant::now());
+            }
+            !inner.queues.is_empty()
+        };
+        if waiting {
+            self.online.wake.notify_waiters();
+        }
+    }
 }
 
 impl Online {
@@ -219,7 +258,7 @@ impl Online {
 
     /// Takes the next batch of `model` for `worker` (answering lease call `request`): whole
     /// requests from the head of the queue, as many as fit in `max_batch` images (at least
-    /// one). Wakes the waiting lease calls if requests are left.
+    /// one).
     pub fn take(
         &self,
         model: &str,
@@ -264,13 +303,6 @@ impl Online {
                 leased: Instant::now(),
             },
         );
-        // `worker` is busy now: a waiting lease call of another worker may take what is left
-        // (the rule that hands a due batch on when every worker with its model is busy).
-        let left = !inner.queues.is_empty();
-        drop(inner);
-        if left {
-            self.wake.notify_waiters();
-        }
         Some(TakenBatch {
             batch_id,
             inputs,
@@ -286,6 +318,53 @@ impl Online {
             .values()
             .map(|b| b.worker.clone())
             .collect()
+    }
+
+    /// Marks a lease call of `worker` open until the guard drops. A worker asking can take
+    /// an online batch now, so it does not count as busy (see [`Online::all_occupied`]).
+    pub fn asking(&self, worker: &str) -> AskingGuard<'_> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner
+            .asking
+            .retain(|_, a| a.open > 0 || a.ended.is_some_and(|t| now < t + RETURN_GRACE));
+        inner
+            .asking
+            .entry(worker.to_string())
+            .or_insert(Asking {
+                open: 0,
+                ended: None,
+            })
+            .open += 1;
+        AskingGuard {
+            online: self,
+            worker: worker.to_string(),
+        }
+    }
+
+    /// Whether every one of `workers` is occupied at `now`: has an online batch in hand, no
+    /// lease call open, and its last one ended at least [`RETURN_GRACE`] ago (it did not come
+    /// back for more: its compute slots are full). `Err(Some(at))`: not yet, but they may be
+    /// at `at` (one is still within its grace); `Err(None)`: one of them is free or asking.
+    pub fn all_occupied(&self, workers: &[String], now: Instant) -> Result<(), Option<Instant>> {
+        let inner = self.lock();
+        let mut recheck: Option<Instant> = None;
+        for worker in workers {
+            if !inner.in_flight.values().any(|b| &b.worker == worker) {
+                return Err(None);
+            }
+            match inner.asking.get(worker) {
+                Some(a) if a.open > 0 => return Err(None),
+                Some(Asking {
+                    ended: Some(ended), ..
+                }) if now < *ended + RETURN_GRACE => {
+                    let at = *ended + RETURN_GRACE;
+                    recheck = Some(recheck.map_or(at, |r| r.min(at)));
+                }
+                _ => {}
+            }
+        }
+        recheck.map_or(Ok(()), |at| Err(Some(at)))
     }
 
     /// Images handed out so far, less those put back (the scheduler's charge).
@@ -505,7 +584,41 @@ mod tests {
     }
 
     #[test]
-    fn taking_a_batch_wakes_the_waiting_lease_calls_only_while_requests_are_left() {
+    fn a_worker_is_occupied_once_it_holds_a_batch_and_did_not_come_back_for_more() {
+        let online = Online::default();
+        let w1 = vec!["w1".to_string()];
+        for tag in 1..=2 {
+            let _ = online
+                .submit("m", vec![image(tag)], 0, later(10_000))
+                .unwrap();
+        }
+        // Nothing in hand: free.
+        assert_eq!(online.all_occupied(&w1, Instant::now()), Err(None));
+        let call = online.asking("w1");
+        online.take("m", 1, "w1", "r1").unwrap();
+        // A batch in hand, but still in the call that took it: it may take the next too.
+        assert_eq!(online.all_occupied(&w1, Instant::now()), Err(None));
+        drop(call);
+        let ended = Instant::now();
+        // Just left: it may be on its way back (a free compute slot) until the grace ends.
+        match online.all_occupied(&w1, ended) {
+            Err(Some(at)) => assert!(at > ended && at <= ended + RETURN_GRACE),
+            other => panic!("within the grace: {other:?}"),
+        }
+        // Back for more within the grace: asking again, so not occupied.
+        let again = online.asking("w1");
+        assert_eq!(online.all_occupied(&w1, ended), Err(None));
+        drop(again);
+        // Did not come back: occupied.
+        let after = Instant::now() + RETURN_GRACE;
+        assert_eq!(online.all_occupied(&w1, after), Ok(()));
+        // Every worker must be: one free worker beside it is enough.
+        let both = vec!["w1".to_string(), "w2".to_string()];
+        assert_eq!(online.all_occupied(&both, after), Err(None));
+    }
+
+    #[test]
+    fn a_lease_call_ending_wakes_the_others_only_while_requests_wait() {
         use futures::FutureExt;
         let online = Online::default();
         let _a = online
@@ -514,18 +627,22 @@ mod tests {
         let _b = online
             .submit("m", vec![image(2)], 0, later(10_000))
             .unwrap();
-        // A lease call waiting (as `lease` waits) while another worker takes the first: the
-        // second request is left, and the taker is busy now, so the call looks again.
-        let waiting = online.wake.notified();
-        futures::pin_mut!(waiting);
-        waiting.as_mut().enable();
+        // Another worker's call waits (as `lease` waits) while this one leaves with the first
+        // request: the second is left, so the waiting call looks again.
+        let call = online.asking("w1");
         online.take("m", 1, "w1", "r1").unwrap();
-        assert!(waiting.now_or_never().is_some(), "woken: a request is left");
         let waiting = online.wake.notified();
         futures::pin_mut!(waiting);
         waiting.as_mut().enable();
+        drop(call);
+        assert!(waiting.now_or_never().is_some(), "woken: a request waits");
+        let call = online.asking("w1");
         online.take("m", 1, "w1", "r2").unwrap();
-        assert!(waiting.now_or_never().is_none(), "nothing left to take");
+        let waiting = online.wake.notified();
+        futures::pin_mut!(waiting);
+        waiting.as_mut().enable();
+        drop(call);
+        assert!(waiting.now_or_never().is_none(), "nothing waits");
     }
 
     #[tokio::test]
