@@ -587,11 +587,13 @@ mod tests {
     fn a_worker_is_occupied_once_it_holds_a_batch_and_did_not_come_back_for_more() {
         let online = Online::default();
         let w1 = vec!["w1".to_string()];
-        for tag in 1..=2 {
-            let _ = online
-                .submit("m", vec![image(tag)], 0, later(10_000))
-                .unwrap();
-        }
+        let _replies: Vec<_> = (1..=2)
+            .map(|tag| {
+                online
+                    .submit("m", vec![image(tag)], 0, later(10_000))
+                    .unwrap()
+            })
+            .collect();
         // Nothing in hand: free.
         assert_eq!(online.all_occupied(&w1, Instant::now()), Err(None));
         let call = online.asking("w1");
