@@ -383,12 +383,12 @@ async fn a_second_worker_takes_a_due_batch_while_the_loaded_one_is_busy() {
     let client = c.client();
     // 400 ms of CPU per image, one image per batch. The 10 s queue delay (the most a model
     // may set) puts the spill limit past the whole test: only "every worker with the model
-    // is busy" can hand a request to the other worker.
+    // is occupied" can hand a request to the other worker.
     one_image_batches_loaded_once(&client, &addr, "steady", 400, 10_000).await;
     // Six at once: the loaded worker (two threads) runs two one-image batches at a time and
     // holds one more, asking for no further until it starts that, so the rest are due while
-    // it is busy and go to the other worker at once. Were they left to the loaded worker, it
-    // would answer all six within ~2 s, well before any spill.
+    // it is occupied and go to the other worker. Were they left to the loaded worker, it would
+    // answer all six within ~2 s, well before any spill.
     futures::future::join_all((1..=6).map(|i| infer_tiny(&addr, "steady", i))).await;
     eventually("the second worker to have loaded the model", || async {
         (loaded_on(&client, "steady").await == 2).then_some(())
