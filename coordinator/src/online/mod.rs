@@ -600,16 +600,18 @@ mod tests {
         online.take("m", 1, "w1", "r1").unwrap();
         // A batch in hand, but still in the call that took it: it may take the next too.
         assert_eq!(online.all_occupied(&w1, Instant::now()), Err(None));
+        let leaving = Instant::now();
         drop(call);
-        let ended = Instant::now();
+        let left = Instant::now();
         // Just left: it may be on its way back (a free compute slot) until the grace ends.
-        match online.all_occupied(&w1, ended) {
-            Err(Some(at)) => assert!(at > ended && at <= ended + RETURN_GRACE),
+        // (Asked as of `leaving`, which no stall of this thread can put past the grace.)
+        match online.all_occupied(&w1, leaving) {
+            Err(Some(at)) => assert!(at >= leaving + RETURN_GRACE && at <= left + RETURN_GRACE),
             other => panic!("within the grace: {other:?}"),
         }
         // Back for more within the grace: asking again, so not occupied.
         let again = online.asking("w1");
-        assert_eq!(online.all_occupied(&w1, ended), Err(None));
+        assert_eq!(online.all_occupied(&w1, leaving), Err(None));
         drop(again);
         // Did not come back: occupied.
         let after = Instant::now() + RETURN_GRACE;
