@@ -321,7 +321,7 @@ impl Online {
     }
 
     /// Marks a lease call of `worker` open until the guard drops. A worker asking can take
-    /// an online batch now, so it does not count as busy (see [`Online::all_occupied`]).
+    /// an online batch now, so it is not occupied (see [`Online::all_occupied`]).
     pub fn asking(&self, worker: &str) -> AskingGuard<'_> {
         let mut inner = self.lock();
         let now = Instant::now();
