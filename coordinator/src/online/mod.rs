@@ -631,22 +631,19 @@ mod tests {
         let _b = online
             .submit("m", vec![image(2)], 0, later(10_000))
             .unwrap();
-        // Another worker's call waits (as `lease` waits) while this one leaves with the first
-        // request: the second is left, so the waiting call looks again.
-        let call = online.asking("w1");
-        online.take("m", 1, "w1", "r1").unwrap();
-        let waiting = online.wake.notified();
-        futures::pin_mut!(waiting);
-        waiting.as_mut().enable();
-        drop(call);
-        assert!(waiting.now_or_never().is_some(), "woken: a request waits");
-        let call = online.asking("w1");
-        online.take("m", 1, "w1", "r2").unwrap();
-        let waiting = online.wake.notified();
-        futures::pin_mut!(waiting);
-        waiting.as_mut().enable();
-        drop(call);
-        assert!(waiting.now_or_never().is_none(), "nothing waits");
+        // Another worker's call waits (as `lease` waits) while w1's call leaves with the next
+        // request: whether the waiting call was woken.
+        let leave_with_next = |request: &str| {
+            let call = online.asking("w1");
+            online.take("m", 1, "w1", request).unwrap();
+            let waiting = online.wake.notified();
+            futures::pin_mut!(waiting);
+            waiting.as_mut().enable();
+            drop(call);
+            waiting.now_or_never().is_some()
+        };
+        assert!(leave_with_next("r1"), "woken: the second request waits");
+        assert!(!leave_with_next("r2"), "nothing waits");
     }
 
     #[tokio::test]
